@@ -1,0 +1,434 @@
+"""The Python face of the Rust BPE encoder, shaped like ``tiktoken.Encoding``.
+
+Switching from tiktoken is one line::
+
+    enc = tiktoken.get_encoding("gpt2")      # before
+    enc = gristmill.Tokenizer.from_name("gpt2")  # after: same ids, same methods
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from collections.abc import Collection, Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import AbstractSet, Literal, Optional, Union
+
+import numpy as np
+
+from gristmill import _core
+
+ENDOFTEXT = "<|endoftext|>"
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Short names of the pre-tokenizer patterns that have a fast hand-written matcher.
+PATTERNS = ("gpt2", "cl100k", "o200k")
+
+_BUILTIN = {
+    # name: (ranks file shipped in gristmill/data, pattern, special tokens)
+    "gpt2": ("gpt2.tiktoken", "gpt2", {ENDOFTEXT: 50256}),
+    "r50k_base": ("gpt2.tiktoken", "gpt2", {ENDOFTEXT: 50256}),
+}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Writes ``text`` to a temporary name beside ``path``, then renames it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fix_surrogates(text: str) -> str:
+    # What tiktoken does with lone surrogates: they become U+FFFD.
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _with_valid_text(fn):
+    """Retries a call whose text argument(s) held lone surrogates, after replacing them."""
+
+    @functools.wraps(fn)
+    def wrapper(self, text, *args, **kwargs):
+        try:
+            return fn(self, text, *args, **kwargs)
+        except UnicodeEncodeError:
+            if isinstance(text, str):
+                text = _fix_surrogates(text)
+            else:
+                text = [_fix_surrogates(t) for t in text]
+            return fn(self, text, *args, **kwargs)
+
+    return wrapper
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer whose ids are identical to tiktoken's.
+
+    Build one with :meth:`from_name`, :meth:`from_tiktoken_file`, :meth:`from_gpt2_files`,
+    :meth:`from_hf_json` or :meth:`from_ranks`; save with :meth:`save_tiktoken` and
+    :meth:`save_hf_json`.
+
+    >>> tok = Tokenizer.from_name("gpt2")
+    >>> tok.encode("hello world")
+    [31373, 995]
+    >>> tok.decode([31373, 995])
+    'hello world'
+    >>> tok.encode("<|endoftext|>")
+    Traceback (most recent call last):
+    ...
+    ValueError: Encountered text corresponding to disallowed special token '<|endoftext|>'...
+    """
+
+    def __init__(self, core: "_core.CoreBPE", name: str = "custom"):
+        self._core = core
+        self.name = name
+        self._special_tokens = dict(core.special_tokens())
+
+    # ---- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_name(cls, name: str) -> "Tokenizer":
+        """A built-in tokenizer, available offline: ``gpt2`` (alias ``r50k_base``).
+
+        Raises:
+            ValueError: for an unknown name.
+        """
+        if name not in _BUILTIN:
+            raise ValueError(f"unknown tokenizer {name!r}; built in: {sorted(_BUILTIN)}")
+        filename, pattern, specials = _BUILTIN[name]
+        text = resources.files("gristmill").joinpath("data", filename).read_text("utf-8")
+        core = _core.CoreBPE.from_tiktoken_text(text, specials, pattern, f"gristmill/data/{filename}")
+        return cls(core, name)
+
+    @classmethod
+    def from_tiktoken_file(
+        cls,
+        path: PathLike,
+        pattern: str = "gpt2",
+        special_tokens: Optional[dict[str, int]] = None,
+    ) -> "Tokenizer":
+        """Loads a tiktoken rank file (``base64(token) rank`` per line).
+
+        Args:
+            path: the ``.tiktoken`` file.
+            pattern: the pre-tokenizer: ``gpt2``, ``cl100k``, ``o200k`` or any regex.
+            special_tokens: ``{text: id}``; by default ``<|endoftext|>`` gets the next free id.
+
+        Raises:
+            FileNotFoundError, TokenizerError: naming the file and line at fault.
+        """
+        core = _core.CoreBPE.from_tiktoken_file(os.fspath(path), special_tokens or {}, pattern)
+        if special_tokens is None:
+            core = _core.CoreBPE.from_tiktoken_file(
+                os.fspath(path), {ENDOFTEXT: core.n_vocab}, pattern
+            )
+        return cls(core, Path(path).stem)
+
+    @classmethod
+    def from_gpt2_files(
+        cls, encoder_json: PathLike, vocab_bpe: PathLike, pattern: str = "gpt2"
+    ) -> "Tokenizer":
+        """Loads GPT-2's original ``encoder.json`` + ``vocab.bpe`` pair."""
+        core = _core.CoreBPE.from_gpt2_files(os.fspath(encoder_json), os.fspath(vocab_bpe), pattern)
+        return cls(core, Path(encoder_json).parent.name or "gpt2")
+
+    @classmethod
+    def from_hf_json(cls, path: PathLike) -> "Tokenizer":
+        """Loads a Hugging Face ``tokenizer.json`` holding a byte-level BPE model."""
+        return cls(_core.CoreBPE.from_hf_json(os.fspath(path)), Path(path).parent.name or "hf")
+
+    @classmethod
+    def from_ranks(
+        cls,
+        mergeable_ranks: dict[bytes, int],
+        pattern: str = "gpt2",
+        special_tokens: Optional[dict[str, int]] = None,
+        name: str = "custom",
+    ) -> "Tokenizer":
+        """From ``{token_bytes: rank}``, as ``tiktoken.Encoding(mergeable_ranks=...)`` takes."""
+        return cls(_core.CoreBPE(mergeable_ranks, special_tokens or {}, pattern), name)
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Tokenizer":
+        """Loads a directory written by :meth:`save` (or a ``.tiktoken``/``tokenizer.json`` file)."""
+        path = Path(path)
+        if path.is_dir():
+            meta = json.loads((path / "tokenizer_config.json").read_text("utf-8"))
+            core = _core.CoreBPE.from_tiktoken_file(
+                os.fspath(path / "tokenizer.tiktoken"), meta["special_tokens"], meta["pattern"]
+            )
+            return cls(core, meta.get("name", path.name))
+        if path.name.endswith(".json"):
+            return cls.from_hf_json(path)
+        return cls.from_tiktoken_file(path)
+
+    # ---- saving ---------------------------------------------------------------------------
+
+    def save_tiktoken(self, path: PathLike) -> None:
+        """Writes the mergeable ranks as a tiktoken file (atomically)."""
+        _atomic_write_text(Path(path), self._core.to_tiktoken())
+
+    def save_hf_json(self, path: PathLike) -> None:
+        """Writes a HF ``tokenizer.json`` that ``tokenizers.Tokenizer.from_file`` encodes identically."""
+        _atomic_write_text(Path(path), self._core.to_hf_json())
+
+    def save(self, directory: PathLike) -> Path:
+        """Writes ``tokenizer.tiktoken``, ``tokenizer.json`` and ``tokenizer_config.json``."""
+        d = Path(directory)
+        self.save_tiktoken(d / "tokenizer.tiktoken")
+        self.save_hf_json(d / "tokenizer.json")
+        meta = {
+            "name": self.name,
+            "pattern": self.pattern,
+            "special_tokens": self._special_tokens,
+            "n_vocab": self.n_vocab,
+            "format": "gristmill-tokenizer-1",
+        }
+        _atomic_write_text(d / "tokenizer_config.json", json.dumps(meta, indent=2) + "\n")
+        return d
+
+    # ---- pickling: the vocabulary travels as tiktoken text ----------------------------------
+
+    def __getstate__(self):
+        return {
+            "name": self.name,
+            "ranks": self._core.to_tiktoken(),
+            "pattern": self.pattern,
+            "special_tokens": self._special_tokens,
+        }
+
+    def __setstate__(self, state):
+        core = _core.CoreBPE.from_tiktoken_text(
+            state["ranks"], state["special_tokens"], state["pattern"]
+        )
+        self.__init__(core, state["name"])
+
+    def __repr__(self) -> str:
+        return f"<Tokenizer {self.name!r} n_vocab={self.n_vocab}>"
+
+    # ---- properties ------------------------------------------------------------------------
+
+    @property
+    def n_vocab(self) -> int:
+        """One more than the largest token id (mergeable or special)."""
+        return self._core.n_vocab
+
+    @property
+    def pattern(self) -> str:
+        """The pre-tokenizer regex."""
+        return self._core.pattern
+
+    @property
+    def eot_token(self) -> int:
+        """The id of ``<|endoftext|>``."""
+        return self._special_tokens[ENDOFTEXT]
+
+    @property
+    def special_tokens_set(self) -> set[str]:
+        return set(self._special_tokens)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return dict(self._special_tokens)
+
+    @property
+    def max_token_value(self) -> int:
+        return self.n_vocab - 1
+
+    # ---- encoding --------------------------------------------------------------------------
+
+    def _allowed_ids(
+        self,
+        text_or_texts: Union[str, Sequence[str]],
+        allowed_special: Union[Literal["all"], AbstractSet[str]],
+        disallowed_special: Union[Literal["all"], Collection[str]],
+    ) -> list[int]:
+        if allowed_special == "all":
+            allowed_special = self.special_tokens_set
+        if disallowed_special == "all":
+            disallowed_special = self.special_tokens_set - set(allowed_special)
+        if disallowed_special:
+            ids = [self._special_tokens[s] for s in disallowed_special if s in self._special_tokens]
+            texts = [text_or_texts] if isinstance(text_or_texts, str) else text_or_texts
+            for text in texts:
+                found = self._core.find_special(text, ids) if ids else None
+                if found is not None:
+                    _raise_disallowed_special_token(found)
+        return [self._special_tokens[s] for s in allowed_special if s in self._special_tokens]
+
+    @_with_valid_text
+    def encode(
+        self,
+        text: str,
+        *,
+        allowed_special: Union[Literal["all"], AbstractSet[str]] = frozenset(),
+        disallowed_special: Union[Literal["all"], Collection[str]] = "all",
+    ) -> list[int]:
+        """Encodes ``text``; special-token text is refused unless allowed, as in tiktoken.
+
+        Args:
+            allowed_special: special tokens to encode as their ids (``"all"`` for every one).
+            disallowed_special: special tokens whose text raises (default: all not allowed);
+                pass ``()`` to encode such text as ordinary text.
+
+        Raises:
+            ValueError: if ``text`` contains a disallowed special token.
+
+        >>> Tokenizer.from_name("gpt2").encode("<|endoftext|>", allowed_special="all")
+        [50256]
+        """
+        allowed = self._allowed_ids(text, allowed_special, disallowed_special)
+        return self._core.encode(text, allowed)
+
+    @_with_valid_text
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encodes ``text`` with special tokens treated as ordinary text."""
+        return self._core.encode_ordinary(text)
+
+    @_with_valid_text
+    def count(
+        self,
+        text: str,
+        *,
+        allowed_special: Union[Literal["all"], AbstractSet[str]] = frozenset(),
+        disallowed_special: Union[Literal["all"], Collection[str]] = "all",
+    ) -> int:
+        """``len(self.encode(text, ...))`` without building the list."""
+        allowed = self._allowed_ids(text, allowed_special, disallowed_special)
+        return self._core.count(text, allowed)
+
+    @_with_valid_text
+    def encode_batch(
+        self,
+        text: Sequence[str],
+        *,
+        num_threads: Optional[int] = None,
+        allowed_special: Union[Literal["all"], AbstractSet[str]] = frozenset(),
+        disallowed_special: Union[Literal["all"], Collection[str]] = "all",
+    ) -> list[list[int]]:
+        """Encodes many texts in parallel (Rust threads, GIL released).
+
+        ``num_threads`` is accepted for tiktoken compatibility; the pool size is set by
+        ``GRISTMILL_NUM_THREADS``.
+        """
+        texts = list(text)
+        allowed = self._allowed_ids(texts, allowed_special, disallowed_special)
+        return self._core.encode_batch(texts, allowed)
+
+    @_with_valid_text
+    def encode_ordinary_batch(
+        self, text: Sequence[str], *, num_threads: Optional[int] = None
+    ) -> list[list[int]]:
+        """Encodes many texts in parallel, special tokens treated as ordinary text."""
+        return self._core.encode_batch(list(text), [])
+
+    @_with_valid_text
+    def count_batch(self, text: Sequence[str]) -> list[int]:
+        """Token counts of many texts (special tokens as ordinary text), in parallel."""
+        return self._core.count_batch(list(text), [])
+
+    @_with_valid_text
+    def encode_batch_to_numpy(
+        self,
+        text: Sequence[str],
+        *,
+        append_eot: bool = False,
+        allowed_special: Union[Literal["all"], AbstractSet[str]] = frozenset(),
+        disallowed_special: Union[Literal["all"], Collection[str]] = (),
+        dtype: Optional[np.dtype] = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Encodes many texts into one flat array without Python lists in between.
+
+        Returns:
+            ``(tokens, offsets)``: tokens are uint16 when the vocabulary fits, else uint32;
+            document ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``.
+
+        >>> toks, offs = Tokenizer.from_name("gpt2").encode_batch_to_numpy(["hi", "yo"], append_eot=True)
+        >>> toks.dtype, offs.tolist()
+        (dtype('uint16'), [0, 2, 4])
+        """
+        texts = list(text)
+        allowed = self._allowed_ids(texts, allowed_special, disallowed_special)
+        uint16 = None if dtype is None else np.dtype(dtype) == np.uint16
+        append = self.eot_token if append_eot else None
+        return self._core.encode_batch_numpy(texts, allowed, append, uint16)
+
+    # ---- decoding --------------------------------------------------------------------------
+
+    def decode_bytes(self, tokens: Sequence[int]) -> bytes:
+        """The bytes of ``tokens``.
+
+        Raises:
+            TokenizerError: for an id that is not in the vocabulary.
+        """
+        return self._core.decode_bytes(_as_id_list(tokens))
+
+    def decode(self, tokens: Sequence[int], errors: str = "replace") -> str:
+        """The text of ``tokens``; invalid UTF-8 is replaced with U+FFFD by default."""
+        return self.decode_bytes(tokens).decode("utf-8", errors=errors)
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        """The bytes of one token."""
+        return self._core.token_bytes(int(token))
+
+    def decode_tokens_bytes(self, tokens: Sequence[int]) -> list[bytes]:
+        """The bytes of each token."""
+        return [self._core.token_bytes(int(t)) for t in tokens]
+
+    def encode_single_token(self, text_or_bytes: Union[str, bytes]) -> int:
+        """The id of a single token given as text or bytes.
+
+        Raises:
+            KeyError: if it is not one token.
+        """
+        if isinstance(text_or_bytes, str):
+            if text_or_bytes in self._special_tokens:
+                return self._special_tokens[text_or_bytes]
+            text_or_bytes = text_or_bytes.encode("utf-8")
+        rank = self._core.token_id(bytes(text_or_bytes))
+        if rank is None:
+            raise KeyError(text_or_bytes)
+        return rank
+
+    def token_byte_values(self) -> list[bytes]:
+        """The bytes of every mergeable token, in rank order."""
+        return [b for b, _ in sorted(self._core.mergeable_ranks().items(), key=lambda kv: kv[1])]
+
+    def mergeable_ranks(self) -> dict[bytes, int]:
+        return self._core.mergeable_ranks()
+
+    def merges(self) -> list[tuple[bytes, bytes]]:
+        """The merge list (pairs of token bytes) in priority order, recovered from the ranks."""
+        return self._core.merges()
+
+
+def _as_id_list(tokens: Iterable[int]) -> list[int]:
+    if isinstance(tokens, np.ndarray):
+        return tokens.astype(np.int64, copy=False).tolist()
+    return tokens if isinstance(tokens, list) else list(tokens)
+
+
+def _raise_disallowed_special_token(token: str):
+    raise ValueError(
+        f"Encountered text corresponding to disallowed special token {token!r}.\n"
+        "If you want this text to be encoded as a special token, "
+        f"pass it to `allowed_special`, e.g. `allowed_special={{{token!r}, ...}}`.\n"
+        f"If you want this text to be encoded as normal text, disable the check for this token "
+        f"by passing `disallowed_special=(enc.special_tokens_set - {{{token!r}}})`.\n"
+        "To disable this check for all special tokens, pass `disallowed_special=()`.\n"
+    )
+
+
+def split_pieces(text: str, pattern: str = "gpt2") -> list[str]:
+    """The pre-tokenizer pieces of ``text`` (for inspection)."""
+    return _core.split_pieces(text, pattern)

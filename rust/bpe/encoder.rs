@@ -1,0 +1,350 @@
+//! The encoder: text to token ids and back, with tiktoken's semantics.
+//!
+//! Ordinary text is split by the pre-tokenizer; each piece that is itself a token costs one
+//! hash lookup, any other piece is merged by rank (`merge.rs`). Special tokens are found with
+//! Aho-Corasick and only honoured where the caller allows them, as in tiktoken.
+
+use super::merge::{count_piece, encode_piece};
+use super::{BpeError, Pattern};
+use crate::parallel;
+use aho_corasick::{AhoCorasick, Input, MatchKind};
+use rayon::prelude::*;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+/// A token id. For mergeable tokens, the id is also the merge priority (lower merges first).
+pub type Rank = u32;
+pub type RankMap = FxHashMap<Vec<u8>, Rank>;
+
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    ranks: RankMap,
+    /// Bytes of each id (mergeable and special); `None` for ids not in the vocabulary.
+    decoder: Vec<Option<Box<[u8]>>>,
+    specials: Vec<(String, Rank)>,
+    special_matcher: Option<AhoCorasick>,
+    pattern: Pattern,
+}
+
+impl Encoder {
+    /// Builds an encoder. Every single byte must be a token (so any text can be encoded), ids
+    /// must be distinct, and special tokens must not reuse a mergeable id.
+    pub fn new(
+        mergeable: Vec<(Vec<u8>, Rank)>,
+        specials: Vec<(String, Rank)>,
+        pattern: Pattern,
+    ) -> Result<Encoder, BpeError> {
+        let max_id = mergeable
+            .iter()
+            .map(|(_, r)| *r)
+            .chain(specials.iter().map(|(_, r)| *r))
+            .max()
+            .unwrap_or(0);
+        if max_id == Rank::MAX {
+            return Err(BpeError::Vocab(format!("id {max_id} is reserved")));
+        }
+        let mut decoder: Vec<Option<Box<[u8]>>> = vec![None; max_id as usize + 1];
+        let mut ranks = RankMap::default();
+        ranks.reserve(mergeable.len());
+        for (bytes, rank) in mergeable {
+            if let Some(other) = &decoder[rank as usize] {
+                return Err(BpeError::Vocab(format!(
+                    "id {rank} is given to both {:?} and {:?}",
+                    String::from_utf8_lossy(other),
+                    String::from_utf8_lossy(&bytes)
+                )));
+            }
+            decoder[rank as usize] = Some(bytes.clone().into_boxed_slice());
+            if let Some(prev) = ranks.insert(bytes.clone(), rank) {
+                return Err(BpeError::Vocab(format!(
+                    "token {:?} has two ids, {prev} and {rank}",
+                    String::from_utf8_lossy(&bytes)
+                )));
+            }
+        }
+        if let Some(b) = (0..=255u8).find(|b| !ranks.contains_key(&[*b][..])) {
+            return Err(BpeError::Vocab(format!(
+                "byte 0x{b:02x} is not a token; a byte-level vocabulary needs all 256 bytes"
+            )));
+        }
+        let mut seen = FxHashSet::default();
+        for (name, id) in &specials {
+            if name.is_empty() || !seen.insert(name.as_str()) {
+                return Err(BpeError::Vocab(format!(
+                    "special token {name:?} is empty or listed twice"
+                )));
+            }
+            if decoder[*id as usize].is_some() {
+                return Err(BpeError::Vocab(format!(
+                    "special token {name:?} has id {id}, which is already a token"
+                )));
+            }
+            decoder[*id as usize] = Some(name.as_bytes().into());
+        }
+        let special_matcher = if specials.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(specials.iter().map(|(s, _)| s.as_str()))
+                    .map_err(|e| BpeError::Vocab(format!("special tokens: {e}")))?,
+            )
+        };
+        super::charclass::warm_up();
+        Ok(Encoder {
+            ranks,
+            decoder,
+            specials,
+            special_matcher,
+            pattern,
+        })
+    }
+
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
+    }
+
+    /// One more than the largest id.
+    pub fn n_vocab(&self) -> usize {
+        self.decoder.len()
+    }
+
+    /// Mergeable tokens and their ranks, sorted by rank.
+    pub fn mergeable_ranks(&self) -> Vec<(&[u8], Rank)> {
+        let mut v: Vec<_> = self.ranks.iter().map(|(b, r)| (b.as_slice(), *r)).collect();
+        v.sort_unstable_by_key(|(_, r)| *r);
+        v
+    }
+
+    pub(crate) fn rank_map(&self) -> &RankMap {
+        &self.ranks
+    }
+
+    pub fn special_tokens(&self) -> &[(String, Rank)] {
+        &self.specials
+    }
+
+    pub fn special_id(&self, name: &str) -> Option<Rank> {
+        self.specials.iter().find(|(s, _)| s == name).map(|(_, r)| *r)
+    }
+
+    /// The rank of `bytes` if they are a mergeable token.
+    pub fn token_id(&self, bytes: &[u8]) -> Option<Rank> {
+        self.ranks.get(bytes).copied()
+    }
+
+    // ---- encoding ------------------------------------------------------------------------
+
+    fn for_each_piece<'t>(&self, text: &'t str, f: impl FnMut(&'t str)) {
+        // Known patterns never fail; a custom regex can only fail on backtrack limits, and
+        // tiktoken stops there too, so what was split before the failure is kept.
+        let _ = self.pattern.split(text, f);
+    }
+
+    /// Appends the tokens of `text`, with special tokens treated as ordinary text.
+    pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<Rank>) {
+        self.for_each_piece(text, |piece| encode_piece(&self.ranks, piece.as_bytes(), out));
+    }
+
+    pub fn encode_ordinary(&self, text: &str) -> Vec<Rank> {
+        let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        self.encode_ordinary_into(text, &mut out);
+        out
+    }
+
+    /// The number of tokens `encode_ordinary` would give, without building them.
+    pub fn count_ordinary(&self, text: &str) -> usize {
+        let mut n = 0;
+        self.for_each_piece(text, |piece| n += count_piece(&self.ranks, piece.as_bytes()));
+        n
+    }
+
+    /// The first special token in `text[from..]` whose id `allowed` accepts: (start, end, id).
+    pub fn find_special(
+        &self,
+        text: &str,
+        from: usize,
+        allowed: impl Fn(Rank) -> bool,
+    ) -> Option<(usize, usize, Rank)> {
+        let matcher = self.special_matcher.as_ref()?;
+        let mut at = from;
+        while at <= text.len() {
+            let m = matcher.find(Input::new(text).span(at..text.len()))?;
+            let id = self.specials[m.pattern().as_usize()].1;
+            if allowed(id) {
+                return Some((m.start(), m.end(), id));
+            }
+            at = m.start() + 1;
+        }
+        None
+    }
+
+    /// Calls `ordinary` for each stretch of plain text and `special` for each allowed special
+    /// token, in order.
+    fn split_specials(
+        &self,
+        text: &str,
+        allowed: &FxHashSet<Rank>,
+        mut ordinary: impl FnMut(&str),
+        mut special: impl FnMut(Rank),
+    ) {
+        let mut start = 0;
+        if !allowed.is_empty() {
+            while let Some((s, e, id)) = self.find_special(text, start, |id| allowed.contains(&id))
+            {
+                ordinary(&text[start..s]);
+                special(id);
+                start = e;
+            }
+        }
+        ordinary(&text[start..]);
+    }
+
+    /// Encodes `text`, turning the special tokens whose ids are in `allowed` into their ids and
+    /// treating any other special-token text as ordinary text. (Refusing disallowed specials is
+    /// the caller's choice, made with `find_special` first, as tiktoken does.)
+    pub fn encode(&self, text: &str, allowed: &FxHashSet<Rank>) -> Vec<Rank> {
+        let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        self.encode_into(text, allowed, &mut out);
+        out
+    }
+
+    pub fn encode_into(&self, text: &str, allowed: &FxHashSet<Rank>, out: &mut Vec<Rank>) {
+        let out = std::cell::RefCell::new(out);
+        self.split_specials(
+            text,
+            allowed,
+            |t| self.encode_ordinary_into(t, &mut out.borrow_mut()),
+            |id| out.borrow_mut().push(id),
+        );
+    }
+
+    pub fn count(&self, text: &str, allowed: &FxHashSet<Rank>) -> usize {
+        let n = std::cell::Cell::new(0);
+        self.split_specials(
+            text,
+            allowed,
+            |t| n.set(n.get() + self.count_ordinary(t)),
+            |_| n.set(n.get() + 1),
+        );
+        n.get()
+    }
+
+    /// Encodes many texts in parallel.
+    pub fn encode_batch<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        allowed: &FxHashSet<Rank>,
+    ) -> Vec<Vec<Rank>> {
+        parallel::install(|| {
+            texts
+                .par_iter()
+                .map(|t| self.encode(t.as_ref(), allowed))
+                .collect()
+        })
+    }
+
+    /// Encodes many texts in parallel into one flat array; document `i` is
+    /// `tokens[offsets[i]..offsets[i + 1]]`. `append` (e.g. an end-of-text id) is added after
+    /// each document when given.
+    pub fn encode_batch_flat<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        allowed: &FxHashSet<Rank>,
+        append: Option<Rank>,
+    ) -> (Vec<Rank>, Vec<u64>) {
+        let parts = self.encode_batch(texts, allowed);
+        let total: usize = parts.iter().map(|p| p.len() + append.is_some() as usize).sum();
+        let mut tokens = Vec::with_capacity(total);
+        let mut offsets = Vec::with_capacity(parts.len() + 1);
+        offsets.push(0);
+        for p in parts {
+            tokens.extend_from_slice(&p);
+            tokens.extend(append);
+            offsets.push(tokens.len() as u64);
+        }
+        (tokens, offsets)
+    }
+
+    pub fn count_batch<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        allowed: &FxHashSet<Rank>,
+    ) -> Vec<usize> {
+        parallel::install(|| {
+            texts
+                .par_iter()
+                .map(|t| self.count(t.as_ref(), allowed))
+                .collect()
+        })
+    }
+
+    // ---- decoding ------------------------------------------------------------------------
+
+    /// The bytes of one token.
+    pub fn token_bytes(&self, id: Rank) -> Result<&[u8], BpeError> {
+        self.decoder
+            .get(id as usize)
+            .and_then(|b| b.as_deref())
+            .ok_or(BpeError::UnknownId(id))
+    }
+
+    /// The bytes of a sequence of tokens.
+    pub fn decode_bytes(&self, ids: &[Rank]) -> Result<Vec<u8>, BpeError> {
+        let mut out = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            out.extend_from_slice(self.token_bytes(id)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy() -> Encoder {
+        let mut m: Vec<(Vec<u8>, Rank)> = (0..=255u8).map(|b| (vec![b], b as Rank)).collect();
+        m.push((b"he".to_vec(), 256));
+        m.push((b"ll".to_vec(), 257));
+        m.push((b"hell".to_vec(), 258));
+        m.push((b"hello".to_vec(), 259));
+        let specials = vec![("<|endoftext|>".to_string(), 260)];
+        Encoder::new(m, specials, Pattern::new("gpt2").unwrap()).unwrap()
+    }
+
+    #[test]
+    fn encodes_and_decodes() {
+        let e = toy();
+        let ids = e.encode_ordinary("hello hell");
+        assert_eq!(ids[0], 259);
+        assert_eq!(e.decode_bytes(&ids).unwrap(), b"hello hell");
+        assert_eq!(e.count_ordinary("hello hell"), ids.len());
+    }
+
+    #[test]
+    fn special_tokens_only_where_allowed() {
+        let e = toy();
+        let text = "hello<|endoftext|>hello";
+        let none = e.encode(text, &FxHashSet::default());
+        assert!(!none.contains(&260));
+        let all: FxHashSet<Rank> = [260].into_iter().collect();
+        assert_eq!(e.encode(text, &all), vec![259, 260, 259]);
+        assert_eq!(e.count(text, &all), 3);
+    }
+
+    #[test]
+    fn rejects_incomplete_byte_alphabet() {
+        let m = vec![(b"a".to_vec(), 0)];
+        let err = Encoder::new(m, vec![], Pattern::new("gpt2").unwrap()).unwrap_err();
+        assert!(err.to_string().contains("byte 0x00"));
+    }
+
+    #[test]
+    fn batch_flat_offsets() {
+        let e = toy();
+        let (tokens, offsets) = e.encode_batch_flat(&["hello", "", "hell"], &FxHashSet::default(), Some(260));
+        assert_eq!(tokens, vec![259, 260, 260, 258, 260]);
+        assert_eq!(offsets, vec![0, 2, 3, 5]);
+    }
+}

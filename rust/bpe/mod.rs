@@ -1,0 +1,37 @@
+//! Byte-level BPE: pre-tokenizer, encoder, trainer and vocabulary file formats.
+
+pub mod charclass;
+pub mod encoder;
+pub mod merge;
+pub mod pretokenize;
+pub mod vocab;
+
+pub use encoder::{Encoder, Rank};
+pub use pretokenize::Pattern;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `bpe`, with enough context to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum BpeError {
+    #[error("invalid pre-tokenizer pattern {pattern:?}: {message}")]
+    Pattern { pattern: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: line {line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("invalid vocabulary: {0}")]
+    Vocab(String),
+    #[error("token id {0} is not in the vocabulary")]
+    UnknownId(Rank),
+    #[error("invalid training settings: {0}")]
+    Settings(String),
+}
