@@ -241,6 +241,18 @@ class Tokenizer:
     def special_tokens(self) -> dict[str, int]:
         return dict(self._special_tokens)
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A sha256 of the vocabulary, pattern and special tokens: two tokenizers with the same
+        fingerprint encode identically. Shard manifests and checkpoints record it."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(self._core.to_tiktoken().encode("utf-8"))
+        h.update(b"\0" + self.pattern.encode("utf-8") + b"\0")
+        h.update(json.dumps(sorted(self._special_tokens.items())).encode("utf-8"))
+        return h.hexdigest()
+
     @property
     def max_token_value(self) -> int:
         return self.n_vocab - 1

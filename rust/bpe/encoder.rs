@@ -125,7 +125,10 @@ impl Encoder {
     }
 
     pub fn special_id(&self, name: &str) -> Option<Rank> {
-        self.specials.iter().find(|(s, _)| s == name).map(|(_, r)| *r)
+        self.specials
+            .iter()
+            .find(|(s, _)| s == name)
+            .map(|(_, r)| *r)
     }
 
     /// The rank of `bytes` if they are a mergeable token.
@@ -143,7 +146,9 @@ impl Encoder {
 
     /// Appends the tokens of `text`, with special tokens treated as ordinary text.
     pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<Rank>) {
-        self.for_each_piece(text, |piece| encode_piece(&self.ranks, piece.as_bytes(), out));
+        self.for_each_piece(text, |piece| {
+            encode_piece(&self.ranks, piece.as_bytes(), out)
+        });
     }
 
     pub fn encode_ordinary(&self, text: &str) -> Vec<Rank> {
@@ -155,7 +160,9 @@ impl Encoder {
     /// The number of tokens `encode_ordinary` would give, without building them.
     pub fn count_ordinary(&self, text: &str) -> usize {
         let mut n = 0;
-        self.for_each_piece(text, |piece| n += count_piece(&self.ranks, piece.as_bytes()));
+        self.for_each_piece(text, |piece| {
+            n += count_piece(&self.ranks, piece.as_bytes())
+        });
         n
     }
 
@@ -254,7 +261,10 @@ impl Encoder {
         append: Option<Rank>,
     ) -> (Vec<Rank>, Vec<u64>) {
         let parts = self.encode_batch(texts, allowed);
-        let total: usize = parts.iter().map(|p| p.len() + append.is_some() as usize).sum();
+        let total: usize = parts
+            .iter()
+            .map(|p| p.len() + append.is_some() as usize)
+            .sum();
         let mut tokens = Vec::with_capacity(total);
         let mut offsets = Vec::with_capacity(parts.len() + 1);
         offsets.push(0);
@@ -343,7 +353,8 @@ mod tests {
     #[test]
     fn batch_flat_offsets() {
         let e = toy();
-        let (tokens, offsets) = e.encode_batch_flat(&["hello", "", "hell"], &FxHashSet::default(), Some(260));
+        let (tokens, offsets) =
+            e.encode_batch_flat(&["hello", "", "hell"], &FxHashSet::default(), Some(260));
         assert_eq!(tokens, vec![259, 260, 260, 258, 260]);
         assert_eq!(offsets, vec![0, 2, 3, 5]);
     }

@@ -148,7 +148,9 @@ mod tests {
             for _ in 0..20 {
                 let piece: Vec<u8> = (0..len)
                     .map(|_| {
-                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
                         if (x >> 33) % 3 == 0 {
                             b'b'
                         } else {

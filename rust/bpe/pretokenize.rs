@@ -364,7 +364,12 @@ fn o200k_piece_end(s: &str, i: usize) -> usize {
     let f = flags(c);
     let has_prefix = is_letter_prefix(c, f);
     for word_end in [o200k_lower_word_end, o200k_upper_word_end] {
-        let end = (if has_prefix { word_end(s, i + len) } else { None }).or_else(|| word_end(s, i));
+        let end = (if has_prefix {
+            word_end(s, i + len)
+        } else {
+            None
+        })
+        .or_else(|| word_end(s, i));
         if let Some(end) = end {
             return end + contraction_len(s, end, true);
         }
@@ -425,7 +430,9 @@ mod tests {
         // contraction_len folds only ſ -> s beyond ASCII; check the regex engine agrees.
         let re = fancy_regex::Regex::new(r"^(?i:[sdmtlver])$").unwrap();
         for cp in 0x80u32..0x3_0000 {
-            let Some(c) = char::from_u32(cp) else { continue };
+            let Some(c) = char::from_u32(cp) else {
+                continue;
+            };
             let s = c.to_string();
             if re.is_match(&s).unwrap() {
                 assert_eq!(c, '\u{17F}', "unexpected case-fold match {c:?}");

@@ -33,7 +33,10 @@ fn read_text(path: &Path) -> Result<String, BpeError> {
     String::from_utf8(bytes).map_err(|e| BpeError::Parse {
         path: path.to_path_buf(),
         line: 0,
-        message: format!("not UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+        message: format!(
+            "not UTF-8 (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ),
     })
 }
 
@@ -97,13 +100,21 @@ pub fn parse_tiktoken(text: &str, path: &Path) -> Result<Vec<(Vec<u8>, Rank)>, B
         }
         let mut fields = line.split(' ');
         let (Some(token), Some(rank), None) = (fields.next(), fields.next(), fields.next()) else {
-            return Err(parse_error(path, i + 1, format!("expected 'base64 rank', found {line:?}")));
+            return Err(parse_error(
+                path,
+                i + 1,
+                format!("expected 'base64 rank', found {line:?}"),
+            ));
         };
         let bytes = engine
             .decode(token.trim_end_matches('='))
             .map_err(|e| parse_error(path, i + 1, format!("token {token:?} is not base64: {e}")))?;
         let rank: Rank = rank.parse().map_err(|_| {
-            parse_error(path, i + 1, format!("rank {rank:?} is not a non-negative integer"))
+            parse_error(
+                path,
+                i + 1,
+                format!("rank {rank:?} is not a non-negative integer"),
+            )
         })?;
         out.push((bytes, rank));
     }
@@ -153,17 +164,27 @@ pub fn merges_from_ranks(encoder: &Encoder) -> Result<Vec<(Vec<u8>, Vec<u8>)>, B
 /// Reads GPT-2's files. Mergeable tokens are the 256 bytes and the results of the merges;
 /// the ids come from `encoder.json`; any other entry there (`<|endoftext|>`) is special.
 pub fn read_gpt2(encoder_json: &Path, vocab_bpe: &Path) -> Result<Vocab, BpeError> {
-    let json: Value = serde_json::from_str(&read_text(encoder_json)?).map_err(|e| {
-        parse_error(encoder_json, e.line(), format!("invalid JSON: {e}"))
-    })?;
+    let json: Value = serde_json::from_str(&read_text(encoder_json)?)
+        .map_err(|e| parse_error(encoder_json, e.line(), format!("invalid JSON: {e}")))?;
     let Value::Object(map) = json else {
-        return Err(parse_error(encoder_json, 1, "expected an object of token -> id"));
+        return Err(parse_error(
+            encoder_json,
+            1,
+            "expected an object of token -> id",
+        ));
     };
     let mut ids: FxHashMap<String, Rank> = FxHashMap::default();
     for (k, v) in map {
-        let id = v.as_u64().filter(|&i| i < Rank::MAX as u64).ok_or_else(|| {
-            parse_error(encoder_json, 0, format!("id of {k:?} is not a valid integer: {v}"))
-        })?;
+        let id = v
+            .as_u64()
+            .filter(|&i| i < Rank::MAX as u64)
+            .ok_or_else(|| {
+                parse_error(
+                    encoder_json,
+                    0,
+                    format!("id of {k:?} is not a valid integer: {v}"),
+                )
+            })?;
         ids.insert(k, id as Rank);
     }
     let merges_text = read_text(vocab_bpe)?;
@@ -173,7 +194,11 @@ pub fn read_gpt2(encoder_json: &Path, vocab_bpe: &Path) -> Result<Vocab, BpeErro
             continue;
         }
         let Some((a, b)) = line.split_once(' ') else {
-            return Err(parse_error(vocab_bpe, i + 1, format!("expected 'a b', found {line:?}")));
+            return Err(parse_error(
+                vocab_bpe,
+                i + 1,
+                format!("expected 'a b', found {line:?}"),
+            ));
         };
         merges.push((i + 1, a.to_string(), b.to_string()));
     }
@@ -191,9 +216,9 @@ fn vocab_from_merges(
     let mut mergeable = Vec::with_capacity(ids.len());
     for b in 0..=255u8 {
         let s = spell[b as usize].to_string();
-        let id = ids.remove(&s).ok_or_else(|| {
-            BpeError::Vocab(format!("byte 0x{b:02x} (spelled {s:?}) has no id"))
-        })?;
+        let id = ids
+            .remove(&s)
+            .ok_or_else(|| BpeError::Vocab(format!("byte 0x{b:02x} (spelled {s:?}) has no id")))?;
         mergeable.push((vec![b], id));
     }
     let mut last_id: Option<Rank> = None;
@@ -202,7 +227,12 @@ fn vocab_from_merges(
         let id = match ids.remove(&joined) {
             Some(id) => id,
             // A merge whose result is already known (a repeated merge) changes nothing.
-            None if mergeable.iter().any(|(bytes, _)| bytes_to_spelling(bytes) == joined) => continue,
+            None if mergeable
+                .iter()
+                .any(|(bytes, _)| bytes_to_spelling(bytes) == joined) =>
+            {
+                continue
+            }
             None => {
                 return Err(parse_error(
                     merges_path,
@@ -224,7 +254,11 @@ fn vocab_from_merges(
         }
         last_id = Some(id);
         let bytes = spelling_to_bytes(&joined, &table).ok_or_else(|| {
-            parse_error(merges_path, line, format!("{joined:?} is not byte-level spelling"))
+            parse_error(
+                merges_path,
+                line,
+                format!("{joined:?} is not byte-level spelling"),
+            )
         })?;
         mergeable.push((bytes, id));
     }
@@ -288,12 +322,18 @@ fn pattern_from_hf(pre: &Value, path: &Path) -> Result<String, BpeError> {
 pub fn parse_hf_json(text: &str, path: &Path) -> Result<Vocab, BpeError> {
     let json: Value = serde_json::from_str(text)
         .map_err(|e| parse_error(path, e.line(), format!("invalid JSON: {e}")))?;
-    let model = json.get("model").ok_or_else(|| parse_error(path, 0, "no \"model\""))?;
+    let model = json
+        .get("model")
+        .ok_or_else(|| parse_error(path, 0, "no \"model\""))?;
     if model.get("type").and_then(Value::as_str) != Some("BPE") {
         return Err(parse_error(path, 0, "model.type is not \"BPE\""));
     }
     if !json.get("normalizer").is_none_or(Value::is_null) {
-        return Err(parse_error(path, 0, "a normalizer is set; gristmill reads byte-level BPE without one"));
+        return Err(parse_error(
+            path,
+            0,
+            "a normalizer is set; gristmill reads byte-level BPE without one",
+        ));
     }
     let Some(Value::Object(vocab)) = model.get("vocab") else {
         return Err(parse_error(path, 0, "model.vocab is not an object"));
@@ -307,29 +347,56 @@ pub fn parse_hf_json(text: &str, path: &Path) -> Result<Vocab, BpeError> {
         ids.insert(k.clone(), id as Rank);
     }
     let mut added: Vec<(String, Rank)> = Vec::new();
-    for t in json.get("added_tokens").and_then(Value::as_array).into_iter().flatten() {
-        let (Some(content), Some(id)) = (t.get("content").and_then(Value::as_str), t.get("id").and_then(Value::as_u64)) else {
-            return Err(parse_error(path, 0, format!("added token without content and id: {t}")));
+    for t in json
+        .get("added_tokens")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (Some(content), Some(id)) = (
+            t.get("content").and_then(Value::as_str),
+            t.get("id").and_then(Value::as_u64),
+        ) else {
+            return Err(parse_error(
+                path,
+                0,
+                format!("added token without content and id: {t}"),
+            ));
         };
         ids.remove(content);
         added.push((content.to_string(), id as Rank));
     }
     let mut merges = Vec::new();
-    for (i, m) in model.get("merges").and_then(Value::as_array).into_iter().flatten().enumerate() {
+    for (i, m) in model
+        .get("merges")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let pair = match m {
-            Value::String(s) => s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())),
+            Value::String(s) => s
+                .split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string())),
             Value::Array(a) if a.len() == 2 => match (a[0].as_str(), a[1].as_str()) {
                 (Some(x), Some(y)) => Some((x.to_string(), y.to_string())),
                 _ => None,
             },
             _ => None,
         };
-        let (a, b) = pair.ok_or_else(|| parse_error(path, 0, format!("merge {i} is not a pair: {m}")))?;
+        let (a, b) =
+            pair.ok_or_else(|| parse_error(path, 0, format!("merge {i} is not a pair: {m}")))?;
         merges.push((i + 1, a, b));
     }
     let pattern = match json.get("pre_tokenizer") {
         Some(pre) if !pre.is_null() => pattern_from_hf(pre, path)?,
-        _ => return Err(parse_error(path, 0, "no pre_tokenizer; byte-level BPE needs one")),
+        _ => {
+            return Err(parse_error(
+                path,
+                0,
+                "no pre_tokenizer; byte-level BPE needs one",
+            ))
+        }
     };
     let mut v = vocab_from_merges(ids, merges, path).map_err(|e| match e {
         BpeError::Parse { line, message, .. } => {
@@ -339,7 +406,11 @@ pub fn parse_hf_json(text: &str, path: &Path) -> Result<Vocab, BpeError> {
     })?;
     // Entries neither bytes nor merge results are not reachable by BPE; refuse rather than guess.
     if let Some((s, _)) = v.specials.first() {
-        return Err(parse_error(path, 0, format!("vocab entry {s:?} is neither a byte nor made by a merge")));
+        return Err(parse_error(
+            path,
+            0,
+            format!("vocab entry {s:?} is neither a byte nor made by a merge"),
+        ));
     }
     v.specials = added;
     v.pattern = Some(pattern);
@@ -368,9 +439,7 @@ pub fn format_hf_json(encoder: &Encoder) -> Result<String, BpeError> {
                    "rstrip": false, "normalized": false, "special": true})
         })
         .collect();
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let pre_tokenizer = match encoder.pattern() {
         Pattern::R50k => byte_level(true),
         other => json!({"type": "Sequence", "pretokenizers": [
