@@ -153,6 +153,85 @@ def read_documents(
             raise InputFormatError(f"{path}: unknown format (expected .txt, .jsonl[.gz|.zst] or .parquet)")
 
 
+def _atomic_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+class DocumentWriter:
+    """Writes documents to numbered shards ``<prefix>-00000.jsonl.zst`` (or ``.parquet``).
+
+    Each shard is written to a temporary name and renamed into place when complete, so a
+    crashed run never leaves a half shard that reads as whole; ``existing_shards`` tells a
+    rerun which shards are already done.
+
+    >>> with DocumentWriter("out", docs_per_shard=2) as w:  # doctest: +SKIP
+    ...     w.write(Document("a", "hello"))
+    """
+
+    def __init__(
+        self,
+        directory: PathLike,
+        prefix: str = "docs",
+        docs_per_shard: int = 100_000,
+        fmt: str = "jsonl.zst",
+        start_shard: int = 0,
+    ):
+        if fmt not in ("jsonl.zst", "jsonl", "parquet"):
+            raise ValueError(f"format must be jsonl.zst, jsonl or parquet, not {fmt!r}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.prefix, self.docs_per_shard, self.fmt = prefix, docs_per_shard, fmt
+        self.shard_index = start_shard
+        self.paths: list[Path] = []
+        self._pending: list[Document] = []
+
+    def shard_path(self, index: int) -> Path:
+        return self.directory / f"{self.prefix}-{index:05d}.{self.fmt}"
+
+    def write(self, doc: Document) -> None:
+        self._pending.append(doc)
+        if len(self._pending) >= self.docs_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes the pending documents as one complete shard."""
+        if not self._pending:
+            return
+        path = self.shard_path(self.shard_index)
+        tmp = _atomic_path(path)
+        records = [{"id": d.id, "text": d.text, **d.metadata} for d in self._pending]
+        if self.fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(records), tmp)
+        else:
+            data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+            if self.fmt == "jsonl.zst":
+                import zstandard
+
+                data = zstandard.ZstdCompressor(level=3).compress(data)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.paths.append(path)
+        self.shard_index += 1
+        self._pending = []
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> "DocumentWriter":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        # On error, pending documents are dropped rather than written as if complete.
+        if exc_type is None:
+            self.close()
+
+
 def iter_texts(docs: Iterable[Union[Document, str, dict]], text_field: str = "text") -> Iterator[str]:
     """Texts from documents, plain strings, or dict records (e.g. a Hugging Face dataset)."""
     for d in docs:
