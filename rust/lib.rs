@@ -8,6 +8,7 @@
 
 pub mod bpe;
 pub mod parallel;
+pub mod shards;
 
 #[cfg(feature = "python")]
 mod python {
