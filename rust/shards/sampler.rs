@@ -158,6 +158,8 @@ pub struct Sampler {
     state: SamplerState,
     /// Tokens of real content in each row of the last batch (the rest is padding).
     lengths: Vec<u64>,
+    /// Where in the split each row of the last batch starts.
+    starts: Vec<u64>,
 }
 
 impl Sampler {
@@ -189,6 +191,7 @@ impl Sampler {
         let name = split.name().to_string();
         let sampler = Sampler {
             lengths: vec![row; cfg.batch_size as usize],
+            starts: vec![0; cfg.batch_size as usize],
             split,
             cfg,
             window_base,
@@ -277,6 +280,11 @@ impl Sampler {
     /// Real tokens in each row of the last batch (`T + 1` unless packing padded it).
     pub fn last_lengths(&self) -> &[u64] {
         &self.lengths
+    }
+
+    /// The split-wide token offset where each row of the last batch starts.
+    pub fn last_starts(&self) -> &[u64] {
+        &self.starts
     }
 
     fn permutation(&self, n: u64) -> Permutation {
@@ -436,6 +444,9 @@ impl Sampler {
             }
             dst[at..].fill(pad);
             *length = at as u64;
+        }
+        for (start, pieces) in self.starts.iter_mut().zip(&rows) {
+            *start = pieces[0].start;
         }
         self.state.batches += 1;
         Ok(())
