@@ -9,9 +9,8 @@ import os as _os
 
 from gristmill import _core
 from gristmill._core import TokenizerError
-from gristmill.tokenizer import Tokenizer, split_pieces
-# shards
 from gristmill.shards import BatchSampler, ShardDataset, ShardFormatError, write_shards
+from gristmill.tokenizer import Tokenizer, split_pieces
 
 __version__ = "0.1.0"
 
@@ -20,13 +19,12 @@ if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_core._mark_forked)
 
 __all__ = [
-    "Tokenizer",
-    "TokenizerError",
-    "split_pieces",
-    "__version__",
-    # shards
     "BatchSampler",
     "ShardDataset",
     "ShardFormatError",
+    "Tokenizer",
+    "TokenizerError",
+    "__version__",
+    "split_pieces",
     "write_shards",
 ]

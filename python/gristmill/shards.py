@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -56,7 +56,7 @@ _BATCH_BYTES = 16 << 20
 # ---- writing --------------------------------------------------------------------------------
 
 
-def _as_tokenizer(tokenizer: Union[Tokenizer, str, PathLike]) -> Tokenizer:
+def _as_tokenizer(tokenizer: Tokenizer | str | PathLike) -> Tokenizer:
     if isinstance(tokenizer, Tokenizer):
         return tokenizer
     p = Path(tokenizer)
@@ -67,7 +67,7 @@ def _is_hf_dataset(obj: Any) -> bool:
     return hasattr(obj, "column_names") and hasattr(obj, "iter") and not isinstance(obj, (str, bytes))
 
 
-def _records(documents: Any, text_field: str) -> Iterator[tuple[Optional[str], str]]:
+def _records(documents: Any, text_field: str) -> Iterator[tuple[str | None, str]]:
     """(source id or None, text) for every input document, streamed."""
     if isinstance(documents, (str, os.PathLike)):
         documents = [Path(documents)]
@@ -96,7 +96,7 @@ def _records(documents: Any, text_field: str) -> Iterator[tuple[Optional[str], s
             )
 
 
-def _batches(records: Iterable[tuple[Optional[str], str]], first_position: int):
+def _batches(records: Iterable[tuple[str | None, str]], first_position: int):
     """Lists of texts and source ids, bounded by count and bytes."""
     texts: list[str] = []
     ids: list[str] = []
@@ -115,11 +115,11 @@ def _batches(records: Iterable[tuple[Optional[str], str]], first_position: int):
 def write_shards(
     documents: Any,
     out_dir: PathLike,
-    tokenizer: Union[Tokenizer, str, PathLike],
+    tokenizer: Tokenizer | str | PathLike,
     *,
     shard_size: int = 100_000_000,
     val_fraction: float = 0.0,
-    val_docs: Optional[int] = None,
+    val_docs: int | None = None,
     eot: str = "append",
     text_field: str = "text",
     progress: bool = False,
@@ -313,7 +313,7 @@ class ShardDataset:
     def num_documents(self, split: str = "train") -> int:
         return self._core.num_documents(split)
 
-    def tokens(self, split: str = "train", start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+    def tokens(self, split: str = "train", start: int = 0, stop: int | None = None) -> np.ndarray:
         """Tokens ``start:stop`` of ``split`` (Python slice semantics, step 1).
 
         Returns:
@@ -378,8 +378,8 @@ class ShardDataset:
         rank: int = 0,
         world_size: int = 1,
         packing: bool = False,
-        stride: Optional[int] = None,
-    ) -> "BatchSampler":
+        stride: int | None = None,
+    ) -> BatchSampler:
         """A sampler of ``(batch_size, seq_len + 1)`` token windows for next-token training.
 
         Args:
@@ -397,20 +397,20 @@ class ShardDataset:
         Raises:
             ValueError: when a split is too small for one global batch, or for bad arguments.
         """
-        kwargs = dict(
-            batch_size=int(batch_size),
-            seq_len=int(seq_len),
-            stride=int(seq_len if stride is None else stride),
-            mode=mode,
-            seed=int(seed),
-            rank=int(rank),
-            world_size=int(world_size),
-            packing=bool(packing),
-        )
+        kwargs = {
+            "batch_size": int(batch_size),
+            "seq_len": int(seq_len),
+            "stride": int(seq_len if stride is None else stride),
+            "mode": mode,
+            "seed": int(seed),
+            "rank": int(rank),
+            "world_size": int(world_size),
+            "packing": bool(packing),
+        }
         return BatchSampler(self, split, kwargs)
 
 
-def _restore_sampler(dataset: "ShardDataset", split: str, kwargs: dict, state: dict) -> "BatchSampler":
+def _restore_sampler(dataset: ShardDataset, split: str, kwargs: dict, state: dict) -> BatchSampler:
     s = BatchSampler(dataset, split, kwargs)
     s.load_state_dict(state)
     return s
@@ -449,7 +449,7 @@ class BatchSampler:
     def __next__(self) -> np.ndarray:
         return self.next_batch()
 
-    def next_batch(self, out: Optional[np.ndarray] = None) -> np.ndarray:
+    def next_batch(self, out: np.ndarray | None = None) -> np.ndarray:
         """The next batch: a new array, or ``out`` (C-contiguous, right shape and dtype) filled
         in place (e.g. a view of a pinned torch tensor)."""
         return self._core.next_batch(out)
@@ -475,7 +475,7 @@ class BatchSampler:
         return self._core.epoch
 
     @property
-    def batches_per_epoch(self) -> Optional[int]:
+    def batches_per_epoch(self) -> int | None:
         """Batches in an epoch (None with packing, where it depends on document lengths)."""
         return self._core.batches_per_epoch
 
@@ -487,7 +487,7 @@ class BatchSampler:
         """Where each row of the last batch starts, as a token offset into the split."""
         return self._core.last_starts()
 
-    def torch(self, *, device: Any = None, num_batches: Optional[int] = None):
+    def torch(self, *, device: Any = None, num_batches: int | None = None):
         """A torch ``IterableDataset`` of ``(x, y)`` int64 tensor pairs; see :func:`torch_batches`."""
         return torch_batches(self, device=device, num_batches=num_batches)
 
@@ -495,7 +495,7 @@ class BatchSampler:
 # ---- torch ----------------------------------------------------------------------------------
 
 
-def torch_batches(sampler: BatchSampler, *, device: Any = None, num_batches: Optional[int] = None):
+def torch_batches(sampler: BatchSampler, *, device: Any = None, num_batches: int | None = None):
     """Wraps a sampler as a torch ``IterableDataset`` yielding ``(x, y)``, each
     ``(batch_size, seq_len)`` int64 on ``device``: ``x`` the inputs, ``y`` the targets.
 

@@ -246,7 +246,7 @@ impl Split {
                     source_of_expected: MANIFEST_NAME.into(),
                 });
             }
-            if docs == 0 && shard.len() > 0 && idx.starts().first() != Some(&0) {
+            if docs == 0 && !shard.is_empty() && idx.starts().first() != Some(&0) {
                 return Err(ShardError::field(
                     &idx.path,
                     "first document start",

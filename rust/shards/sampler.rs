@@ -198,16 +198,12 @@ impl Sampler {
             state: SamplerState::default(),
         };
         if sampler.cfg.packing {
-            sampler
-                .split
-                .doc_start(0)
-                .map(|_| ())
-                .or_else(|e| match e {
-                    ShardError::OutOfRange { .. } => Err(ShardError::Settings(format!(
-                        "split {name:?} has no documents"
-                    ))),
-                    e => Err(e),
-                })?;
+            sampler.split.doc_start(0).map_err(|e| match e {
+                ShardError::OutOfRange { .. } => {
+                    ShardError::Settings(format!("split {name:?} has no documents"))
+                }
+                e => e,
+            })?;
         } else {
             let enough = match sampler.cfg.mode {
                 Mode::Random => sampler.num_windows() >= global,
@@ -371,6 +367,11 @@ impl Sampler {
                         // Longer than a row: a window of it, then the rest from `stride` on.
                         pieces.push(Piece { start, len: row });
                         st.offset += stride;
+                        if start + stride >= end {
+                            // A stride longer than a row can step past the document's end.
+                            st.cursor += 1;
+                            st.offset = 0;
+                        }
                         break;
                     } else {
                         break;
@@ -667,6 +668,18 @@ mod tests {
             .skip()
             .unwrap_err();
         assert!(e.to_string().contains("pack into"), "{e}");
+    }
+
+    #[test]
+    fn packing_with_a_stride_longer_than_a_row_moves_on() {
+        let (_d, split) = dataset(40);
+        let mut c = cfg(2, 3, Mode::Sequential, 0, 1, true);
+        c.stride = 9;
+        let mut s = Sampler::new(split, c).unwrap();
+        for _ in 0..200 {
+            batch(&mut s);
+        }
+        assert!(s.state().epoch > 0);
     }
 
     #[test]
