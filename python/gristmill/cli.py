@@ -88,6 +88,61 @@ def _run_decode(args) -> int:
     return 0
 
 
+# ---- tokenize -----------------------------------------------------------------------------
+
+
+def _add_tokenize(sub) -> None:
+    p = sub.add_parser(
+        "tokenize",
+        help="encode documents into llm.c-compatible token shards",
+        description="Encode documents (jsonl[.gz|.zst], parquet, txt; files or directories) in "
+        "parallel into fixed-size token shards with a manifest. Rerunning a killed run resumes "
+        "from its last complete shard.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or directories of documents")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the dataset directory")
+    p.add_argument(
+        "--tokenizer", "-t", default="gpt2",
+        help="built-in name (gpt2) or a saved tokenizer directory / .tiktoken / tokenizer.json",
+    )
+    p.add_argument("--shard-size", type=int, default=100_000_000, metavar="N", help="tokens per shard")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+                     help="fraction of documents for the val split, spread evenly")
+    val.add_argument("--val-docs", type=int, default=None, metavar="N",
+                     help="the first N documents go to the val split")
+    p.add_argument("--text-field", default="text", help="the text's field in jsonl/parquet records")
+    p.add_argument("--eot", choices=("append", "prepend"), default="append",
+                   help="put end-of-text after each document (default) or before it (llm.c)")
+    p.add_argument("--txt-mode", choices=("file", "paragraphs"), default="file",
+                   help=".txt inputs: one document per file, or per blank-line-separated block")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_tokenize)
+
+
+def _run_tokenize(args) -> int:
+    import json
+
+    from gristmill.prep import read_documents
+    from gristmill.shards import write_shards
+
+    tok = _load_tokenizer(args.tokenizer)
+    docs = read_documents(args.inputs, text_field=args.text_field, txt_mode=args.txt_mode)
+    t0 = time.perf_counter()
+    manifest = write_shards(
+        docs, args.output, tok,
+        shard_size=args.shard_size, val_fraction=args.val_fraction, val_docs=args.val_docs,
+        eot=args.eot, text_field=args.text_field, progress=not args.quiet,
+    )
+    dt = time.perf_counter() - t0
+    m = json.loads(Path(manifest).read_text("utf-8"))
+    for name, split in m["splits"].items():
+        print(f"{name:5s}  {split['tokens']:>14,} tokens  {split['documents']:>10,} documents  "
+              f"{len(split['shards'])} shards")
+    print(f"wrote {manifest} ({m['dtype']}, tokenizer {m['tokenizer']['name']}) in {dt:.1f}s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gristmill",
@@ -97,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_encode(sub)
     _add_decode(sub)
+    _add_tokenize(sub)
     return parser
 
 
