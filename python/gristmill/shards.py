@@ -182,8 +182,6 @@ def write_shards(
     )
     if writer.is_complete:
         return writer.finish()
-    if not (out / TOKENIZER_DIR / "tokenizer_config.json").exists():
-        tok.save(out / TOKENIZER_DIR)
     start = writer.next_position
     records = itertools.islice(_records(documents, text_field), start, None)
     bar = _progress_bar(progress, start)
@@ -196,8 +194,13 @@ def write_shards(
                 tok._core, [_fix_surrogates(t) for t in texts], [_fix_surrogates(i) for i in ids]
             )
 
-    # One batch is encoded (GIL released) while the next is read.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gristmill-tokenize") as pool:
+    # One batch is encoded (GIL released) while the next is read; the tokenizer's copy is
+    # written on the side.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gristmill-tokenize") as pool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="gristmill-save") as saver:
+        saved = None
+        if not (out / TOKENIZER_DIR / "tokenizer_config.json").exists():
+            saved = saver.submit(tok.save, out / TOKENIZER_DIR)
         pending = None
         for texts, ids, size in _batches(records, start):
             job = pool.submit(add, texts, ids)
@@ -206,6 +209,8 @@ def write_shards(
             pending = (job, len(texts), size)
         if pending is not None:
             _advance(bar, pending)
+        if saved is not None:
+            saved.result()
     if bar is not None:
         bar.close()
     return writer.finish()
@@ -548,10 +553,15 @@ def torch_batches(sampler: BatchSampler, *, device: Any = None, num_batches: int
                     batch = host[slot].to(self.device, non_blocking=True)
                     sent[slot] = torch.cuda.Event()
                     sent[slot].record()
+                    # Widened on the GPU; the mask undoes the sign of the signed view.
+                    batch = batch.to(torch.int64) & mask
+                    yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
                 else:
-                    batch = torch.from_numpy(s.next_batch().view(np.int16 if s.dtype == np.uint16 else np.int32))
-                batch = batch.to(torch.int64) & mask
-                yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+                    # numpy widens a strided view straight into a contiguous int64 array.
+                    batch = s.next_batch()
+                    x = torch.from_numpy(batch[:, :-1].astype(np.int64))
+                    y = torch.from_numpy(batch[:, 1:].astype(np.int64))
+                    yield (x, y) if self.device.type == "cpu" else (x.to(self.device), y.to(self.device))
                 if workers > 1:
                     s.skip(workers - 1)
 

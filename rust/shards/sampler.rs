@@ -33,6 +33,7 @@
 
 use super::reader::{Split, Token};
 use super::ShardError;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -90,6 +91,9 @@ struct Saved {
 }
 
 const STATE_FORMAT: &str = "gristmill-sampler-1";
+
+/// Batches at least this large are copied on all threads.
+const PARALLEL_COPY_BYTES: usize = 64 << 10;
 
 fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -429,22 +433,42 @@ impl Sampler {
         let saved = self.state.clone();
         let rows = self.plan()?;
         let pad = T::from_pad(self.cfg.pad);
-        for ((pieces, dst), length) in rows
-            .iter()
-            .zip(out.chunks_exact_mut(row))
-            .zip(&mut self.lengths)
-        {
+        let split = &*self.split;
+        let fill = |(pieces, dst): (&Vec<Piece>, &mut [T])| -> Result<u64, ShardError> {
             let mut at = 0usize;
             for p in pieces {
                 let len = p.len as usize;
-                if let Err(e) = self.split.copy_range(p.start, &mut dst[at..at + len]) {
-                    self.state = saved;
-                    return Err(e);
-                }
+                split.copy_range(p.start, &mut dst[at..at + len])?;
                 at += len;
             }
             dst[at..].fill(pad);
-            *length = at as u64;
+            Ok(at as u64)
+        };
+        // A batch is many independent row copies from memory that is mostly not in cache: on
+        // an idle machine two or more threads move it faster than one. Small batches, and a
+        // forked child (no pool), copy on the calling thread.
+        let parallel =
+            std::mem::size_of_val(out) >= PARALLEL_COPY_BYTES && crate::parallel::num_threads() > 1;
+        let lengths: Result<Vec<u64>, ShardError> = if parallel {
+            crate::parallel::install(|| {
+                rows.par_iter()
+                    .zip(out.par_chunks_exact_mut(row))
+                    .with_min_len(8)
+                    .map(fill)
+                    .collect()
+            })
+        } else {
+            rows.iter()
+                .zip(out.chunks_exact_mut(row))
+                .map(fill)
+                .collect()
+        };
+        match lengths {
+            Ok(l) => self.lengths = l,
+            Err(e) => {
+                self.state = saved;
+                return Err(e);
+            }
         }
         for (start, pieces) in self.starts.iter_mut().zip(&rows) {
             *start = pieces[0].start;
