@@ -8,6 +8,7 @@
 
 pub mod bpe;
 pub mod parallel;
+pub mod text;
 
 #[cfg(feature = "python")]
 mod python {
