@@ -12,6 +12,7 @@ use super::words::split_words;
 use super::Verdict;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 fn on<T: PartialOrd + Default + Copy>(v: Option<T>) -> Option<T> {
     v.filter(|&x| x > T::default())
@@ -66,6 +67,7 @@ pub fn quality(cfg: &GopherQualityConfig, text: &str) -> Verdict {
     let mut stop_seen: FxHashSet<&str> = FxHashSet::default();
     let stop_wanted = on(cfg.min_stop_words).is_some();
     for w in &words {
+        let w: &str = w;
         if !w.chars().all(is_gopher_punctuation) {
             non_symbol += 1;
             non_symbol_chars += py_len(w);
@@ -258,7 +260,7 @@ impl PrefixHash {
 
 /// The words of a text with what the n-gram rules need to key and measure runs of them.
 struct WordRuns<'a> {
-    words: Vec<&'a str>,
+    words: Vec<Cow<'a, str>>,
     /// Character length prefix sums.
     chars: Vec<usize>,
     /// Byte offsets of each word in the words joined by " " (one past the end at the end).
@@ -270,7 +272,7 @@ struct WordRuns<'a> {
 }
 
 impl<'a> WordRuns<'a> {
-    fn new(words: Vec<&'a str>) -> Self {
+    fn new(words: Vec<Cow<'a, str>>) -> Self {
         let mut chars = vec![0];
         let mut joined_at = Vec::with_capacity(words.len() + 1);
         let mut concat_at = Vec::with_capacity(words.len() + 1);
@@ -469,11 +471,11 @@ mod tests {
     #[test]
     fn n_gram_keys_follow_the_joined_strings() {
         // "a b" and "ab" differ when joined by spaces, but are equal when concatenated.
-        let runs = WordRuns::new(vec!["a", "bc", "ab", "c"]);
+        let runs = WordRuns::new(["a", "bc", "ab", "c"].map(Cow::from).to_vec());
         assert_ne!(runs.joined_key(0, 2), runs.joined_key(2, 2));
         assert_eq!(runs.concat_key(0, 2), runs.concat_key(2, 2));
         assert_eq!(duplicate_n_gram_chars(&runs, 2), 3);
-        let runs = WordRuns::new(vec!["x", "y", "x", "y", "z"]);
+        let runs = WordRuns::new(["x", "y", "x", "y", "z"].map(Cow::from).to_vec());
         assert_eq!(top_n_gram_chars(&runs, 2), Some(6));
     }
 

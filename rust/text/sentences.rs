@@ -8,8 +8,8 @@
 //! token that is neither starts a new sentence. So `Mr. Smith` stays one sentence (`Mr.` is one
 //! word), `"Stop." He left.` is two, and `Wait... what` is one (`...` is one word, not `.`).
 
-use super::chars::{is_punct_category, is_sentence_end, py_isspace};
-use super::words::for_each_word;
+use super::chars::{is_punct_category, is_sentence_end};
+use super::words::tokenize;
 use std::ops::Range;
 
 /// A token's role in sentence splitting.
@@ -34,29 +34,12 @@ fn kind(token: &str) -> Kind {
 
 /// Calls `f(start, end, kind)` for each token of `text` in order (byte offsets).
 fn for_each_token(text: &str, mut f: impl FnMut(usize, usize, Kind)) {
-    let base = text.as_ptr() as usize;
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < text.len() {
-        let c = text[i..].chars().next().expect("in bounds");
-        if py_isspace(c) {
-            let run_end = i + text[i..]
-                .find(|c: char| !py_isspace(c))
-                .unwrap_or(text.len() - i);
-            // A single space after a word separates; any other run is a whitespace token.
-            let start = if i > 0 && bytes[i] == b' ' { i + 1 } else { i };
-            if start < run_end {
-                f(start, run_end, Kind::Other);
-            }
-            i = run_end;
-        } else {
-            let run_end = i + text[i..].find(py_isspace).unwrap_or(text.len() - i);
-            for_each_word(&text[i..run_end], |w| {
-                let s = w.as_ptr() as usize - base;
-                f(s, s + w.len(), kind(w));
-            });
-            i = run_end;
-        }
+    for t in tokenize(text) {
+        f(
+            t.start,
+            t.end,
+            if t.space { Kind::Other } else { kind(&t.text) },
+        );
     }
 }
 

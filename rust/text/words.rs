@@ -24,22 +24,179 @@ use super::chars::{
     is_alpha, is_lower_or_uncased, is_symbol_other, is_upper_or_uncased, py_isspace,
 };
 use rustc_hash::FxHashMap;
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
-/// Calls `f` with each word of `text`, in order. Words are slices of `text`.
-pub fn for_each_word<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
-    for chunk in text.split(py_isspace) {
-        if !chunk.is_empty() {
-            split_chunk(chunk, &mut f);
+/// A token: a word, or a whitespace token (a whitespace run other than the single space after
+/// a word), with its byte span in the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token<'a> {
+    pub start: usize,
+    pub end: usize,
+    pub text: Cow<'a, str>,
+    pub space: bool,
+}
+
+/// The tokens of `text`, whitespace tokens included, in order.
+pub fn tokenize(text: &str) -> Vec<Token<'_>> {
+    let base = text.as_ptr() as usize;
+    let bytes = text.as_bytes();
+    let mut out: Vec<Token<'_>> = Vec::with_capacity(text.len() / 4 + 1);
+    let mut i = 0;
+    while i < text.len() {
+        let c = text[i..].chars().next().expect("in bounds");
+        if py_isspace(c) {
+            let end = i + text[i..]
+                .find(|c: char| !py_isspace(c))
+                .unwrap_or(text.len() - i);
+            // One space after a word only separates; any other run is a token.
+            let start = if i > 0 && bytes[i] == b' ' { i + 1 } else { i };
+            if start < end {
+                out.push(Token {
+                    start,
+                    end,
+                    text: Cow::Borrowed(&text[start..end]),
+                    space: true,
+                });
+            }
+            i = end;
+        } else {
+            let end = i + text[i..].find(py_isspace).unwrap_or(text.len() - i);
+            split_chunk(&text[i..end], true, &mut |w: &str| {
+                let start = w.as_ptr() as usize - base;
+                out.push(Token {
+                    start,
+                    end: start + w.len(),
+                    text: Cow::Borrowed(&text[start..start + w.len()]),
+                    space: false,
+                });
+            });
+            i = end;
+        }
+    }
+    merge_special_phrases(text, &mut out);
+    out
+}
+
+/// The words of `text` (see the module documentation for how it splits).
+pub fn split_words(text: &str) -> Vec<Cow<'_, str>> {
+    tokenize(text)
+        .into_iter()
+        .filter(|t| !t.space)
+        .map(|t| t.text)
+        .collect()
+}
+
+/// Calls `f` with each word of `text`, in order.
+pub fn for_each_word(text: &str, mut f: impl FnMut(&str)) {
+    for t in tokenize(text) {
+        if !t.space {
+            f(&t.text);
         }
     }
 }
 
-/// The words of `text` (see the module documentation for how it splits).
-pub fn split_words(text: &str) -> Vec<&str> {
-    let mut out = Vec::with_capacity(text.len() / 5 + 1);
-    for_each_word(text, |w| out.push(w));
-    out
+/// Special cases that the affix rules would split (`Mr.` → `Mr` `.`, `):` → `)` `:`) are also
+/// found as runs of adjacent tokens inside a chunk and put back together (spaCy runs a phrase
+/// matcher over the tokens for this): `to):` gives `to` `):`. Of overlapping matches the
+/// longest wins, then the leftmost.
+fn merge_special_phrases<'a>(text: &'a str, tokens: &mut Vec<Token<'a>>) {
+    let phrases = phrases();
+    let mut matches: Vec<(usize, usize, &'static str)> = Vec::new();
+    for i in 0..tokens.len() {
+        if tokens[i].space {
+            continue;
+        }
+        let Some(candidates) = phrases.get(tokens[i].text.as_ref()) else {
+            continue;
+        };
+        for (phrase, key) in candidates {
+            let end = i + phrase.len();
+            if end <= tokens.len()
+                && tokens[i..end]
+                    .iter()
+                    .zip(phrase)
+                    .all(|(t, p)| !t.space && t.text == p.as_str())
+                && tokens[i..end].windows(2).all(|w| w[0].end == w[1].start)
+            {
+                matches.push((i, end, key.as_str()));
+            }
+        }
+    }
+    if matches.is_empty() {
+        return;
+    }
+    // Longest first, then leftmost; skip a match whose first or last token is taken.
+    matches.sort_by(|a, b| (b.1 - b.0).cmp(&(a.1 - a.0)).then(a.0.cmp(&b.0)));
+    let mut taken = vec![false; tokens.len()];
+    let mut kept = Vec::new();
+    for (s, e, key) in matches {
+        if !taken[s] && !taken[e - 1] {
+            kept.push((s, e, key));
+        }
+        taken[s..e].iter_mut().for_each(|t| *t = true);
+    }
+    kept.sort_by_key(|m| m.0);
+    let old = std::mem::take(tokens);
+    let mut kept = kept.into_iter().peekable();
+    let mut i = 0;
+    while i < old.len() {
+        match kept.peek() {
+            Some(&(s, e, key)) if s == i => {
+                kept.next();
+                let (start, end) = (old[s].start, old[e - 1].end);
+                let contiguous = old[s..e].windows(2).all(|w| w[0].end == w[1].start);
+                let pieces = specials()
+                    .get(key)
+                    .expect("phrases come from the special cases");
+                let mut at = 0;
+                for &len in pieces {
+                    let piece: Cow<'a, str> = if contiguous {
+                        Cow::Borrowed(&text[start + at..start + at + len])
+                    } else {
+                        Cow::Owned(key[at..at + len].to_string())
+                    };
+                    let (ps, pe) = if contiguous {
+                        (start + at, start + at + len)
+                    } else {
+                        (start, end)
+                    };
+                    tokens.push(Token {
+                        start: ps,
+                        end: pe,
+                        text: piece,
+                        space: false,
+                    });
+                    at += len;
+                }
+                i = e;
+            }
+            _ => {
+                tokens.push(old[i].clone());
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Special cases as the token runs the affix rules make of them: first token → (tokens, key).
+fn phrases() -> &'static FxHashMap<String, Vec<(Vec<String>, String)>> {
+    static PHRASES: OnceLock<FxHashMap<String, Vec<(Vec<String>, String)>>> = OnceLock::new();
+    PHRASES.get_or_init(|| {
+        let mut m: FxHashMap<String, Vec<(Vec<String>, String)>> = FxHashMap::default();
+        let mut keys: Vec<&String> = specials().keys().collect();
+        keys.sort();
+        for key in keys {
+            let mut pieces: Vec<String> = Vec::new();
+            split_chunk(key, false, &mut |w: &str| pieces.push(w.to_string()));
+            if pieces.len() > 1 {
+                m.entry(pieces[0].clone())
+                    .or_default()
+                    .push((pieces, key.clone()));
+            }
+        }
+        m
+    })
 }
 
 /// A chunk spaCy would keep whole (or split by its special-case table) without running the
@@ -49,8 +206,15 @@ fn is_plain(chunk: &str) -> bool {
     b.iter().all(u8::is_ascii_alphabetic) || b.iter().all(u8::is_ascii_digit)
 }
 
-fn split_chunk<'a>(chunk: &'a str, f: &mut impl FnMut(&'a str)) {
-    let specials = specials();
+/// Splits one whitespace-free chunk, calling `f` with slices of it. Without `use_specials`
+/// the special cases are ignored (how spaCy finds which of them the affix rules would split).
+fn split_chunk(chunk: &str, use_specials: bool, f: &mut dyn FnMut(&str)) {
+    static NONE: OnceLock<FxHashMap<String, Vec<usize>>> = OnceLock::new();
+    let specials = if use_specials {
+        specials()
+    } else {
+        NONE.get_or_init(FxHashMap::default)
+    };
     if let Some(pieces) = specials.get(chunk) {
         emit_pieces(chunk, pieces, f);
         return;
@@ -59,8 +223,8 @@ fn split_chunk<'a>(chunk: &'a str, f: &mut impl FnMut(&'a str)) {
         f(chunk);
         return;
     }
-    let mut prefixes: Vec<&'a str> = Vec::new();
-    let mut suffixes: Vec<&'a str> = Vec::new();
+    let mut prefixes: Vec<&str> = Vec::new();
+    let mut suffixes: Vec<&str> = Vec::new();
     let mut rest = chunk;
     let mut last_len = usize::MAX;
     while !rest.is_empty() && rest.len() != last_len {
@@ -115,7 +279,7 @@ fn split_chunk<'a>(chunk: &'a str, f: &mut impl FnMut(&'a str)) {
     }
 }
 
-fn emit_pieces<'a>(s: &'a str, pieces: &[usize], f: &mut impl FnMut(&'a str)) {
+fn emit_pieces(s: &str, pieces: &[usize], f: &mut dyn FnMut(&str)) {
     let mut at = 0;
     for &len in pieces {
         f(&s[at..at + len]);
@@ -340,7 +504,7 @@ fn suffix_len(s: &str) -> usize {
 
 // ---- infixes --------------------------------------------------------------------------------
 
-fn split_infixes<'a>(s: &'a str, f: &mut impl FnMut(&'a str)) {
+fn split_infixes(s: &str, f: &mut dyn FnMut(&str)) {
     let mut start = 0;
     let mut i = 0;
     let mut prev: Option<char> = None;
@@ -574,36 +738,41 @@ const WHOLE: &[&str] = &[
     "’re",
     "'em",
     "’em",
-    // emoticons
-    ":)",
-    ":-)",
-    ":(",
-    ":-(",
-    ";)",
-    ";-)",
-    ":D",
-    ":-D",
-    ":P",
-    ":p",
-    ":-P",
-    ":-p",
-    ":/",
-    ":-/",
-    ":o",
-    ":O",
-    ":|",
-    ":'(",
-    "<3",
-    "</3",
-    "=)",
-    "=(",
-    "^_^",
-    "-_-",
-    "XD",
-    "xD",
-    ":3",
-    ";D",
+    // placeholders some corpora use
+    "<space>",
 ];
+
+/// Emoticons kept whole: faces read left to right (eyes, optional nose or tear, mouth), the
+/// same mirrored, and a few others.
+fn emoticons() -> Vec<String> {
+    let mut out = Vec::new();
+    let mouths = [
+        ")", "))", ")))", "(", "((", "(((", "()", "*", "/", "0", "3", ">", "D", "O", "P", "X", "]",
+        "o", "p", "x", "|", "}",
+    ];
+    for nose in ["", "-"] {
+        for m in mouths {
+            out.push(format!(":{nose}{m}"));
+        }
+    }
+    for tear in ["'", "’"] {
+        for nose in ["", "-"] {
+            out.push(format!(":{tear}{nose}("));
+            out.push(format!(":{tear}{nose})"));
+        }
+    }
+    for face in [
+        ":1", ":o)", ";)", ";-)", ";D", ";-D", ";_;", "=)", "=(", "=/", "=3", "=D", "=[", "=]",
+        "=|", "8)", "8-)", "8D", "8-D", "(:", "(-:", "(;", "(-;", "(=", "(-8", "):", ")-:", "[:",
+        "[-:", "[=", "]=", ">:(", ">:o", "<3", "<33", "<333", "</3", "XD", "XDD", "xD", "xDD",
+        "^_^", "^__^", "^___^", "-_-", "-__-", "._.", "0.0", "0.o", "o.0", "0_0", "0_o", "o_0",
+        "o.o", "o.O", "O.o", "O.O", "o_o", "o_O", "O_o", "O_O", "v.v", "V.V", "v_v", "V_V", "<.<",
+        ">.<", ">.>", "@_@", "(^_^)", "(>_<)", "(*_*)", "(-_-)", "(._.)",
+    ] {
+        out.push(face.to_string());
+    }
+    out
+}
 
 /// Dropped-letter forms kept whole, with an apostrophe or without (`doin'`, `doin`).
 const DROPPED_G: &[&str] = &[
@@ -647,7 +816,9 @@ const CLITIC_HOSTS: &[(&str, &[&str])] = &[
 ];
 
 /// Spellings without the apostrophe that are ordinary words, so never split.
-const NOT_CONTRACTIONS: &[&str] = &["were", "well", "hell", "shell", "shed", "its", "ill"];
+const NOT_CONTRACTIONS: &[&str] = &[
+    "were", "well", "hell", "shell", "shed", "its", "ill", "whore",
+];
 
 /// Hosts whose `'s` is also written without the apostrophe (`whats`, `theres`).
 const S_WITHOUT_APOSTROPHE: &[&str] = &["he", "she", "what", "that", "there", "who"];
@@ -664,6 +835,9 @@ fn build_specials() -> FxHashMap<String, Vec<usize>> {
     }
     for w in WHOLE {
         add(&[w]);
+    }
+    for e in emoticons() {
+        add(&[&e]);
     }
     for w in DROPPED_G {
         for form in [w.to_string(), capitalize(w)] {
