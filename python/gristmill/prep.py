@@ -787,19 +787,19 @@ def format_report(report: dict[str, Any]) -> str:
     ...     "bad_records": 0, "filters": {"c4": {"docs_in": 2, "docs_removed": 1, "bytes_removed": 5,
     ...     "lines_removed": 0, "rules": {"too_few_sentences": {"docs": 1, "lines": 0, "bytes": 5}}}}}))
     ... # doctest: +NORMALIZE_WHITESPACE
-    filter                     docs in   removed   lines removed   bytes removed
-    c4                               2         1               0               5
-      too_few_sentences                        1               0               5
+    filter                             docs in   removed   lines removed   bytes removed
+    c4                                       2         1               0               5
+      too_few_sentences                                1               0               5
     kept: 1 of 2 documents (50.0%), 5 of 10 bytes (50.0%); bad records skipped: 0
     """
-    rows = [f"{'filter':<24}{'docs in':>10}{'removed':>10}{'lines removed':>16}{'bytes removed':>16}"]
+    rows = [f"{'filter':<32}{'docs in':>10}{'removed':>10}{'lines removed':>16}{'bytes removed':>16}"]
     for name, s in report["filters"].items():
         rows.append(
-            f"{name:<24}{s.get('docs_in', 0):>10,}{s.get('docs_removed', 0):>10,}"
+            f"{name:<32}{s.get('docs_in', 0):>10,}{s.get('docs_removed', 0):>10,}"
             f"{s.get('lines_removed', 0):>16,}{s.get('bytes_removed', 0) + sum(r['bytes'] for r in s.get('rules', {}).values() if r['lines']):>16,}"
         )
         for rule, r in sorted(s.get("rules", {}).items()):
-            rows.append(f"  {rule:<22}{'':>10}{r['docs']:>10,}{r['lines']:>16,}{r['bytes']:>16,}")
+            rows.append(f"  {rule:<30}{'':>10}{r['docs']:>10,}{r['lines']:>16,}{r['bytes']:>16,}")
     d_in, d_out = report["docs_in"], report["docs_out"]
     b_in, b_out = report["bytes_in"], report["bytes_out"]
     rows.append(
