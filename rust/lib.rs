@@ -9,6 +9,7 @@
 pub mod bpe;
 pub mod parallel;
 pub mod shards;
+pub mod text;
 
 #[cfg(feature = "python")]
 mod python {
@@ -794,6 +795,93 @@ mod python {
         Ok(d)
     }
 
+    // ==== text ====
+
+    use crate::text::{Outcome, Pipeline, TextError};
+    use pyo3::pybacked::PyBackedStr;
+    use pyo3::types::PyTuple;
+
+    create_exception!(
+        _core,
+        FilterConfigError,
+        PyValueError,
+        "A filter configuration that cannot be used."
+    );
+
+    fn text_err(e: TextError) -> PyErr {
+        FilterConfigError::new_err(e.to_string())
+    }
+
+    /// Document filters applied in order (C4, bad words, Gopher, FineWeb, normalisation),
+    /// configured from a JSON list of `{"type": ..., "name": ..., ...parameters}` objects.
+    #[pyclass(frozen, module = "gristmill._core")]
+    struct TextPipeline {
+        inner: Pipeline,
+    }
+
+    #[pymethods]
+    impl TextPipeline {
+        #[new]
+        fn new(py: Python<'_>, filters_json: String) -> PyResult<Self> {
+            py.detach(|| Pipeline::from_json(&filters_json))
+                .map(|inner| TextPipeline { inner })
+                .map_err(text_err)
+        }
+
+        /// The filter names, in order.
+        #[getter]
+        fn names(&self) -> Vec<String> {
+            self.inner.names().to_vec()
+        }
+
+        /// Filters `texts` in parallel. Returns (outcomes, stats_json): per text None (kept
+        /// unchanged), a str (kept, changed to this) or a (filter name, rule) tuple (removed);
+        /// and the batch's per-filter counts as a JSON list aligned with `names`.
+        fn apply_batch<'py>(
+            &self,
+            py: Python<'py>,
+            texts: Vec<PyBackedStr>,
+        ) -> PyResult<(Vec<Bound<'py, PyAny>>, String)> {
+            let (outcomes, stats) = py.detach(|| self.inner.apply_batch(&texts));
+            let stats = serde_json::to_string(&stats)
+                .map_err(|e| PyValueError::new_err(format!("statistics: {e}")))?;
+            let names = self.inner.names();
+            let mut out = Vec::with_capacity(outcomes.len());
+            for o in outcomes {
+                out.push(match o {
+                    Outcome::Kept(None) => py.None().into_bound(py),
+                    Outcome::Kept(Some(t)) => t.into_pyobject(py)?.into_any(),
+                    Outcome::Removed { filter, rule } => {
+                        PyTuple::new(py, [names[filter].as_str(), rule.as_ref()])?.into_any()
+                    }
+                });
+            }
+            Ok((out, stats))
+        }
+    }
+
+    /// The words of `text` as the filters count them (spaCy-style English rules).
+    #[pyfunction]
+    fn split_words(py: Python<'_>, text: PyBackedStr) -> Vec<String> {
+        py.detach(|| {
+            crate::text::words::split_words(&text)
+                .into_iter()
+                .map(|w| w.into_owned())
+                .collect()
+        })
+    }
+
+    /// The sentences of `text` as the filters count them; they partition the text.
+    #[pyfunction]
+    fn split_sentences(py: Python<'_>, text: PyBackedStr) -> Vec<String> {
+        py.detach(|| {
+            crate::text::sentences::sentence_spans(&text)
+                .into_iter()
+                .map(|r| text[r].to_string())
+                .collect()
+        })
+    }
+
     /// Called in a forked child (os.register_at_fork): batch work then runs on the calling thread.
     #[pyfunction]
     fn _mark_forked() {
@@ -821,6 +909,11 @@ mod python {
         m.add_class::<ShardSampler>()?;
         m.add_function(wrap_pyfunction!(open_shard, m)?)?;
         m.add_function(wrap_pyfunction!(shard_format, m)?)?;
+        // text
+        m.add("FilterConfigError", m.py().get_type::<FilterConfigError>())?;
+        m.add_class::<TextPipeline>()?;
+        m.add_function(wrap_pyfunction!(split_words, m)?)?;
+        m.add_function(wrap_pyfunction!(split_sentences, m)?)?;
         Ok(())
     }
 }
