@@ -7,6 +7,7 @@
 //! hands token arrays to numpy without a copy. It has one section per core module.
 
 pub mod bpe;
+pub mod dedup;
 pub mod parallel;
 
 #[cfg(feature = "python")]
