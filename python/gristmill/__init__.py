@@ -9,6 +9,7 @@ import os as _os
 
 from gristmill import _core
 from gristmill._core import TokenizerError
+from gristmill.dedup import DedupConfig, DedupError, dedup
 from gristmill.tokenizer import Tokenizer, split_pieces
 
 __version__ = "0.1.0"
@@ -17,4 +18,12 @@ __version__ = "0.1.0"
 if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_core._mark_forked)
 
-__all__ = ["Tokenizer", "TokenizerError", "split_pieces", "__version__"]
+__all__ = [
+    "DedupConfig",
+    "DedupError",
+    "Tokenizer",
+    "TokenizerError",
+    "__version__",
+    "dedup",
+    "split_pieces",
+]

@@ -2,12 +2,15 @@
 //!
 //! - [`words`]: the word sequence MinHash shingles and span hashes are built from: lower-case,
 //!   every character that is not a letter or digit (punctuation, symbols, whitespace) folded
-//!   into one word break, and optionally every number folded to `0`. This follows datatrove's
-//!   `simplify_text` (lower-case, numbers to `0`, punctuation to spaces, whitespace folded)
-//!   except that it does not strip diacritics and breaks on every non-alphanumeric character,
-//!   not only those in datatrove's punctuation list.
+//!   into one word break, diacritics stripped, and optionally every number folded to `0`.
+//!   This follows datatrove's `simplify_text` (lower-case, numbers to `0`, punctuation to
+//!   spaces, whitespace folded, diacritics stripped) except that it breaks words on every
+//!   character that is not a letter or digit, not only on those in datatrove's punctuation
+//!   list (so `£`, `°` or `│` are breaks here and words there).
 //! - [`exact_form`]: what exact dedup hashes: whitespace runs folded to one space, trimmed,
 //!   lower-cased. Case and spacing differences are usually re-encodings of the same page.
+
+use unicode_normalization::char::{canonical_combining_class, decompose_canonical};
 
 /// Normalised words, stored once as a single string with one space between words so that a
 /// run of consecutive words (a shingle) is one contiguous slice to hash.
@@ -46,27 +49,25 @@ impl Words {
 /// ```
 /// use gristmill::dedup::normalize::words;
 /// let w = words("Hello, World! It's 3.14 -- or 1,000.", true);
-/// assert_eq!(w.text, "hello world it s 0 or 0 0");
+/// assert_eq!(w.text, "hello world it s 0 or 0");
 /// ```
 pub fn words(text: &str, fold_numbers: bool) -> Words {
-    let mut out = Words {
-        text: String::with_capacity(text.len()),
-        spans: Vec::new(),
+    let mut b = WordBuilder {
+        out: Words {
+            text: String::with_capacity(text.len()),
+            spans: Vec::new(),
+        },
+        start: None,
     };
-    let mut start: Option<usize> = None;
     let mut chars = text.char_indices().peekable();
     while let Some((_, c)) = chars.next() {
-        if !c.is_alphanumeric() {
-            if let Some(s) = start.take() {
-                out.spans.push((s as u32, out.text.len() as u32));
+        if c.is_ascii() && !(fold_numbers && c.is_ascii_digit()) {
+            if c.is_ascii_alphanumeric() {
+                b.push(c.to_ascii_lowercase());
+            } else {
+                b.end_word();
             }
             continue;
-        }
-        if start.is_none() {
-            if !out.text.is_empty() {
-                out.text.push(' ');
-            }
-            start = Some(out.text.len());
         }
         if fold_numbers && c.is_numeric() {
             // A run of digits, optionally one decimal separator and more digits, becomes "0"
@@ -85,19 +86,51 @@ pub fn words(text: &str, fold_numbers: bool) -> Words {
                     }
                 }
             }
-            out.text.push('0');
+            b.push('0');
             continue;
         }
-        if c.is_ascii() {
-            out.text.push(c.to_ascii_lowercase());
-        } else {
-            out.text.extend(c.to_lowercase());
+        // Canonical decomposition, dropping combining marks: "é" -> "e", as datatrove strips
+        // diacritics (NFD, then drop category Mn; combining class > 0 is that set, nearly).
+        decompose_canonical(c, |d| {
+            if canonical_combining_class(d) != 0 {
+                return;
+            }
+            if d.is_alphanumeric() {
+                for l in d.to_lowercase() {
+                    b.push(l);
+                }
+            } else {
+                b.end_word();
+            }
+        });
+    }
+    b.end_word();
+    b.out
+}
+
+struct WordBuilder {
+    out: Words,
+    start: Option<usize>,
+}
+
+impl WordBuilder {
+    #[inline]
+    fn push(&mut self, c: char) {
+        if self.start.is_none() {
+            if !self.out.text.is_empty() {
+                self.out.text.push(' ');
+            }
+            self.start = Some(self.out.text.len());
+        }
+        self.out.text.push(c);
+    }
+
+    #[inline]
+    fn end_word(&mut self) {
+        if let Some(s) = self.start.take() {
+            self.out.spans.push((s as u32, self.out.text.len() as u32));
         }
     }
-    if let Some(s) = start {
-        out.spans.push((s as u32, out.text.len() as u32));
-    }
-    out
 }
 
 /// The text exact dedup hashes: whitespace folded, trimmed, lower-cased.
@@ -153,7 +186,12 @@ mod tests {
 
     #[test]
     fn non_ascii_lowercase() {
-        assert_eq!(words("ÉCOLE Straße ΣΟΦΙΑ", true).text, "école straße σοφια");
+        assert_eq!(words("ÉCOLE Straße ΣΟΦΙΑ", true).text, "ecole straße σοφια");
+        // Precomposed and decomposed accents give the same word; marks do not break words.
+        assert_eq!(
+            words("café cafe\u{301}s naïve", true).text,
+            "cafe cafes naive"
+        );
     }
 
     #[test]
