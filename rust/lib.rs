@@ -7,6 +7,7 @@
 //! hands token arrays to numpy without a copy. It has one section per core module.
 
 pub mod bpe;
+pub mod dedup;
 pub mod parallel;
 pub mod shards;
 pub mod text;
@@ -882,6 +883,263 @@ mod python {
         })
     }
 
+    // ==== dedup ====
+
+    use crate::dedup::{
+        self, apply::Outcome as DedupOutcome, minhash::MinHasher, DedupConfig,
+        DedupError as CoreDedupError,
+    };
+
+    create_exception!(
+        _core,
+        DedupError,
+        PyValueError,
+        "A bad dedup configuration, a corrupt or mismatched work directory, or changed input."
+    );
+
+    fn dedup_err(e: CoreDedupError) -> PyErr {
+        match e {
+            CoreDedupError::Io { path, source }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                PyFileNotFoundError::new_err(format!("{}: {source}", path.display()))
+            }
+            CoreDedupError::Io { .. } => PyOSError::new_err(e.to_string()),
+            other => DedupError::new_err(other.to_string()),
+        }
+    }
+
+    fn dedup_config(json: &str) -> PyResult<DedupConfig> {
+        let c: DedupConfig = serde_json::from_str(json)
+            .map_err(|e| DedupError::new_err(format!("invalid dedup configuration: {e}")))?;
+        c.validate().map_err(dedup_err)?;
+        Ok(c)
+    }
+
+    /// Pass 1 of dedup: hashes batches of documents into on-disk indexes (resumable).
+    #[pyclass(module = "gristmill._core")]
+    struct DedupScanner {
+        inner: dedup::scan::Scanner,
+    }
+
+    #[pymethods]
+    impl DedupScanner {
+        #[new]
+        #[pyo3(signature = (work_dir, config_json, memory_limit, checkpoint_docs))]
+        fn new(
+            py: Python<'_>,
+            work_dir: PathBuf,
+            config_json: &str,
+            memory_limit: usize,
+            checkpoint_docs: u64,
+        ) -> PyResult<Self> {
+            let config = dedup_config(config_json)?;
+            py.detach(|| {
+                dedup::scan::Scanner::open(&work_dir, config, memory_limit, checkpoint_docs)
+            })
+            .map(|inner| DedupScanner { inner })
+            .map_err(dedup_err)
+        }
+
+        /// Documents written at a checkpoint: a resumed run continues after them.
+        #[getter]
+        fn docs_done(&self) -> u64 {
+            self.inner.docs_done()
+        }
+
+        #[getter]
+        fn docs_added(&self) -> u64 {
+            self.inner.docs_added()
+        }
+
+        #[getter]
+        fn finished(&self) -> bool {
+            self.inner.finished()
+        }
+
+        #[getter]
+        fn mem_bytes(&self) -> usize {
+            self.inner.mem_bytes()
+        }
+
+        fn add_batch(
+            &mut self,
+            py: Python<'_>,
+            start: u64,
+            ids: Vec<String>,
+            texts: Vec<String>,
+        ) -> PyResult<()> {
+            let inner = &mut self.inner;
+            py.detach(|| inner.add_batch(start, &ids, &texts))
+                .map_err(dedup_err)
+        }
+
+        fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
+            let inner = &mut self.inner;
+            py.detach(|| inner.finish().map(|_| ())).map_err(dedup_err)
+        }
+    }
+
+    /// Pass 2 of dedup: merges the indexes and decides; returns the counts as JSON.
+    #[pyfunction]
+    fn dedup_resolve(py: Python<'_>, work_dir: PathBuf, memory_limit: usize) -> PyResult<String> {
+        let stats = py
+            .detach(|| dedup::resolve::resolve(&work_dir, memory_limit))
+            .map_err(dedup_err)?;
+        serde_json::to_string(&stats).map_err(|e| DedupError::new_err(e.to_string()))
+    }
+
+    type AppliedTuple = (
+        &'static str,
+        Option<String>,
+        Option<&'static str>,
+        Option<String>,
+        u32,
+        u32,
+    );
+
+    /// Pass 3 of dedup: the decision for each document, batch by batch.
+    #[pyclass(module = "gristmill._core")]
+    struct DedupApplier {
+        inner: dedup::apply::Applier,
+    }
+
+    #[pymethods]
+    impl DedupApplier {
+        #[new]
+        fn new(py: Python<'_>, work_dir: PathBuf) -> PyResult<Self> {
+            py.detach(|| dedup::apply::Applier::open(&work_dir))
+                .map(|inner| DedupApplier { inner })
+                .map_err(dedup_err)
+        }
+
+        #[getter]
+        fn total(&self) -> u64 {
+            self.inner.total()
+        }
+
+        /// For each document: `(action, new_text, method, duplicate_of, lines_cut,
+        /// sentences_cut)` with action "keep" or "remove"; new_text is None when unchanged.
+        fn apply_batch(
+            &mut self,
+            py: Python<'_>,
+            start: u64,
+            ids: Vec<String>,
+            texts: Vec<String>,
+        ) -> PyResult<Vec<AppliedTuple>> {
+            let inner = &mut self.inner;
+            let applied = py
+                .detach(|| inner.apply_batch(start, &ids, &texts))
+                .map_err(dedup_err)?;
+            Ok(applied
+                .into_iter()
+                .map(|a| match a.outcome {
+                    DedupOutcome::Keep {
+                        text,
+                        lines_cut,
+                        sentences_cut,
+                    } => ("keep", text, None, None, lines_cut, sentences_cut),
+                    DedupOutcome::Remove {
+                        method,
+                        lines_cut,
+                        sentences_cut,
+                        ..
+                    } => (
+                        "remove",
+                        None,
+                        Some(method.name()),
+                        a.dup_of_id,
+                        lines_cut,
+                        sentences_cut,
+                    ),
+                })
+                .collect())
+        }
+    }
+
+    /// MinHash signatures of `texts` as a (len(texts), bands*rows) uint64 array; a row of
+    /// 2**64 - 1 marks a text with too few words for one shingle.
+    #[pyfunction]
+    fn minhash_signatures<'py>(
+        py: Python<'py>,
+        texts: Vec<String>,
+        config_json: &str,
+    ) -> PyResult<Bound<'py, PyArray2<u64>>> {
+        let config = dedup_config(config_json)?;
+        let hasher = MinHasher::from_config(&config).map_err(dedup_err)?;
+        let k = hasher.num_perm();
+        let flat: Vec<u64> = py.detach(|| {
+            use rayon::prelude::*;
+            let sigs: Vec<Option<Vec<u64>>> = crate::parallel::install(|| {
+                texts.par_iter().map(|t| hasher.signature(t)).collect()
+            });
+            let mut flat = Vec::with_capacity(sigs.len() * k);
+            for s in sigs {
+                match s {
+                    Some(s) => flat.extend(s),
+                    None => flat.extend(std::iter::repeat_n(u64::MAX, k)),
+                }
+            }
+            flat
+        });
+        let n = texts.len();
+        flat.into_pyarray(py).reshape([n, k])
+    }
+
+    type U64Pair<'py> = (Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u64>>);
+
+    /// The permutation parameters `(a, b)` a configuration uses.
+    #[pyfunction]
+    fn minhash_permutations<'py>(py: Python<'py>, config_json: &str) -> PyResult<U64Pair<'py>> {
+        let config = dedup_config(config_json)?;
+        let hasher = MinHasher::from_config(&config).map_err(dedup_err)?;
+        let (a, b) = hasher.params();
+        Ok((a.to_vec().into_pyarray(py), b.to_vec().into_pyarray(py)))
+    }
+
+    /// The shingle hashes of `text` (xxh64 of each run of `ngram` normalised words).
+    #[pyfunction]
+    #[pyo3(signature = (text, ngram = 5, fold_numbers = true))]
+    fn shingle_hashes<'py>(
+        py: Python<'py>,
+        text: String,
+        ngram: usize,
+        fold_numbers: bool,
+    ) -> Bound<'py, PyArray1<u64>> {
+        let w = py.detach(|| dedup::normalize::words(&text, fold_numbers));
+        dedup::minhash::shingles_of(&w, ngram).into_pyarray(py)
+    }
+
+    /// The normalised words MinHash and span dedup see.
+    #[pyfunction]
+    #[pyo3(signature = (text, fold_numbers = true))]
+    fn dedup_words(text: &str, fold_numbers: bool) -> Vec<String> {
+        let w = dedup::normalize::words(text, fold_numbers);
+        w.iter().map(str::to_string).collect()
+    }
+
+    /// The sentences span dedup splits `text` into.
+    #[pyfunction]
+    fn dedup_sentences(text: &str) -> Vec<String> {
+        dedup::sentences::sentence_spans(text)
+            .into_iter()
+            .map(|(a, b)| text[a..b].to_string())
+            .collect()
+    }
+
+    /// 1 - (1 - s^rows)^bands: the chance that documents of Jaccard similarity `s` share a band.
+    #[pyfunction]
+    fn lsh_collision_probability(s: f64, bands: usize, rows: usize) -> f64 {
+        dedup::lsh::collision_probability(s, bands, rows)
+    }
+
+    /// The exact-dedup hash of `text`.
+    #[pyfunction]
+    #[pyo3(signature = (text, bits = 128))]
+    fn exact_hash(text: &str, bits: u32) -> u128 {
+        dedup::exact::doc_hash(text, bits)
+    }
+
     /// Called in a forked child (os.register_at_fork): batch work then runs on the calling thread.
     #[pyfunction]
     fn _mark_forked() {
@@ -914,6 +1172,18 @@ mod python {
         m.add_class::<TextPipeline>()?;
         m.add_function(wrap_pyfunction!(split_words, m)?)?;
         m.add_function(wrap_pyfunction!(split_sentences, m)?)?;
+        // dedup
+        m.add("DedupError", m.py().get_type::<DedupError>())?;
+        m.add_class::<DedupScanner>()?;
+        m.add_class::<DedupApplier>()?;
+        m.add_function(wrap_pyfunction!(dedup_resolve, m)?)?;
+        m.add_function(wrap_pyfunction!(minhash_signatures, m)?)?;
+        m.add_function(wrap_pyfunction!(minhash_permutations, m)?)?;
+        m.add_function(wrap_pyfunction!(shingle_hashes, m)?)?;
+        m.add_function(wrap_pyfunction!(dedup_words, m)?)?;
+        m.add_function(wrap_pyfunction!(dedup_sentences, m)?)?;
+        m.add_function(wrap_pyfunction!(lsh_collision_probability, m)?)?;
+        m.add_function(wrap_pyfunction!(exact_hash, m)?)?;
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ import os as _os
 
 from gristmill import _core
 from gristmill._core import TokenizerError
+from gristmill.dedup import DedupConfig, DedupError, dedup
 from gristmill.shards import BatchSampler, ShardDataset, ShardFormatError, write_shards
 from gristmill.tokenizer import Tokenizer, split_pieces
 
@@ -20,11 +21,14 @@ if hasattr(_os, "register_at_fork"):
 
 __all__ = [
     "BatchSampler",
+    "DedupConfig",
+    "DedupError",
     "ShardDataset",
     "ShardFormatError",
     "Tokenizer",
     "TokenizerError",
     "__version__",
+    "dedup",
     "split_pieces",
     "write_shards",
 ]

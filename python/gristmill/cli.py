@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from gristmill import __version__
 
@@ -209,6 +210,64 @@ def _run_prep(args) -> int:
                   overwrite=args.overwrite)
     print(format_report(report))
     print(f"wrote {len(report['shards'])} shard(s), report.json and report.html to {args.output}")
+# ---- dedup --------------------------------------------------------------------------------
+
+
+def _add_dedup(sub) -> None:
+    p = sub.add_parser(
+        "dedup",
+        help="remove exact, line, span and near-duplicate (MinHash) duplicates",
+        description="Deduplicate documents into DIR: kept documents in docs-NNNNN shards, removed "
+        "ones (with dedup_method and duplicate_of) in removed-NNNNN shards, counts in "
+        "dedup-report.json. With no method flag: --exact --minhash. Rerun the same command to "
+        "resume an interrupted run.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help=".jsonl[.gz|.zst], .parquet, .txt or directories")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--exact", action="store_true", help="exact duplicates (normalised text hash)")
+    p.add_argument("--lines", action="store_true", help="C4 line dedup: a shared line kept in one document")
+    p.add_argument("--spans", action="store_true", help="3-sentence span dedup (datatrove style)")
+    p.add_argument("--minhash", action="store_true", help="near-duplicates by MinHash LSH")
+    p.add_argument("--bands", type=int, default=14, help="LSH bands (default 14)")
+    p.add_argument("--rows", type=int, default=8, help="rows per band (default 8)")
+    p.add_argument("--ngram", type=int, default=5, help="words per shingle (default 5)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the MinHash permutations")
+    p.add_argument(
+        "--threshold", type=float, default=None,
+        help="also require this Jaccard similarity (estimated from signatures) for a merge",
+    )
+    p.add_argument("--memory-limit", default="1GB", help="index memory before spilling to disk (default 1GB)")
+    p.add_argument("--work-dir", default=None, help="indexes and checkpoints (default DIR/.dedup-work)")
+    p.add_argument("--format", default="jsonl.zst", choices=("jsonl.zst", "jsonl", "parquet"))
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--id-field", default="id")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_dedup)
+
+
+def _run_dedup(args) -> int:
+    from gristmill.dedup import DedupConfig, dedup
+
+    methods = {m: getattr(args, m) for m in ("exact", "lines", "spans", "minhash")}
+    if not any(methods.values()):
+        methods.update(exact=True, minhash=True)
+    config = DedupConfig(
+        **methods, bands=args.bands, rows=args.rows, ngram=args.ngram, seed=args.seed,
+        threshold=args.threshold, memory_limit=args.memory_limit, fmt=args.format,
+    )
+    report = dedup(
+        args.inputs, args.output, config, work_dir=args.work_dir, progress=not args.no_progress,
+        text_field=args.text_field, id_field=args.id_field,
+    )
+    removed = ", ".join(f"{k} {v:,}" for k, v in report["removed"].items() if v) or "none"
+    print(f"documents:  {report['documents_in']:,} in, {report['documents_kept']:,} kept")
+    print(f"removed:    {report['documents_removed']:,} ({removed})")
+    if methods["lines"] or methods["spans"]:
+        print(
+            f"cut:        {report['lines_cut']:,} lines, {report['sentences_cut']:,} sentences "
+            f"from {report['documents_changed']:,} kept documents"
+        )
+    print(f"report:     {Path(args.output) / 'dedup-report.json'}")
     return 0
 
 
@@ -223,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decode(sub)
     _add_tokenize(sub)
     _add_prep(sub)
+    _add_dedup(sub)
     return parser
 
 
