@@ -49,8 +49,8 @@ TOKENIZER_DIR = "tokenizer"
 
 # Documents are encoded in batches of at most this many documents or bytes of text: large
 # enough to keep every core busy, small enough that memory stays flat.
-_BATCH_DOCS = 4096
-_BATCH_BYTES = 16 << 20
+_BATCH_DOCS = 1024
+_BATCH_BYTES = 2 << 20
 
 
 # ---- writing --------------------------------------------------------------------------------
