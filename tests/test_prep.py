@@ -24,9 +24,6 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from gristmill import _core
 from gristmill.prep import (
     Document,
@@ -38,16 +35,18 @@ from gristmill.prep import (
     prep,
     read_documents,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 datatrove = pytest.importorskip("datatrove")
-from datatrove.data import Document as DtDocument  # noqa: E402
-from datatrove.pipeline.filters import (  # noqa: E402
+from datatrove.data import Document as DtDocument
+from datatrove.pipeline.filters import (
     C4QualityFilter,
     FineWebQualityFilter,
     GopherQualityFilter,
     GopherRepetitionFilter,
 )
-from datatrove.utils.text import split_into_sentences, split_into_words  # noqa: E402
+from datatrove.utils.text import split_into_sentences, split_into_words
 
 HYPOTHESIS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -477,7 +476,7 @@ def test_hf_datasets_input(tmp_path):
     datasets = pytest.importorskip("datasets")
     ds = datasets.Dataset.from_list(RECORDS)
     docs = list(read_documents(ds))
-    assert [(d.id, d.text, d.metadata) for d in docs][0] == ("d0", "Document number 0.", {"lang": "en"})
+    assert next((d.id, d.text, d.metadata) for d in docs) == ("d0", "Document number 0.", {"lang": "en"})
     streamed = list(read_documents(ds.to_iterable_dataset()))
     assert [d.text for d in streamed] == [r["text"] for r in RECORDS]
     report = prep(ds, tmp_path / "out", PrepConfig(preset="none"))
