@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -264,6 +265,11 @@ class DocumentWriter:
         self.shard_index = start_shard
         self.paths: list[Path] = []
         self._pending: list[Document] = []
+
+    @property
+    def pending(self) -> int:
+        """Documents written but not yet in a finished shard."""
+        return len(self._pending)
 
     def shard_path(self, index: int) -> Path:
         return self.directory / f"{self.prefix}-{index:05d}.{self.fmt}"
@@ -602,7 +608,9 @@ def prep(
     """Cleans a corpus: reads documents, runs the filters, writes clean shards and a report.
 
     Documents stream through the Rust filters in batches (parallel, GIL released); memory
-    stays bounded by ``batch_size`` and ``docs_per_shard``. Clean documents go to
+    stays bounded by ``batch_size`` and ``docs_per_shard``. A shard is closed at the end of
+    the batch that brings it to ``docs_per_shard`` documents, so it may hold up to
+    ``batch_size - 1`` more. Clean documents go to
     ``out_dir/docs-00000.jsonl.zst`` ... (or ``.parquet``), removed ones with ``keep_removed``
     to ``out_dir/removed/`` with fields ``removed_by`` and ``removed_rule``. The report
     (``out_dir/report.json``, plus ``report.html``) counts documents, bytes, and per filter
@@ -646,9 +654,12 @@ def prep(
     _remove_stale_outputs(out, "docs", config.output_format, st["shards"])
     _remove_stale_outputs(removed_dir, "removed", config.output_format, st["removed_shards"])
 
-    writer = DocumentWriter(out, "docs", config.docs_per_shard, config.output_format, st["shards"])
+    # Shards are closed at batch ends (checkpoints), never inside a batch, so a checkpoint
+    # covers whole batches and a rerun cuts the input at the same places.
+    unbounded = sys.maxsize
+    writer = DocumentWriter(out, "docs", unbounded, config.output_format, st["shards"])
     removed = (
-        DocumentWriter(removed_dir, "removed", config.docs_per_shard, config.output_format, st["removed_shards"])
+        DocumentWriter(removed_dir, "removed", unbounded, config.output_format, st["removed_shards"])
         if config.keep_removed
         else None
     )
@@ -712,9 +723,10 @@ def prep(
             pending["docs_out"] += 1
             pending["bytes_out"] += nbytes
             writer.write(doc)
-            if not writer._pending:
-                # A shard was just completed: record how far this run got.
-                checkpoint()
+        if writer.pending >= config.docs_per_shard or (
+            removed is not None and removed.pending >= config.docs_per_shard
+        ):
+            checkpoint()
         if bar is not None:
             bar.update(len(batch))
             bar.set_postfix_str(f"{(st['bytes_in'] + pending['bytes_in']) / 1e6 / max(time.perf_counter() - started, 1e-9):.1f} MB/s")
