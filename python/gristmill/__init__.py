@@ -17,4 +17,31 @@ __version__ = "0.1.0"
 if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_core._mark_forked)
 
-__all__ = ["Tokenizer", "TokenizerError", "split_pieces", "__version__"]
+# The model layer needs torch (the `train` extra). Its names load on first use, so that
+# `import gristmill` never imports torch.
+_LAZY = {
+    "GPT": "gristmill.model",
+    "GPTConfig": "gristmill.model",
+    "load_model": "gristmill.model",
+    "TrainConfig": "gristmill.config",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gristmill' has no attribute {name!r}")
+
+
+__all__ = [
+    "GPT",
+    "GPTConfig",
+    "TrainConfig",
+    "Tokenizer",
+    "TokenizerError",
+    "__version__",
+    "load_model",
+    "split_pieces",
+]
