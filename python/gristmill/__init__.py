@@ -9,6 +9,7 @@ import os as _os
 
 from gristmill import _core
 from gristmill._core import TokenizerError
+from gristmill.shards import BatchSampler, ShardDataset, ShardFormatError, write_shards
 from gristmill.tokenizer import Tokenizer, split_pieces
 
 __version__ = "0.1.0"
@@ -37,11 +38,15 @@ def __getattr__(name):
 
 __all__ = [
     "GPT",
+    "BatchSampler",
     "GPTConfig",
-    "TrainConfig",
+    "ShardDataset",
+    "ShardFormatError",
     "Tokenizer",
     "TokenizerError",
+    "TrainConfig",
     "__version__",
     "load_model",
     "split_pieces",
+    "write_shards",
 ]

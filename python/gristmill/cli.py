@@ -120,6 +120,130 @@ def _run_train(args) -> int:
     return 0
 
 
+# ---- tokenize -----------------------------------------------------------------------------
+
+
+def _add_tokenize(sub) -> None:
+    p = sub.add_parser(
+        "tokenize",
+        help="encode documents into llm.c-compatible token shards",
+        description="Encode documents (jsonl[.gz|.zst], parquet, txt; files or directories) in "
+        "parallel into fixed-size token shards with a manifest. Rerunning a killed run resumes "
+        "from its last complete shard.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or directories of documents")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the dataset directory")
+    p.add_argument(
+        "--tokenizer", "-t", default="gpt2",
+        help="built-in name (gpt2) or a saved tokenizer directory / .tiktoken / tokenizer.json",
+    )
+    p.add_argument("--shard-size", type=int, default=100_000_000, metavar="N", help="tokens per shard")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+                     help="fraction of documents for the val split, spread evenly")
+    val.add_argument("--val-docs", type=int, default=None, metavar="N",
+                     help="the first N documents go to the val split")
+    p.add_argument("--text-field", default="text", help="the text's field in jsonl/parquet records")
+    p.add_argument("--eot", choices=("append", "prepend"), default="append",
+                   help="put end-of-text after each document (default) or before it (llm.c)")
+    p.add_argument("--txt-mode", choices=("file", "paragraphs"), default="file",
+                   help=".txt inputs: one document per file, or per blank-line-separated block")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_tokenize)
+
+
+def _run_tokenize(args) -> int:
+    import json
+
+    from gristmill.prep import read_documents
+    from gristmill.shards import write_shards
+
+    tok = _load_tokenizer(args.tokenizer)
+    docs = read_documents(args.inputs, text_field=args.text_field, txt_mode=args.txt_mode)
+    t0 = time.perf_counter()
+    manifest = write_shards(
+        docs, args.output, tok,
+        shard_size=args.shard_size, val_fraction=args.val_fraction, val_docs=args.val_docs,
+        eot=args.eot, text_field=args.text_field, progress=not args.quiet,
+    )
+    dt = time.perf_counter() - t0
+    m = json.loads(Path(manifest).read_text("utf-8"))
+    for name, split in m["splits"].items():
+        print(f"{name:5s}  {split['tokens']:>14,} tokens  {split['documents']:>10,} documents  "
+              f"{len(split['shards'])} shards")
+    print(f"wrote {manifest} ({m['dtype']}, tokenizer {m['tokenizer']['name']}) in {dt:.1f}s")
+# ---- prep ---------------------------------------------------------------------------------
+
+
+def _parse_value(text: str):
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _add_prep(sub) -> None:
+    p = sub.add_parser(
+        "prep",
+        help="clean a corpus: C4 / Gopher / FineWeb filters, with a report",
+        description="Read documents (.txt, .jsonl[.gz|.zst], .parquet, directories), run the "
+        "filters of a preset in the Rust core, and write clean jsonl.zst or parquet shards, "
+        "report.json and report.html to DIR. A killed run rerun with the same arguments "
+        "resumes where it stopped.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or directories")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--preset", choices=["c4", "c4-datatrove", "gopher", "fineweb", "none"],
+                   help="filter preset (default c4)")
+    p.add_argument("--config", metavar="FILE", help="TOML or JSON file of PrepConfig settings")
+    p.add_argument("--set", action="append", default=[], metavar="FILTER.PARAM=VALUE",
+                   help="set a filter parameter, e.g. c4.min_words_per_line=3 (JSON values)")
+    p.add_argument("--disable", action="append", default=[], metavar="FILTER",
+                   help="switch a filter off by name (repeatable)")
+    p.add_argument("--normalize", action="store_true", default=None,
+                   help="apply Unicode NFC and whitespace clean-up first")
+    p.add_argument("--badwords-file", metavar="FILE", help="bad-words list (default: LDNOOBW en)")
+    p.add_argument("--text-field", help="field holding the text (default text)")
+    p.add_argument("--id-field", help="field holding the id (default id)")
+    p.add_argument("--txt-mode", choices=["file", "paragraphs"], help="one document per .txt file or per paragraph")
+    p.add_argument("--format", dest="output_format", choices=["jsonl.zst", "jsonl", "parquet"])
+    p.add_argument("--docs-per-shard", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--keep-removed", action="store_true", default=None,
+                   help="also write removed documents with the reason (DIR/removed/)")
+    p.add_argument("--skip-bad", action="store_true", default=None,
+                   help="skip bad records (counted in the report) instead of stopping")
+    p.add_argument("--overwrite", action="store_true", help="replace the output of a different run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_prep)
+
+
+def _run_prep(args) -> int:
+    from gristmill.prep import PrepConfig, format_report, prep
+
+    settings = {
+        key: getattr(args, key)
+        for key in ("preset", "normalize", "badwords_file", "text_field", "id_field", "txt_mode",
+                    "output_format", "docs_per_shard", "batch_size", "keep_removed", "skip_bad")
+        if getattr(args, key) is not None
+    }
+    config = PrepConfig.from_file(args.config, **settings) if args.config else PrepConfig.from_dict(settings)
+    for item in args.set:
+        target, sep, value = item.partition("=")
+        name, dot, param = target.partition(".")
+        if not sep or not dot:
+            raise ValueError(f"--set {item!r}: expected FILTER.PARAM=VALUE")
+        config.params.setdefault(name, {})[param] = _parse_value(value)
+    config.disable.extend(args.disable)
+    report = prep(args.inputs, args.output, config, progress=not args.no_progress,
+                  overwrite=args.overwrite)
+    print(format_report(report))
+    print(f"wrote {len(report['shards'])} shard(s), report.json and report.html to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gristmill",
@@ -129,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_encode(sub)
     _add_decode(sub)
+    _add_tokenize(sub)
+    _add_prep(sub)
     _add_train(sub)
     return parser
 

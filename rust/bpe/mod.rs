@@ -4,6 +4,7 @@ pub mod charclass;
 pub mod encoder;
 pub mod merge;
 pub mod pretokenize;
+pub mod tokenmap;
 pub mod vocab;
 
 pub use encoder::{Encoder, Rank};
