@@ -386,6 +386,9 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
     if cfg.tokenizer:
         tokenizer = _load_tokenizer(cfg.tokenizer)
         ds.check_tokenizer(tokenizer)
+    elif callable(getattr(ds, "tokenizer", None)):  # the copy a ShardDataset keeps beside it
+        with contextlib.suppress(OSError, ValueError):
+            tokenizer = ds.tokenizer()
     # -- where we start from
     # Rank 0 decides (the others may look before its last rename lands); out_dir must be on
     # a file system all ranks share.
