@@ -19,16 +19,38 @@ __version__ = "0.1.0"
 if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_core._mark_forked)
 
+# The model layer needs torch (the `train` extra). Its names load on first use, so that
+# `import gristmill` never imports torch.
+_LAZY = {
+    "GPT": "gristmill.model",
+    "GPTConfig": "gristmill.model",
+    "load_model": "gristmill.model",
+    "TrainConfig": "gristmill.config",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gristmill' has no attribute {name!r}")
+
+
 __all__ = [
+    "GPT",
     "BatchSampler",
     "DedupConfig",
     "DedupError",
+    "GPTConfig",
     "ShardDataset",
     "ShardFormatError",
     "Tokenizer",
     "TokenizerError",
+    "TrainConfig",
     "__version__",
     "dedup",
+    "load_model",
     "split_pieces",
     "write_shards",
 ]

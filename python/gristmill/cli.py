@@ -89,6 +89,38 @@ def _run_decode(args) -> int:
     return 0
 
 
+# ---- train --------------------------------------------------------------------------------
+
+
+def _add_train(sub) -> None:
+    from gristmill.config import add_config_arguments
+
+    p = sub.add_parser(
+        "train",
+        help="train a GPT on token shards (torchrun --nproc-per-node N -m gristmill train ...)",
+        description="Train a GPT-2 model on a shard dataset. Settings come from the defaults, "
+        "then CONFIG (TOML/YAML), then --key=value flags; each is checked. Continues from the "
+        "last checkpoint in --out_dir when there is one.",
+    )
+    p.add_argument("config_file", nargs="?", metavar="CONFIG", help="TOML/YAML/JSON settings")
+    add_config_arguments(p)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from gristmill.config import overrides_from_args
+    from gristmill.train import TrainingError, train
+
+    try:
+        result = train(config_file=args.config_file, **overrides_from_args(args))
+    except TrainingError as e:
+        print(f"gristmill train: error: {e}", file=sys.stderr)
+        return 1
+    if result["checkpoint"]:
+        print(f"done at step {result['step']}: checkpoint {result['checkpoint']}")
+    return 0
+
+
 # ---- tokenize -----------------------------------------------------------------------------
 
 
@@ -283,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenize(sub)
     _add_prep(sub)
     _add_dedup(sub)
+    _add_train(sub)
     return parser
 
 
