@@ -471,6 +471,7 @@ mod python {
                     batch.push(text);
                 }
                 if !batch.is_empty() {
+                    py.check_signals()?;
                     let counter = self.counter()?;
                     py.detach(|| counter.add_texts(&batch)).map_err(bpe_err)?;
                     self.note_counts();
@@ -484,21 +485,37 @@ mod python {
             }
         }
 
-        /// Counts the chunks of one UTF-8 text file (one document), streamed in blocks.
+        /// Counts the chunks of one UTF-8 text file (one document), streamed in blocks;
+        /// `callback`, if given, is called with (texts, bytes) counted so far after each block.
         #[pyo3(signature = (path, callback = None))]
         fn count_file(
             &mut self,
             py: Python<'_>,
             path: PathBuf,
-            callback: Option<&Bound<'_, PyAny>>,
+            callback: Option<Py<PyAny>>,
         ) -> PyResult<()> {
+            let (texts, before) = (self.counted.0 + 1, self.counted.2);
             let counter = self.counter()?;
-            py.detach(|| counter.add_file(&path)).map_err(bpe_err)?;
+            let mut failure: Option<PyErr> = None;
+            let finished = py
+                .detach(|| {
+                    counter.add_file(&path, |done| {
+                        // Back under the GIL for a moment: report, and stop on Ctrl-C.
+                        Python::attach(|py| {
+                            let r = py.check_signals().and_then(|_| match &callback {
+                                Some(cb) => cb.call1(py, (texts, before + done)).map(drop),
+                                None => Ok(()),
+                            });
+                            r.map_err(|e| failure = Some(e)).is_ok()
+                        })
+                    })
+                })
+                .map_err(bpe_err)?;
             self.note_counts();
-            if let Some(cb) = callback {
-                cb.call1((self.counted.0, self.counted.2))?;
+            match failure {
+                Some(e) if !finished => Err(e),
+                _ => Ok(()),
             }
-            Ok(())
         }
 
         /// Does up to `max_merges` merges (the first call ends counting); returns how many

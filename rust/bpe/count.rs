@@ -16,7 +16,8 @@ use super::{BpeError, Pattern};
 use crate::parallel;
 use aho_corasick::{AhoCorasick, MatchKind};
 use rayon::prelude::*;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap};
+use std::hash::BuildHasher;
 use std::io::Read;
 use std::path::Path;
 
@@ -24,6 +25,16 @@ use std::path::Path;
 const UNIT_BYTES: usize = 256 * 1024;
 /// Bytes read from a file at a time by `add_file`.
 const READ_BYTES: usize = 8 * 1024 * 1024;
+/// The global counts are split into this many maps by hash, so folding in a wave of local
+/// counts runs in parallel too.
+const SHARDS: usize = 64;
+
+/// The shard of a chunk: bits of its hash that the maps themselves do not look at (hashbrown
+/// takes the bucket from the low bits and a tag from the top seven).
+#[inline]
+fn shard_of(chunk: &[u8]) -> usize {
+    (FxBuildHasher.hash_one(chunk) >> 40) as usize % SHARDS
+}
 
 /// Distinct pre-tokenizer chunks of a corpus and their counts.
 #[derive(Debug)]
@@ -33,7 +44,7 @@ pub struct ChunkCounter {
     /// Whether texts may be cut at `safe_cut` points: only for the hand-written patterns,
     /// and only when no special token holds a newline (which a cut could split).
     cuttable: bool,
-    counts: FxHashMap<Box<[u8]>, u64>,
+    counts: Vec<FxHashMap<Box<[u8]>, u64>>,
     n_texts: u64,
     n_chunks: u64,
     n_bytes: u64,
@@ -62,7 +73,7 @@ impl ChunkCounter {
             pattern,
             specials,
             cuttable,
-            counts: FxHashMap::default(),
+            counts: (0..SHARDS).map(|_| FxHashMap::default()).collect(),
             n_texts: 0,
             n_chunks: 0,
             n_bytes: 0,
@@ -85,7 +96,7 @@ impl ChunkCounter {
 
     /// Distinct chunks so far.
     pub fn n_unique(&self) -> usize {
-        self.counts.len()
+        self.counts.iter().map(|m| m.len()).sum()
     }
 
     /// Bytes of text counted so far.
@@ -99,10 +110,11 @@ impl ChunkCounter {
             return;
         }
         self.n_chunks += count;
-        match self.counts.get_mut(chunk) {
+        let shard = &mut self.counts[shard_of(chunk)];
+        match shard.get_mut(chunk) {
             Some(c) => *c += count,
             None => {
-                self.counts.insert(chunk.into(), count);
+                shard.insert(chunk.into(), count);
             }
         }
     }
@@ -120,9 +132,16 @@ impl ChunkCounter {
     }
 
     /// Counts the chunks of one UTF-8 text file (one document), streaming it in blocks.
+    /// After each block `progress` gets the file's bytes counted so far; when it returns
+    /// false, counting stops there (the file is then only partly counted) and this returns
+    /// `Ok(false)`.
     ///
     /// Errors name the file, and for bad UTF-8 the byte offset of the first bad byte.
-    pub fn add_file(&mut self, path: &Path) -> Result<(), BpeError> {
+    pub fn add_file(
+        &mut self,
+        path: &Path,
+        mut progress: impl FnMut(u64) -> bool,
+    ) -> Result<bool, BpeError> {
         let io_err = |source| BpeError::Io {
             path: path.to_path_buf(),
             source,
@@ -164,13 +183,16 @@ impl ChunkCounter {
             self.count_units(&units)?;
             buf.drain(..end);
             offset += end as u64;
+            if !progress(offset) {
+                return Ok(false);
+            }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The counts, one entry per distinct chunk, in no particular order.
     pub fn into_counts(self) -> Vec<(Box<[u8]>, u64)> {
-        self.counts.into_iter().collect()
+        self.counts.into_iter().flatten().collect()
     }
 
     /// Appends `text`'s units of work: the stretches between special tokens, cut into pieces
@@ -222,40 +244,52 @@ impl ChunkCounter {
         if start < units.len() {
             groups.push(&units[start..]);
         }
-        // Count a wave of groups in parallel, then fold their maps into the global one. The
-        // wave keeps the maps in flight (and so memory) proportional to the threads.
+        // Count a wave of groups in parallel into local maps split by shard, then fold each
+        // shard of them into the global shard, in parallel. The wave keeps the local maps in
+        // flight (and so memory) proportional to the threads.
+        type Local<'t> = (Vec<Vec<(&'t str, u64)>>, u64);
         let wave = 2 * parallel::num_threads();
         for groups in groups.chunks(wave) {
             let pattern = &self.pattern;
-            let locals: Vec<Result<(FxHashMap<&str, u64>, u64), BpeError>> =
-                parallel::install(|| {
-                    groups
-                        .par_iter()
-                        .map(|group| {
-                            let mut map: FxHashMap<&str, u64> = FxHashMap::default();
-                            let mut n = 0u64;
-                            for unit in group.iter() {
-                                pattern.split(unit, |piece| {
-                                    n += 1;
-                                    *map.entry(piece).or_insert(0) += 1;
-                                })?;
-                            }
-                            Ok((map, n))
-                        })
-                        .collect()
-                });
-            for local in locals {
-                let (map, n) = local?;
-                self.n_chunks += n;
-                for (piece, c) in map {
-                    match self.counts.get_mut(piece.as_bytes()) {
-                        Some(total) => *total += c,
-                        None => {
-                            self.counts.insert(piece.as_bytes().into(), c);
+            let locals: Result<Vec<Local>, BpeError> = parallel::install(|| {
+                groups
+                    .par_iter()
+                    .map(|group| {
+                        let mut map: FxHashMap<&str, u64> = FxHashMap::default();
+                        let mut n = 0u64;
+                        for unit in group.iter() {
+                            pattern.split(unit, |piece| {
+                                n += 1;
+                                *map.entry(piece).or_insert(0) += 1;
+                            })?;
                         }
-                    }
-                }
-            }
+                        let mut parts = vec![Vec::new(); SHARDS];
+                        for (piece, c) in map {
+                            parts[shard_of(piece.as_bytes())].push((piece, c));
+                        }
+                        Ok((parts, n))
+                    })
+                    .collect()
+            });
+            let locals = locals?;
+            self.n_chunks += locals.iter().map(|(_, n)| n).sum::<u64>();
+            parallel::install(|| {
+                self.counts
+                    .par_iter_mut()
+                    .enumerate()
+                    .for_each(|(s, shard)| {
+                        for (parts, _) in &locals {
+                            for &(piece, c) in &parts[s] {
+                                match shard.get_mut(piece.as_bytes()) {
+                                    Some(total) => *total += c,
+                                    None => {
+                                        shard.insert(piece.as_bytes().into(), c);
+                                    }
+                                }
+                            }
+                        }
+                    })
+            });
         }
         Ok(())
     }
@@ -440,7 +474,7 @@ mod tests {
         let big = text.repeat(READ_BYTES / text.len() + 2);
         std::fs::write(&path, &big).unwrap();
         let mut c = ChunkCounter::new(pattern.clone(), &[]).unwrap();
-        c.add_file(&path).unwrap();
+        assert!(c.add_file(&path, |_| true).unwrap());
         assert_eq!(c.n_bytes(), big.len() as u64);
         let mut expected_big = ChunkCounter::new(pattern, &[]).unwrap();
         expected_big.add_texts(&[&big]).unwrap();
@@ -450,7 +484,7 @@ mod tests {
         bad.extend_from_slice(b"caf\xe9 latin-1\n");
         std::fs::write(&path, &bad).unwrap();
         let mut c = ChunkCounter::new(Pattern::new("gpt2").unwrap(), &[]).unwrap();
-        let e = c.add_file(&path).unwrap_err().to_string();
+        let e = c.add_file(&path, |_| true).unwrap_err().to_string();
         assert!(
             e.contains("big.txt") && e.contains("byte 103") && e.contains("0xe9"),
             "{e}"

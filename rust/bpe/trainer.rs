@@ -74,11 +74,9 @@ pub struct Trainer {
     tokens: Tokens,
     ids: FxHashMap<Box<[u8]>, Rank>,
     merges: Vec<Merge>,
-    /// Chunk `w` is `symbols[starts[w]..starts[w] + lens[w]]`, seen `weights[w]` times.
+    /// The symbols of every chunk, back to back (each chunk shrinks in place).
     symbols: Vec<Rank>,
-    starts: Vec<usize>,
-    lens: Vec<u32>,
-    weights: Vec<u64>,
+    words: Vec<Word>,
     /// Current count of every pair present (absent means zero).
     counts: FxHashMap<Pair, u64>,
     /// Chunks that may hold each pair (a superset: entries go stale, never missing).
@@ -107,18 +105,18 @@ impl Trainer {
             )));
         }
         let mut symbols = Vec::new();
-        let mut starts = Vec::new();
-        let mut lens = Vec::new();
-        let mut weights = Vec::new();
+        let mut words = Vec::new();
         // Chunks of one byte hold no pair: they can never change, so they are left out.
         for (bytes, count) in chunks.iter().filter(|(b, c)| b.len() >= 2 && *c > 0) {
-            starts.push(symbols.len());
-            lens.push(u32::try_from(bytes.len()).expect("chunks are shorter than 4 GiB"));
-            weights.push(*count);
+            words.push(Word {
+                start: symbols.len(),
+                len: u32::try_from(bytes.len()).expect("chunks are shorter than 4 GiB"),
+                weight: *count,
+            });
             symbols.extend(bytes.iter().map(|&b| b as Rank));
         }
         drop(chunks);
-        let (counts, index) = count_pairs(&symbols, &starts, &lens, &weights);
+        let (counts, index) = count_pairs(&symbols, &words);
         let mut tokens = Tokens::default();
         for b in 0..=255u8 {
             tokens.push(Box::from([b]));
@@ -131,9 +129,7 @@ impl Trainer {
             ids: FxHashMap::default(),
             merges: Vec::new(),
             symbols,
-            starts,
-            lens,
-            weights,
+            words,
             counts,
             index,
             heap,
@@ -192,7 +188,7 @@ impl Trainer {
 
     /// Distinct chunks of two or more bytes being merged.
     pub fn n_words(&self) -> usize {
-        self.weights.len()
+        self.words.len()
     }
 
     pub fn token_bytes(&self, id: Rank) -> &[u8] {
@@ -237,12 +233,18 @@ impl Trainer {
             index: &mut self.index,
             grown: &mut self.grown,
         };
-        for &w in &words {
-            let start = self.starts[w as usize];
-            let len = self.lens[w as usize] as usize;
-            let word = &mut self.symbols[start..start + len];
-            let weight = self.weights[w as usize];
-            self.lens[w as usize] = ctx.merge_word(word, w, weight, a, b, x) as u32;
+        for (k, &w) in words.iter().enumerate() {
+            // The chunks are scattered in memory: fetch ahead (headers further than symbols,
+            // whose address comes from the header).
+            if let Some(&ahead) = words.get(k + 8) {
+                prefetch(&self.words[ahead as usize]);
+            }
+            if let Some(&ahead) = words.get(k + 4) {
+                prefetch(&self.symbols[self.words[ahead as usize].start]);
+            }
+            let word = &mut self.words[w as usize];
+            let symbols = &mut self.symbols[word.start..word.start + word.len as usize];
+            word.len = ctx.merge_word(symbols, w, word.weight, a, b, x) as u32;
         }
         debug_assert!(!self.counts.contains_key(&p), "a merged pair is gone");
         self.grown.sort_unstable();
@@ -254,6 +256,27 @@ impl Trainer {
         }
         self.grown.clear();
     }
+}
+
+/// Where a chunk's symbols are, and how often the chunk occurs.
+#[derive(Clone, Copy, Debug)]
+struct Word {
+    start: usize,
+    len: u32,
+    weight: u64,
+}
+
+/// Asks the CPU to start loading the cache line holding `r` (a hint; no effect elsewhere).
+#[inline(always)]
+fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch only hints at an address we hold a reference to; it reads nothing.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(r as *const T as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
 }
 
 /// The maps a merge updates, borrowed apart from the chunk storage.
@@ -343,12 +366,10 @@ impl MergeCtx<'_> {
 /// Pair counts and the pair-to-chunks index of all chunks, counted in parallel.
 fn count_pairs(
     symbols: &[Rank],
-    starts: &[usize],
-    lens: &[u32],
-    weights: &[u64],
+    words: &[Word],
 ) -> (FxHashMap<Pair, u64>, FxHashMap<Pair, Vec<u32>>) {
     type Maps = (FxHashMap<Pair, u64>, FxHashMap<Pair, Vec<u32>>);
-    let n_words = weights.len();
+    let n_words = words.len();
     let n_parts = (parallel::num_threads() * 4).max(1);
     let per_part = n_words.div_ceil(n_parts).max(1);
     let parts: Vec<Maps> = parallel::install(|| {
@@ -359,11 +380,16 @@ fn count_pairs(
             .map(|lo| {
                 let mut counts: FxHashMap<Pair, u64> = FxHashMap::default();
                 let mut index: FxHashMap<Pair, Vec<u32>> = FxHashMap::default();
-                for w in lo..(lo + per_part).min(n_words) {
-                    let word = &symbols[starts[w]..starts[w] + lens[w] as usize];
-                    for win in word.windows(2) {
+                for (w, word) in words
+                    .iter()
+                    .enumerate()
+                    .take((lo + per_part).min(n_words))
+                    .skip(lo)
+                {
+                    let chunk = &symbols[word.start..word.start + word.len as usize];
+                    for win in chunk.windows(2) {
                         let p = pair(win[0], win[1]);
-                        *counts.entry(p).or_insert(0) += weights[w];
+                        *counts.entry(p).or_insert(0) += word.weight;
                         let list = index.entry(p).or_default();
                         if list.last() != Some(&(w as u32)) {
                             list.push(w as u32);
@@ -411,6 +437,9 @@ impl Tokens {
 
     #[inline]
     fn cmp(&self, x: Rank, y: Rank) -> std::cmp::Ordering {
+        if x == y {
+            return std::cmp::Ordering::Equal;
+        }
         let (x, y) = (x as usize, y as usize);
         self.prefix[x]
             .cmp(&self.prefix[y])
@@ -568,13 +597,10 @@ mod tests {
             })
             .collect();
         // Pair counts match a recount from scratch at the end.
-        let words: Vec<&[Rank]> = (0..t.n_words())
-            .map(|w| &t.symbols[t.starts[w]..t.starts[w] + t.lens[w] as usize])
-            .collect();
         let mut recount: FxHashMap<Pair, u64> = FxHashMap::default();
-        for (w, word) in words.iter().enumerate() {
-            for win in word.windows(2) {
-                *recount.entry(pair(win[0], win[1])).or_default() += t.weights[w];
+        for word in &t.words {
+            for win in t.symbols[word.start..word.start + word.len as usize].windows(2) {
+                *recount.entry(pair(win[0], win[1])).or_default() += word.weight;
             }
         }
         assert_eq!(recount, t.counts);
