@@ -108,9 +108,14 @@ def test_same_merges_as_reference_on_generated_corpora(texts, extra, pattern, sp
     assert rust_merges(texts, vocab_size, pattern, specials, min_frequency) == expected
 
 
+# Characters assigned in this Python's Unicode version only: the `regex` module may know
+# newer ones than the Rust tables (which match tiktoken's), and would then split differently.
+ASSIGNED = st.characters(codec="utf-8", exclude_categories=("Cn",))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
-    texts=st.lists(st.text(st.characters(codec="utf-8"), max_size=60), min_size=1, max_size=5),
+    texts=st.lists(st.text(ASSIGNED, max_size=60), min_size=1, max_size=5),
     extra=st.integers(0, 30),
 )
 def test_same_merges_as_reference_on_any_unicode(texts, extra):
