@@ -1140,6 +1140,319 @@ mod python {
         dedup::exact::doc_hash(text, bits)
     }
 
+    // ==== bpe trainer ====
+
+    use crate::bpe::trainer::MAX_VOCAB;
+    use crate::bpe::{ChunkCounter, Trainer};
+    use pyo3::exceptions::PyTypeError;
+
+    /// Texts are pulled from the iterator until a batch holds this many bytes per thread (or
+    /// this many texts): enough to keep the threads busy, little enough to copy.
+    const TRAIN_BATCH_BYTES_PER_THREAD: usize = 2 << 20;
+    const TRAIN_BATCH_TEXTS: usize = 65536;
+
+    enum TrainState {
+        Counting(ChunkCounter),
+        Merging(Trainer),
+        /// Setting up the merges failed; the counts are gone.
+        Failed,
+    }
+
+    /// BPE training: `count` texts (or `count_file`), then `merge` in steps, then `build`.
+    /// See `gristmill.Tokenizer.train` and `rust/bpe/trainer.rs` for the algorithm.
+    #[pyclass(module = "gristmill._core")]
+    struct BpeTrainer {
+        state: TrainState,
+        vocab_size: usize,
+        specials: Vec<String>,
+        pattern: String,
+        min_frequency: u64,
+        counted: (u64, u64, u64, usize), // texts, chunks, bytes, unique chunks
+    }
+
+    impl BpeTrainer {
+        fn counter(&mut self) -> PyResult<&mut ChunkCounter> {
+            match &mut self.state {
+                TrainState::Counting(c) => Ok(c),
+                _ => Err(TokenizerError::new_err(
+                    "cannot count more text: merging has started",
+                )),
+            }
+        }
+
+        fn note_counts(&mut self) {
+            if let TrainState::Counting(c) = &self.state {
+                self.counted = (c.n_texts(), c.n_chunks(), c.n_bytes(), c.n_unique());
+            }
+        }
+
+        fn trainer(&mut self, py: Python<'_>) -> PyResult<&mut Trainer> {
+            if matches!(self.state, TrainState::Counting(_)) {
+                let TrainState::Counting(counter) =
+                    std::mem::replace(&mut self.state, TrainState::Failed)
+                else {
+                    unreachable!("matched just above")
+                };
+                let target = self.vocab_size - self.specials.len();
+                let min_frequency = self.min_frequency;
+                let t = py
+                    .detach(|| Trainer::new(counter.into_counts(), target, min_frequency))
+                    .map_err(bpe_err)?;
+                self.state = TrainState::Merging(t);
+            }
+            match &mut self.state {
+                TrainState::Merging(t) => Ok(t),
+                _ => Err(TokenizerError::new_err("training failed earlier")),
+            }
+        }
+    }
+
+    #[pymethods]
+    impl BpeTrainer {
+        /// A trainer for a vocabulary of `vocab_size` ids: 256 bytes, the merges, and the
+        /// special tokens (which are cut out of the text, never learned).
+        #[new]
+        #[pyo3(signature = (vocab_size, pattern = "gpt2".to_string(), special_tokens = Vec::new(), min_frequency = 2))]
+        fn new(
+            vocab_size: usize,
+            pattern: String,
+            special_tokens: Vec<String>,
+            min_frequency: u64,
+        ) -> PyResult<Self> {
+            let mut seen = FxHashSet::default();
+            if let Some(s) = special_tokens.iter().find(|s| !seen.insert(s.as_str())) {
+                return Err(TokenizerError::new_err(format!(
+                    "special token {s:?} is listed twice"
+                )));
+            }
+            let least = 256 + special_tokens.len();
+            if vocab_size < least || vocab_size > MAX_VOCAB {
+                return Err(TokenizerError::new_err(format!(
+                    "vocab_size must be between {least} (256 byte tokens + {} special tokens) \
+                     and {MAX_VOCAB}, not {vocab_size}",
+                    special_tokens.len()
+                )));
+            }
+            let compiled = Pattern::new(&pattern).map_err(bpe_err)?;
+            let counter = ChunkCounter::new(compiled, &special_tokens).map_err(bpe_err)?;
+            Ok(BpeTrainer {
+                state: TrainState::Counting(counter),
+                vocab_size,
+                specials: special_tokens,
+                pattern,
+                min_frequency,
+                counted: (0, 0, 0, 0),
+            })
+        }
+
+        /// Counts the chunks of every text from `texts` (any iterable of str). Texts are
+        /// pulled in batches under the GIL and counted in parallel without it; `callback`,
+        /// if given, is called with (texts, bytes) counted so far after each batch.
+        #[pyo3(signature = (texts, callback = None))]
+        fn count(
+            &mut self,
+            py: Python<'_>,
+            texts: &Bound<'_, PyAny>,
+            callback: Option<&Bound<'_, PyAny>>,
+        ) -> PyResult<()> {
+            self.counter()?;
+            let mut iter = texts.try_iter()?;
+            let mut batch: Vec<String> = Vec::new();
+            let mut index = 0usize;
+            let batch_bytes = TRAIN_BATCH_BYTES_PER_THREAD * crate::parallel::num_threads();
+            loop {
+                batch.clear();
+                let mut bytes = 0;
+                let mut exhausted = false;
+                while bytes < batch_bytes && batch.len() < TRAIN_BATCH_TEXTS {
+                    let Some(item) = iter.next() else {
+                        exhausted = true;
+                        break;
+                    };
+                    let item = item?;
+                    let text: String = item.extract().map_err(|_| {
+                        PyTypeError::new_err(format!(
+                            "text {index} is {}, expected str",
+                            item.get_type()
+                                .name()
+                                .map(|n| n.to_string())
+                                .unwrap_or_default()
+                        ))
+                    })?;
+                    index += 1;
+                    bytes += text.len();
+                    batch.push(text);
+                }
+                if !batch.is_empty() {
+                    py.check_signals()?;
+                    let counter = self.counter()?;
+                    py.detach(|| counter.add_texts(&batch)).map_err(bpe_err)?;
+                    self.note_counts();
+                    if let Some(cb) = callback {
+                        cb.call1((self.counted.0, self.counted.2))?;
+                    }
+                }
+                if exhausted {
+                    return Ok(());
+                }
+            }
+        }
+
+        /// Counts the chunks of one UTF-8 text file (one document), streamed in blocks;
+        /// `callback`, if given, is called with (texts, bytes) counted so far after each block.
+        #[pyo3(signature = (path, callback = None))]
+        fn count_file(
+            &mut self,
+            py: Python<'_>,
+            path: PathBuf,
+            callback: Option<Py<PyAny>>,
+        ) -> PyResult<()> {
+            let (texts, before) = (self.counted.0 + 1, self.counted.2);
+            let counter = self.counter()?;
+            let mut failure: Option<PyErr> = None;
+            let finished = py
+                .detach(|| {
+                    counter.add_file(&path, |done| {
+                        // Back under the GIL for a moment: report, and stop on Ctrl-C.
+                        Python::attach(|py| {
+                            let r = py.check_signals().and_then(|_| match &callback {
+                                Some(cb) => cb.call1(py, (texts, before + done)).map(drop),
+                                None => Ok(()),
+                            });
+                            r.map_err(|e| failure = Some(e)).is_ok()
+                        })
+                    })
+                })
+                .map_err(bpe_err)?;
+            self.note_counts();
+            match failure {
+                Some(e) if !finished => Err(e),
+                _ => Ok(()),
+            }
+        }
+
+        /// Does up to `max_merges` merges (the first call ends counting); returns how many
+        /// were done: 0 once training is complete.
+        fn merge(&mut self, py: Python<'_>, max_merges: usize) -> PyResult<usize> {
+            self.note_counts();
+            let t = self.trainer(py)?;
+            Ok(py.detach(|| t.step(max_merges)))
+        }
+
+        /// The tokenizer: the merges done so far (all of them if `merge` was never called),
+        /// and the special tokens at the ids in `special_ids` (default: right after the
+        /// mergeable tokens, in the order given).
+        #[pyo3(signature = (special_ids = None))]
+        fn build(
+            &mut self,
+            py: Python<'_>,
+            special_ids: Option<&Bound<'_, PyDict>>,
+        ) -> PyResult<CoreBPE> {
+            if matches!(self.state, TrainState::Counting(_)) {
+                self.merge(py, usize::MAX)?;
+            }
+            let pattern = self.pattern.clone();
+            let names = self.specials.clone();
+            let ranks = self.trainer(py)?.ranks();
+            let specials = match special_ids {
+                Some(d) => {
+                    let given = specials_vec(Some(d))?;
+                    let mut got: Vec<&str> = given.iter().map(|(s, _)| s.as_str()).collect();
+                    let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
+                    got.sort_unstable();
+                    want.sort_unstable();
+                    if got != want {
+                        return Err(TokenizerError::new_err(format!(
+                            "special_ids must give one id to each special token {want:?}, \
+                             got {got:?}"
+                        )));
+                    }
+                    given
+                }
+                None => {
+                    let first = ranks.len() as Rank;
+                    (names.into_iter().zip(first..)).collect()
+                }
+            };
+            build(py, ranks, specials, pattern)
+        }
+
+        /// The merges so far as pairs of token bytes, in order.
+        fn merges<'py>(
+            &mut self,
+            py: Python<'py>,
+        ) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+            let t = self.trainer(py)?;
+            Ok(t.merges()
+                .iter()
+                .map(|m| {
+                    (
+                        PyBytes::new(py, t.token_bytes(m.left)),
+                        PyBytes::new(py, t.token_bytes(m.right)),
+                    )
+                })
+                .collect())
+        }
+
+        /// Whether merging has finished (target size reached, no pair left, or min_frequency).
+        #[getter]
+        fn done(&self) -> bool {
+            matches!(&self.state, TrainState::Merging(t) if t.is_done())
+        }
+
+        #[getter]
+        fn n_texts(&self) -> u64 {
+            self.counted.0
+        }
+
+        #[getter]
+        fn n_chunks(&self) -> u64 {
+            self.counted.1
+        }
+
+        #[getter]
+        fn n_bytes(&self) -> u64 {
+            self.counted.2
+        }
+
+        #[getter]
+        fn n_unique(&self) -> usize {
+            self.counted.3
+        }
+
+        #[getter]
+        fn n_merges(&self) -> usize {
+            match &self.state {
+                TrainState::Merging(t) => t.merges().len(),
+                _ => 0,
+            }
+        }
+
+        /// The number of merges asked for: vocab_size - 256 - special tokens.
+        #[getter]
+        fn target_merges(&self) -> usize {
+            self.vocab_size - 256 - self.specials.len()
+        }
+    }
+
+    /// Trains a byte-level BPE tokenizer on `texts` (an iterable of str); see
+    /// `gristmill.Tokenizer.train`.
+    #[pyfunction]
+    #[pyo3(signature = (texts, vocab_size, pattern = "gpt2".to_string(),
+                        special_tokens = vec!["<|endoftext|>".to_string()], min_frequency = 2))]
+    fn train_bpe(
+        py: Python<'_>,
+        texts: &Bound<'_, PyAny>,
+        vocab_size: usize,
+        pattern: String,
+        special_tokens: Vec<String>,
+        min_frequency: u64,
+    ) -> PyResult<CoreBPE> {
+        let mut trainer = BpeTrainer::new(vocab_size, pattern, special_tokens, min_frequency)?;
+        trainer.count(py, texts, None)?;
+        trainer.build(py, None)
+    }
+
     /// Called in a forked child (os.register_at_fork): batch work then runs on the calling thread.
     #[pyfunction]
     fn _mark_forked() {
@@ -1159,6 +1472,9 @@ mod python {
         m.add_function(wrap_pyfunction!(split_pieces, m)?)?;
         m.add_function(wrap_pyfunction!(_mark_forked, m)?)?;
         m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+        // bpe trainer
+        m.add_class::<BpeTrainer>()?;
+        m.add_function(wrap_pyfunction!(train_bpe, m)?)?;
         // shards
         m.add("ShardFormatError", m.py().get_type::<ShardFormatError>())?;
         m.add_class::<ShardWriter>()?;

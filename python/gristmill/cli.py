@@ -300,6 +300,55 @@ def _run_dedup(args) -> int:
             f"from {report['documents_changed']:,} kept documents"
         )
     print(f"report:     {Path(args.output) / 'dedup-report.json'}")
+# ---- tokenizer ----------------------------------------------------------------------------
+
+
+def _add_tokenizer(sub) -> None:
+    p = sub.add_parser("tokenizer", help="train byte-level BPE tokenizers")
+    tsub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
+    t = tsub.add_parser(
+        "train",
+        help="train a byte-level BPE tokenizer on text files",
+        description="Train a byte-level BPE tokenizer (tiktoken-exact ids) on FILES: .txt "
+        "(one UTF-8 document each), .jsonl[.gz|.zst] or .parquet (the --text-field of each "
+        "record), or directories of them. Writes tokenizer.tiktoken, tokenizer.json (HF "
+        "tokenizers) and tokenizer_config.json to DIR.",
+    )
+    t.add_argument("files", nargs="+", metavar="FILE", help="input files or directories")
+    t.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    t.add_argument("--vocab-size", type=int, default=32768,
+                   help="ids in all: 256 bytes + merges + special tokens (default 32768)")
+    t.add_argument("--pattern", default="gpt2",
+                   help="pre-tokenizer: gpt2, cl100k, o200k or a regex (default gpt2)")
+    t.add_argument("--special-token", action="append", dest="special_tokens", metavar="TOKEN",
+                   help="a special token (repeatable; default <|endoftext|>), ids after the merges")
+    t.add_argument("--min-frequency", type=int, default=2,
+                   help="never merge pairs seen fewer times (default 2)")
+    t.add_argument("--text-field", default="text", help="text field of jsonl/parquet records")
+    t.add_argument("--name", help="tokenizer name (default: the output directory's name)")
+    t.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    t.set_defaults(func=_run_tokenizer_train)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _run_tokenizer_train(args) -> int:
+    from gristmill.tokenizer import ENDOFTEXT
+    from gristmill.tokenizer_train import format_stats, train_tokenizer
+
+    out = Path(args.output)
+    tok, stats = train_tokenizer(
+        [Path(f) for f in args.files],
+        args.vocab_size,
+        args.pattern,
+        args.special_tokens if args.special_tokens is not None else [ENDOFTEXT],
+        min_frequency=args.min_frequency,
+        progress=not args.quiet,
+        name=args.name or out.resolve().name,
+        text_field=args.text_field,
+    )
+    tok.save(out)
+    print(format_stats(stats, tok))
+    print(f"saved:          {out}/ (tokenizer.tiktoken, tokenizer.json, tokenizer_config.json)")
     return 0
 
 
@@ -316,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prep(sub)
     _add_dedup(sub)
     _add_train(sub)
+    _add_tokenizer(sub)
     return parser
 
 

@@ -159,6 +159,65 @@ class Tokenizer:
         return cls(_core.CoreBPE(mergeable_ranks, special_tokens or {}, pattern), name)
 
     @classmethod
+    def train(
+        cls,
+        texts_or_paths,
+        vocab_size: int,
+        pattern: str = "gpt2",
+        special_tokens: Sequence[str] | dict[str, int] = (ENDOFTEXT,),
+        *,
+        min_frequency: int = 2,
+        progress: bool = False,
+        name: str = "custom",
+        text_field: str = "text",
+    ) -> Tokenizer:
+        """Trains a byte-level BPE tokenizer (in Rust: parallel counting, incremental merges).
+
+        Text is split by ``pattern``; the most frequent pair of adjacent tokens is merged
+        until there are ``vocab_size`` ids. Ties between equally frequent pairs go to the
+        lexicographically greatest pair of byte strings (left token's bytes compared first,
+        as in Stanford CS336), so the result is the same on any machine and thread count.
+        Special tokens are cut out of the text before counting and never learned.
+
+        Args:
+            texts_or_paths: an iterable of texts (``str``, :class:`~gristmill.prep.Document`
+                or dicts with ``text_field``), or a path / an iterable of ``pathlib.Path``
+                (files or directories: ``.txt`` is read as one UTF-8 document and streamed;
+                ``.jsonl[.gz|.zst]`` and ``.parquet`` as by :func:`gristmill.prep.read_documents`).
+                A lone ``str`` is a path; strings inside an iterable are texts.
+            vocab_size: ids in all: 256 bytes + merges + special tokens (up to 2**30).
+            pattern: the pre-tokenizer: ``gpt2``, ``cl100k``, ``o200k`` or any regex.
+            special_tokens: names (given ids right after the merges) or ``{name: id}``.
+            min_frequency: pairs seen fewer times are never merged (training may stop early).
+            progress: show progress bars (tqdm) on stderr.
+            name: the tokenizer's name.
+            text_field: the text field of dict items and jsonl/parquet records.
+
+        Returns:
+            The tokenizer; :meth:`save` writes it for tiktoken and HF tokenizers too.
+
+        Raises:
+            TokenizerError: vocab_size below 256 + special tokens, a bad pattern, or a file
+                that is not UTF-8 (naming the file and byte).
+            FileNotFoundError, OSError: an unreadable file.
+
+        >>> tok = Tokenizer.train(["aaabdaaabac"], 256 + 3, special_tokens=(), min_frequency=1)
+        >>> tok.encode("aaabdaaabac")
+        [258, 100, 258, 97, 99]
+        >>> Tokenizer.train(["hi"], 256)  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        ...
+        TokenizerError: vocab_size must be between 257 (256 byte tokens + 1 special tokens) and ...
+        """
+        from gristmill.tokenizer_train import train_tokenizer
+
+        tok, _ = train_tokenizer(
+            texts_or_paths, vocab_size, pattern, special_tokens,
+            min_frequency=min_frequency, progress=progress, name=name, text_field=text_field,
+        )
+        return tok
+
+    @classmethod
     def load(cls, path: PathLike) -> "Tokenizer":
         """Loads a directory written by :meth:`save` (or a ``.tiktoken``/``tokenizer.json`` file)."""
         path = Path(path)

@@ -1,14 +1,18 @@
 //! Byte-level BPE: pre-tokenizer, encoder, trainer and vocabulary file formats.
 
 pub mod charclass;
+pub mod count;
 pub mod encoder;
 pub mod merge;
 pub mod pretokenize;
 pub mod tokenmap;
+pub mod trainer;
 pub mod vocab;
 
+pub use count::ChunkCounter;
 pub use encoder::{Encoder, Rank};
 pub use pretokenize::Pattern;
+pub use trainer::Trainer;
 
 use std::path::PathBuf;
 
@@ -27,6 +31,12 @@ pub enum BpeError {
     Parse {
         path: PathBuf,
         line: usize,
+        message: String,
+    },
+    #[error("{path}: byte {offset}: {message} (expected UTF-8 text)")]
+    Encoding {
+        path: PathBuf,
+        offset: u64,
         message: String,
     },
     #[error("invalid vocabulary: {0}")]
