@@ -352,6 +352,51 @@ def _run_tokenizer_train(args) -> int:
     return 0
 
 
+
+# ---- run / quickstart ------------------------------------------------------------------------
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a whole pipeline from a TOML config (prep, tokenizer, tokenize, train, sample)",
+        description="Run every stage of a pipeline config, skipping stages whose outputs are "
+        "complete and up to date and resuming interrupted ones. See gristmill.pipeline.",
+    )
+    p.add_argument("config", help="pipeline TOML file")
+    p.add_argument("--force", action="store_true", help="redo every stage")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_run)
+
+
+def _run_run(args) -> int:
+    from gristmill.pipeline import run
+
+    report = run(args.config, force=args.force, progress=not args.no_progress)
+    print(f"report: {report['out_dir']}/report.md")
+    return 0
+
+
+def _add_quickstart(sub) -> None:
+    p = sub.add_parser(
+        "quickstart",
+        help="the whole flow on the corpus shipped with gristmill, in a few minutes on a CPU",
+        description="Clean the shipped tinyshakespeare corpus, train a tokenizer, write shards, "
+        "train a small GPT and sample from it; prints each stage's figures and where the "
+        "report, loss plot and samples are. Uses a GPU when there is one.",
+    )
+    p.add_argument("-o", "--out", default="gristmill-quickstart", help="output folder")
+    p.add_argument("--tiny", action="store_true", help="a much smaller run (seconds; for tests)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_quickstart)
+
+
+def _run_quickstart(args) -> int:
+    from gristmill.pipeline import quickstart
+
+    quickstart(args.out, tiny=args.tiny, progress=not args.no_progress)
+    return 0
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gristmill",
@@ -366,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dedup(sub)
     _add_train(sub)
     _add_tokenizer(sub)
+    _add_run(sub)
+    _add_quickstart(sub)
     return parser
 
 

@@ -118,15 +118,17 @@ def _write_record(stage_dir: Path, record: dict) -> None:
 def _stage_prep(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> dict:
     from gristmill.prep import PrepConfig, prep
 
-    return prep(cfg["inputs"], out, PrepConfig.from_dict(s), progress=progress)
+    report = prep(cfg["inputs"], out, PrepConfig.from_dict(s), progress=progress)
+    keys = ("docs_in", "docs_out", "docs_final", "bytes_in", "bytes_out", "seconds")
+    return {k: report[k] for k in keys if k in report}
 
 
 def _stage_tokenizer(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> dict:
-    from gristmill.prep import read_documents
+    from gristmill.prep import clean_documents, read_documents
     from gristmill.tokenizer import Tokenizer
 
     t0 = time.perf_counter()
-    texts = (d.text for d in read_documents(_clean_docs(dirs["prep"])))
+    texts = (d.text for d in read_documents(clean_documents(dirs["prep"])))
     tok = Tokenizer.train(
         texts,
         vocab_size=s.get("vocab_size", 4096),
@@ -140,21 +142,13 @@ def _stage_tokenizer(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) 
             "seconds": round(time.perf_counter() - t0, 2), "fingerprint": tok.fingerprint}
 
 
-def _clean_docs(prep_dir: Path) -> Path:
-    """The folder holding prep's kept documents."""
-    for name in ("clean", "kept", "output"):
-        if (prep_dir / name).is_dir():
-            return prep_dir / name
-    return prep_dir
-
-
 def _stage_tokenize(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> dict:
-    from gristmill.prep import read_documents
+    from gristmill.prep import clean_documents, read_documents
     from gristmill.shards import ShardDataset, write_shards
 
     t0 = time.perf_counter()
     manifest = write_shards(
-        read_documents(_clean_docs(dirs["prep"])), out, dirs["tokenizer"],
+        read_documents(clean_documents(dirs["prep"])), out, dirs["tokenizer"],
         shard_size=int(s.get("shard_size", 100_000_000)),
         val_fraction=float(s.get("val_fraction", 0.05)), progress=progress,
     )

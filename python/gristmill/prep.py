@@ -735,10 +735,12 @@ def prep(
     if bar is not None:
         bar.close()
 
-    if config.dedup:
-        _deduplicate(writer.directory, config)
+    dedup_report = _deduplicate(out, config, progress) if config.dedup else None
 
     report = _report(st, pipeline, config, out, removed_dir if removed else None, time.perf_counter() - started)
+    if dedup_report is not None:
+        report["dedup"] = dedup_report
+        report["docs_final"] = dedup_report["documents_kept"]
     _write_json_atomic(out / "report.json", report)
     _write_html_atomic(out / "report.html", report)
     st["complete"] = True
@@ -746,12 +748,25 @@ def prep(
     return report
 
 
-def _deduplicate(shard_dir: Path, config: PrepConfig) -> None:
-    """Hook for deduplication over the clean shards (``gristmill.dedup``), run after filtering
-    when ``config.dedup`` is set. Not wired yet."""
-    raise NotImplementedError(
-        "deduplication inside prep is not wired yet: run gristmill.dedup on the output shards"
-    )
+def _deduplicate(out: Path, config: PrepConfig, progress: bool) -> dict[str, Any]:
+    """Deduplicates the clean shards into ``out/deduped/`` (``config.dedup`` holds
+    :class:`gristmill.dedup.DedupConfig` fields); resumes like the filter stage."""
+    from gristmill.dedup import DedupConfig, dedup
+
+    files = sorted(out.glob(f"docs-*.{config.output_format}"))
+    cfg = DedupConfig(**{"fmt": config.output_format, **config.dedup})
+    return dedup(files, out / "deduped", cfg, progress=progress)
+
+
+def clean_documents(prep_dir: PathLike) -> list[Path]:
+    """The files holding the final documents of a ``prep`` output directory: the deduplicated
+    shards when dedup ran, else the filtered ones."""
+    prep_dir = Path(prep_dir)
+    deduped = sorted((prep_dir / "deduped").glob("docs-*")) if (prep_dir / "deduped").is_dir() else []
+    files = deduped or sorted(prep_dir.glob("docs-*"))
+    if not files:
+        raise FileNotFoundError(f"{prep_dir}: no docs-* shards; run gristmill prep first")
+    return [f for f in files if not f.name.startswith(".")]
 
 
 def _progress_bar(enabled: bool, state: dict[str, Any]):
