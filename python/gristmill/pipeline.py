@@ -153,7 +153,7 @@ def _stage_tokenize(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -
         val_fraction=float(s.get("val_fraction", 0.05)), progress=progress,
     )
     ds = ShardDataset(manifest)
-    return {"train_tokens": ds.num_tokens("train"), "val_tokens": ds.num_tokens("val") if "val" in ds.splits() else 0,
+    return {"train_tokens": ds.num_tokens("train"), "val_tokens": ds.num_tokens("val") if "val" in ds.splits else 0,
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
