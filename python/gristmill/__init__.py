@@ -11,10 +11,24 @@ from gristmill import _core
 from gristmill._core import TokenizerError
 from gristmill.tokenizer import Tokenizer, split_pieces
 
+# prep
+from gristmill._core import FilterConfigError
+from gristmill.prep import InputFormatError, PrepConfig, prep, read_documents
+
 __version__ = "0.1.0"
 
 # A rayon pool inherited through fork() has no threads behind it; tell the core.
 if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_core._mark_forked)
 
-__all__ = ["Tokenizer", "TokenizerError", "split_pieces", "__version__"]
+__all__ = [
+    "FilterConfigError",
+    "InputFormatError",
+    "PrepConfig",
+    "Tokenizer",
+    "TokenizerError",
+    "__version__",
+    "prep",
+    "read_documents",
+    "split_pieces",
+]
