@@ -8,8 +8,9 @@ sub-command.
 import os as _os
 
 from gristmill import _core
-from gristmill._core import TokenizerError
+from gristmill._core import FilterConfigError, TokenizerError
 from gristmill.dedup import DedupConfig, DedupError, dedup
+from gristmill.prep import InputFormatError, PrepConfig, prep, read_documents
 from gristmill.shards import BatchSampler, ShardDataset, ShardFormatError, write_shards
 from gristmill.tokenizer import Tokenizer, split_pieces
 
@@ -42,6 +43,9 @@ __all__ = [
     "BatchSampler",
     "DedupConfig",
     "DedupError",
+    "FilterConfigError",
+    "InputFormatError",
+    "PrepConfig",
     "GPTConfig",
     "ShardDataset",
     "ShardFormatError",
@@ -51,6 +55,8 @@ __all__ = [
     "__version__",
     "dedup",
     "load_model",
+    "prep",
+    "read_documents",
     "split_pieces",
     "write_shards",
 ]

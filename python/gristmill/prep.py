@@ -566,7 +566,7 @@ class _Run:
         fresh = {
             "fingerprint": fingerprint, "complete": False, "consumed": 0, "shards": 0,
             "removed_shards": 0, "docs_in": 0, "bytes_in": 0, "docs_out": 0, "bytes_out": 0,
-            "bad_records": [], "filters": {n: {} for n in names}, "examples": {},
+            "bad_records": [], "bad_count": 0, "filters": {n: {} for n in names}, "examples": {},
         }
         self.state = fresh
         if self.path.exists():
@@ -690,7 +690,8 @@ def prep(
             have = st["examples"].setdefault(key, [])
             have.extend(ex[: max(0, config.examples_per_rule - len(have))])
         pending["examples"] = {}
-        st["bad_records"].extend(pending_bad)
+        st["bad_count"] = st.get("bad_count", 0) + len(pending_bad)
+        st["bad_records"].extend(pending_bad[: max(0, 100 - len(st["bad_records"]))])
         pending_bad.clear()
         st.update(consumed=consumed, shards=writer.shard_index,
                   removed_shards=removed.shard_index if removed else 0)
@@ -796,8 +797,8 @@ def _report(
         "docs_out": st["docs_out"],
         "bytes_out": st["bytes_out"],
         "docs_removed": docs_removed,
-        "bad_records": len(st["bad_records"]),
-        "bad_record_messages": st["bad_records"][:100],
+        "bad_records": st.get("bad_count", 0),
+        "bad_record_messages": st["bad_records"],
         "filters": {n: st["filters"].get(n, {}) for n in pipeline.names},
         "filter_specs": [{k: v for k, v in s.items() if k != "words"} for s in pipeline.specs],
         "examples": st["examples"],

@@ -16,7 +16,7 @@
 //! ([`super::sentences`]; TFDS used NLTK's Punkt model here, datatrove spaCy's sentencizer,
 //! which is what we reproduce), else it becomes the kept lines joined by `\n`.
 
-use super::chars::{py_len, py_lower, py_split, py_splitlines, py_strip};
+use super::chars::{py_len, py_lower, py_split, py_split_count, py_splitlines, py_strip};
 use super::sentences::count_sentences;
 use super::{FilterStats, Verdict};
 use serde::{Deserialize, Serialize};
@@ -108,7 +108,7 @@ pub fn apply(cfg: &C4Config, text: &str, stats: &mut FilterStats) -> Verdict {
             }
         }
         let words_before = if cfg.count_words_before_citations {
-            Some(py_split(line).count())
+            Some(py_split_count(line))
         } else {
             None
         };
@@ -124,7 +124,7 @@ pub fn apply(cfg: &C4Config, text: &str, stats: &mut FilterStats) -> Verdict {
             continue;
         }
         if let Some(min) = cfg.min_words_per_line {
-            let n = words_before.unwrap_or_else(|| py_split(&line).count());
+            let n = words_before.unwrap_or_else(|| py_split_count(&line));
             if n < min {
                 stats.line_removed("too_few_words", line_bytes);
                 continue;

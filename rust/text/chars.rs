@@ -123,6 +123,29 @@ pub fn py_split(s: &str) -> impl Iterator<Item = &str> {
     s.split(py_isspace).filter(|w| !w.is_empty())
 }
 
+/// Python `str.isspace` for an ASCII byte.
+#[inline]
+fn is_ascii_py_space(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0x1c..=0x1f | b' ')
+}
+
+/// `len(s.split())` without building the words.
+pub fn py_split_count(s: &str) -> usize {
+    if !s.is_ascii() {
+        return py_split(s).count();
+    }
+    let mut count = 0;
+    let mut in_word = false;
+    for &b in s.as_bytes() {
+        let space = is_ascii_py_space(b);
+        if !space && !in_word {
+            count += 1;
+        }
+        in_word = !space;
+    }
+    count
+}
+
 /// The number of code points in `s` (Python `len`).
 #[inline]
 pub fn py_len(s: &str) -> usize {

@@ -322,7 +322,8 @@ impl<'a> WordRuns<'a> {
 /// Characters in the most frequent n-gram times its count (ties: the one seen first).
 fn top_n_gram_chars(runs: &WordRuns<'_>, n: usize) -> Option<usize> {
     let count = runs.words.len().checked_sub(n)? + 1;
-    let mut counts: FxHashMap<(u64, usize), (usize, usize)> = FxHashMap::default();
+    let mut counts: FxHashMap<(u64, usize), (usize, usize)> =
+        FxHashMap::with_capacity_and_hasher(count, Default::default());
     for i in 0..count {
         counts.entry(runs.joined_key(i, n)).or_insert((0, i)).0 += 1;
     }
@@ -335,7 +336,8 @@ fn top_n_gram_chars(runs: &WordRuns<'_>, n: usize) -> Option<usize> {
 /// Characters in n-grams (words concatenated) already seen, skipping past each repeat.
 fn duplicate_n_gram_chars(runs: &WordRuns<'_>, n: usize) -> usize {
     let len = runs.words.len();
-    let mut seen: FxHashSet<(u64, usize)> = FxHashSet::default();
+    let mut seen: FxHashSet<(u64, usize)> =
+        FxHashSet::with_capacity_and_hasher(len.saturating_sub(n) + 1, Default::default());
     let (mut repeated, mut i) = (0, 0);
     while i + n <= len {
         let key = runs.concat_key(i, n);

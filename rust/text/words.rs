@@ -489,14 +489,17 @@ fn suffix_len(s: &str) -> usize {
     if is_currency_char(last) && after_digit(&s[last_start..]) {
         take(last_start);
     }
-    for m in MULTI_CURRENCY {
-        if after_digit(m) {
-            take(n - m.len());
+    // Units and multi-letter currencies only follow a digit.
+    if s.bytes().any(|b| b.is_ascii_digit()) {
+        for m in MULTI_CURRENCY {
+            if after_digit(m) {
+                take(n - m.len());
+            }
         }
-    }
-    for u in UNITS {
-        if after_digit(u) {
-            take(n - u.len());
+        for u in UNITS {
+            if after_digit(u) {
+                take(n - u.len());
+            }
         }
     }
     n - start
