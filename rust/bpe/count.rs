@@ -25,15 +25,61 @@ use std::path::Path;
 const UNIT_BYTES: usize = 256 * 1024;
 /// Bytes read from a file at a time by `add_file`.
 const READ_BYTES: usize = 8 * 1024 * 1024;
-/// The global counts are split into this many maps by hash, so folding in a wave of local
+/// The global counts are split into this many shards by hash, so folding in a wave of local
 /// counts runs in parallel too.
 const SHARDS: usize = 64;
 
-/// The shard of a chunk: bits of its hash that the maps themselves do not look at (hashbrown
-/// takes the bucket from the low bits and a tag from the top seven).
+/// The shard of a long chunk: bits of its hash that the maps themselves do not look at
+/// (hashbrown takes the bucket from the low bits and a tag from the top seven).
 #[inline]
 fn shard_of(chunk: &[u8]) -> usize {
     (FxBuildHasher.hash_one(chunk) >> 40) as usize % SHARDS
+}
+
+/// The shard of a packed chunk: the top bits of another multiplicative hash.
+#[inline]
+fn shard_of_packed(key: u64) -> usize {
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SHARDS
+}
+
+/// Most chunks are short (` the`, `ing`): up to 7 bytes are packed into a `u64`, bytes first
+/// and the length in the top byte, so counting them hashes and compares one integer instead
+/// of a string, and storing them allocates nothing.
+#[inline]
+fn pack(chunk: &[u8]) -> Option<u64> {
+    if chunk.len() > 7 {
+        return None;
+    }
+    let mut key = (chunk.len() as u64) << 56;
+    for (i, &b) in chunk.iter().enumerate() {
+        key |= (b as u64) << (8 * i);
+    }
+    Some(key)
+}
+
+fn unpack(key: u64) -> Box<[u8]> {
+    let len = (key >> 56) as usize;
+    key.to_le_bytes()[..len].into()
+}
+
+/// Counts, split by length: packed short chunks and the rest.
+#[derive(Debug, Default)]
+struct Counts<K> {
+    short: FxHashMap<u64, u64>,
+    long: FxHashMap<K, u64>,
+}
+
+fn add_to<K: std::borrow::Borrow<[u8]> + std::hash::Hash + Eq + for<'a> From<&'a [u8]>>(
+    map: &mut FxHashMap<K, u64>,
+    chunk: &[u8],
+    count: u64,
+) {
+    match map.get_mut(chunk) {
+        Some(total) => *total += count,
+        None => {
+            map.insert(K::from(chunk), count);
+        }
+    }
 }
 
 /// Distinct pre-tokenizer chunks of a corpus and their counts.
@@ -44,7 +90,7 @@ pub struct ChunkCounter {
     /// Whether texts may be cut at `safe_cut` points: only for the hand-written patterns,
     /// and only when no special token holds a newline (which a cut could split).
     cuttable: bool,
-    counts: Vec<FxHashMap<Box<[u8]>, u64>>,
+    shards: Vec<Counts<Box<[u8]>>>,
     n_texts: u64,
     n_chunks: u64,
     n_bytes: u64,
@@ -73,7 +119,7 @@ impl ChunkCounter {
             pattern,
             specials,
             cuttable,
-            counts: (0..SHARDS).map(|_| FxHashMap::default()).collect(),
+            shards: (0..SHARDS).map(|_| Counts::default()).collect(),
             n_texts: 0,
             n_chunks: 0,
             n_bytes: 0,
@@ -96,7 +142,10 @@ impl ChunkCounter {
 
     /// Distinct chunks so far.
     pub fn n_unique(&self) -> usize {
-        self.counts.iter().map(|m| m.len()).sum()
+        self.shards
+            .iter()
+            .map(|c| c.short.len() + c.long.len())
+            .sum()
     }
 
     /// Bytes of text counted so far.
@@ -110,12 +159,14 @@ impl ChunkCounter {
             return;
         }
         self.n_chunks += count;
-        let shard = &mut self.counts[shard_of(chunk)];
-        match shard.get_mut(chunk) {
-            Some(c) => *c += count,
-            None => {
-                shard.insert(chunk.into(), count);
+        match pack(chunk) {
+            Some(key) => {
+                *self.shards[shard_of_packed(key)]
+                    .short
+                    .entry(key)
+                    .or_insert(0) += count
             }
+            None => add_to(&mut self.shards[shard_of(chunk)].long, chunk, count),
         }
     }
 
@@ -192,7 +243,12 @@ impl ChunkCounter {
 
     /// The counts, one entry per distinct chunk, in no particular order.
     pub fn into_counts(self) -> Vec<(Box<[u8]>, u64)> {
-        self.counts.into_iter().flatten().collect()
+        let mut out = Vec::with_capacity(self.n_unique());
+        for shard in self.shards {
+            out.extend(shard.short.into_iter().map(|(k, c)| (unpack(k), c)));
+            out.extend(shard.long);
+        }
+        out
     }
 
     /// Appends `text`'s units of work: the stretches between special tokens, cut into pieces
@@ -244,28 +300,34 @@ impl ChunkCounter {
         if start < units.len() {
             groups.push(&units[start..]);
         }
-        // Count a wave of groups in parallel into local maps split by shard, then fold each
-        // shard of them into the global shard, in parallel. The wave keeps the local maps in
-        // flight (and so memory) proportional to the threads.
-        type Local<'t> = (Vec<Vec<(&'t str, u64)>>, u64);
+        // Count a wave of groups in parallel into local maps, split those by shard, then fold
+        // each shard of them into the global shard, in parallel. The wave keeps the local maps
+        // in flight (and so memory) proportional to the threads.
+        type Parts<'t> = Vec<(Vec<(u64, u64)>, Vec<(&'t str, u64)>)>;
         let wave = 2 * parallel::num_threads();
         for groups in groups.chunks(wave) {
             let pattern = &self.pattern;
-            let locals: Result<Vec<Local>, BpeError> = parallel::install(|| {
+            let locals: Result<Vec<(Parts, u64)>, BpeError> = parallel::install(|| {
                 groups
                     .par_iter()
                     .map(|group| {
-                        let mut map: FxHashMap<&str, u64> = FxHashMap::default();
+                        let mut local: Counts<&str> = Counts::default();
                         let mut n = 0u64;
                         for unit in group.iter() {
                             pattern.split(unit, |piece| {
                                 n += 1;
-                                *map.entry(piece).or_insert(0) += 1;
+                                match pack(piece.as_bytes()) {
+                                    Some(key) => *local.short.entry(key).or_insert(0) += 1,
+                                    None => *local.long.entry(piece).or_insert(0) += 1,
+                                }
                             })?;
                         }
-                        let mut parts = vec![Vec::new(); SHARDS];
-                        for (piece, c) in map {
-                            parts[shard_of(piece.as_bytes())].push((piece, c));
+                        let mut parts: Parts = vec![(Vec::new(), Vec::new()); SHARDS];
+                        for (key, c) in local.short {
+                            parts[shard_of_packed(key)].0.push((key, c));
+                        }
+                        for (piece, c) in local.long {
+                            parts[shard_of(piece.as_bytes())].1.push((piece, c));
                         }
                         Ok((parts, n))
                     })
@@ -274,18 +336,16 @@ impl ChunkCounter {
             let locals = locals?;
             self.n_chunks += locals.iter().map(|(_, n)| n).sum::<u64>();
             parallel::install(|| {
-                self.counts
+                self.shards
                     .par_iter_mut()
                     .enumerate()
                     .for_each(|(s, shard)| {
                         for (parts, _) in &locals {
-                            for &(piece, c) in &parts[s] {
-                                match shard.get_mut(piece.as_bytes()) {
-                                    Some(total) => *total += c,
-                                    None => {
-                                        shard.insert(piece.as_bytes().into(), c);
-                                    }
-                                }
+                            for &(key, c) in &parts[s].0 {
+                                *shard.short.entry(key).or_insert(0) += c;
+                            }
+                            for &(piece, c) in &parts[s].1 {
+                                add_to(&mut shard.long, piece.as_bytes(), c);
                             }
                         }
                     })
@@ -391,6 +451,19 @@ mod tests {
             sorted(c),
             vec![(b" world".to_vec(), 2), (b"hello".to_vec(), 2)]
         );
+    }
+
+    proptest! {
+        #[test]
+        fn packing_is_one_to_one(a in proptest::collection::vec(0u8..4, 0..9), b in proptest::collection::vec(0u8..4, 0..9)) {
+            match (pack(&a), pack(&b)) {
+                (Some(x), Some(y)) => {
+                    prop_assert_eq!(x == y, a == b);
+                    prop_assert_eq!(&*unpack(x), &a[..]);
+                }
+                (x, y) => prop_assert_eq!((x.is_none(), y.is_none()), (a.len() > 7, b.len() > 7)),
+            }
+        }
     }
 
     #[test]

@@ -108,12 +108,24 @@ impl Trainer {
         let mut words = Vec::new();
         // Chunks of one byte hold no pair: they can never change, so they are left out.
         for (bytes, count) in chunks.iter().filter(|(b, c)| b.len() >= 2 && *c > 0) {
+            let len = u32::try_from(bytes.len()).map_err(|_| {
+                BpeError::Settings(format!(
+                    "a chunk of {} bytes is too long (max 4 GiB)",
+                    bytes.len()
+                ))
+            })?;
             words.push(Word {
                 start: symbols.len(),
-                len: u32::try_from(bytes.len()).expect("chunks are shorter than 4 GiB"),
+                len,
                 weight: *count,
             });
             symbols.extend(bytes.iter().map(|&b| b as Rank));
+        }
+        if words.len() > u32::MAX as usize {
+            return Err(BpeError::Settings(format!(
+                "{} distinct chunks are more than the trainer can index (2^32)",
+                words.len()
+            )));
         }
         drop(chunks);
         let (counts, index) = count_pairs(&symbols, &words);
@@ -657,6 +669,19 @@ mod tests {
                 (b"baaa".to_vec(), 2),
             ];
             assert_eq!(fast(&chunks, 270, 1), naive(&chunks, 270, 1), "n={n}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn token_order_is_byte_order(
+            x in proptest::collection::vec(prop_oneof![Just(0u8), Just(1), Just(b'a'), Just(255)], 1..12),
+            y in proptest::collection::vec(prop_oneof![Just(0u8), Just(1), Just(b'a'), Just(255)], 1..12),
+        ) {
+            let mut t = Tokens::default();
+            t.push(x.clone().into());
+            t.push(y.clone().into());
+            prop_assert_eq!(t.cmp(0, 1), x.cmp(&y));
         }
     }
 
