@@ -8,8 +8,11 @@ uses the first 300 documents (~9 MB); ``--size full`` all 4,173 (~120 MB).
 Every tool runs in its own process, one after the other, on the same JSONL file with the same
 MinHash parameters (5-word shingles, 14 bands x 8 rows, 64-bit hashes):
 
-- gristmill: ``gristmill.dedup.dedup`` with exact + MinHash (and MinHash alone), on
-  ``--threads`` threads (default 1, so the figures are per core);
+- gristmill: ``gristmill.dedup.dedup`` with exact + MinHash (also MinHash alone, and exact +
+  MinHash with a 1 MB memory limit, far below the index, so that it spills), on
+  ``--threads`` threads (default 1, so the figures are per core), with datatrove's
+  permutation parameters when datatrove is installed (same speed; clusters then differ only
+  where the tokenisers split words differently);
 - datatrove: its four MinHash stages (signatures, buckets, clusters, filter) with its English
   word tokenizer (spaCy), one worker;
 - datasketch: ``MinHash.update_batch`` + ``MinHashLSH(params=(14, 8))``, one thread; clusters
@@ -42,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("GRISTMILL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 EDIT_RATES = (0.01, 0.03, 0.10, 0.30)
 BANDS, ROWS, NGRAM = 14, 8, 5
+SPILL_LIMIT = "1MB"  # far below the index: shows the cost of spilling and the RSS it bounds
 
 
 # ---- corpus -------------------------------------------------------------------------------
@@ -89,12 +93,17 @@ def read_ids(path: Path) -> list[str]:
 # ---- workers (each runs in its own process) ------------------------------------------------
 
 
-def run_gristmill(corpus: Path, work: Path, exact: bool) -> dict:
+def run_gristmill(corpus: Path, work: Path, exact: bool, memory_limit: str = "1GB") -> dict:
     from gristmill.dedup import DedupConfig, dedup
     from gristmill.prep import read_documents
 
+    params = os.environ.get("BENCH_DEDUP_PERMUTATIONS")
+    permutations = json.loads(Path(params).read_text()) if params else None
+    cfg = DedupConfig(
+        exact=exact, minhash=True, fmt="jsonl", permutations=permutations, memory_limit=memory_limit
+    )
     t0 = time.perf_counter()
-    report = dedup([corpus], work / "out", DedupConfig(exact=exact, minhash=True, fmt="jsonl"))
+    report = dedup([corpus], work / "out", cfg)
     seconds = time.perf_counter() - t0
     pairs = [
         (d.id, d.metadata["duplicate_of"])
@@ -212,6 +221,8 @@ def worker(name: str, corpus: Path, work: Path, result: Path) -> None:
         out = run_gristmill(corpus, work, exact=True)
     elif name == "gristmill-minhash":
         out = run_gristmill(corpus, work, exact=False)
+    elif name == "gristmill-spill":
+        out = run_gristmill(corpus, work, exact=True, memory_limit=SPILL_LIMIT)
     elif name == "datatrove":
         out = run_datatrove(corpus, work)
     elif name == "datasketch":
@@ -257,11 +268,29 @@ def pair_agreement(a: list[list[str]], b: list[list[str]]) -> float:
     return pab / union if union else 1.0
 
 
+def datatrove_permutations(path: Path) -> bool:
+    """Writes datatrove's permutation parameters (numpy RandomState(1)) for gristmill to use,
+    so cluster differences come from tokenisation alone."""
+    try:
+        from datatrove.pipeline.dedup import MinhashDedupSignature
+        from datatrove.pipeline.dedup.minhash import MinhashConfig
+        from datatrove.utils.hashing import HashConfig
+    except ImportError:
+        return False
+    cfg = MinhashConfig(num_buckets=BANDS, hashes_per_bucket=ROWS, hash_config=HashConfig(precision=64))
+    a, b = MinhashDedupSignature(str(path.parent / "unused"), config=cfg, language="en").parameters
+    path.write_text(json.dumps([a.ravel().tolist(), b.ravel().tolist()]))
+    return True
+
+
 def run_tool(name: str, corpus: Path, tmp: Path, threads: int) -> dict:
     work = tmp / name
     work.mkdir()
     result = tmp / f"{name}.json"
     env = {**os.environ, "GRISTMILL_NUM_THREADS": str(threads), "OMP_NUM_THREADS": "1"}
+    params = tmp / "permutations.json"
+    if params.exists():
+        env["BENCH_DEDUP_PERMUTATIONS"] = str(params)
     cmd = [sys.executable, __file__, "--worker", name, str(corpus), str(work), str(result)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -298,7 +327,10 @@ def main() -> int:
         n = build_corpus(corpus, n_docs)
         mb = corpus.stat().st_size / 1e6
         print(f"corpus: {n} documents, {mb:.1f} MB (bench-en + copies + edits at {EDIT_RATES})")
-        tools = ["gristmill", "gristmill-minhash"] + [x for x in args.peers.split(",") if x]
+        tools = ["gristmill", "gristmill-minhash", "gristmill-spill"]
+        tools += [x for x in args.peers.split(",") if x]
+        same_params = "datatrove" in tools and datatrove_permutations(tmp / "permutations.json")
+        load = os.getloadavg()[0]
         results = {}
         for name in tools:
             print(f"running {name} ...", flush=True)
@@ -348,6 +380,8 @@ def main() -> int:
         "threads": args.threads,
         "cpu_count": os.cpu_count(),
         "params": {"ngram": NGRAM, "bands": BANDS, "rows": ROWS},
+        "gristmill_uses_datatrove_permutations": same_params,
+        "load_average_at_start": round(load, 2),
         "results": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -403,6 +403,16 @@ def test_changed_input_is_an_error(tmp_path):
         dedup(source, tmp_path / "out")
 
 
+def test_empty_and_tiny_inputs(tmp_path):
+    every = {"lines": True, "spans": True, "threshold": 0.8}
+    report, kept, removed = run(tmp_path, [], "empty", **every)
+    assert report["documents_in"] == 0 and kept == removed == []
+    docs = [Document("x", ""), Document("y", ""), Document("z", "a"), Document("w", "one two")]
+    report, kept, removed = run(tmp_path, docs, "tiny", **every)
+    assert [d.id for d in kept] == ["x", "z", "w"]
+    assert [(d.id, d.metadata["duplicate_of"]) for d in removed] == [("y", "x")]
+
+
 def test_bad_configuration():
     with pytest.raises(DedupError, match="exact_hash_bits"):
         minhash_signatures(["x"], exact_hash_bits=32)

@@ -17,8 +17,8 @@
 //! draws them from numpy's `RandomState(seed)`).
 //!
 //! **Cost.** Each shingle costs one xxh64 and `bands * rows` multiply-add-reduce steps; the
-//! reduction mod 2^61 - 1 is two adds and a shift, no division. The inner loop runs over the
-//! permutations with the parameters in two flat arrays, which the compiler unrolls.
+//! reduction mod 2^61 - 1 is a mask, a shift and an add, no division. See
+//! [`signature_kernel`] for the loop order.
 
 use super::normalize::{words, Words};
 use super::{DedupError, Result};
@@ -140,17 +140,37 @@ impl MinHasher {
         if shingles.is_empty() {
             return None;
         }
-        let mut sig = vec![u64::MAX; self.a.len()];
-        for &x in shingles {
-            for ((s, &a), &b) in sig.iter_mut().zip(&self.a).zip(&self.b) {
-                let v = mod_mersenne61(a.wrapping_mul(x).wrapping_add(b));
-                if v < *s {
-                    *s = v;
-                }
-            }
+        let mut sig = vec![0u64; self.a.len()];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU was just checked to have AVX2.
+            unsafe { signature_avx2(shingles, &self.a, &self.b, &mut sig) };
+            return Some(sig);
         }
+        signature_kernel(shingles, &self.a, &self.b, &mut sig);
         Some(sig)
     }
+}
+
+/// `out[i] = min over x of h_i(x)`. Permutations outside, shingles inside: the inner loop is a
+/// min-reduction with `a_i`, `b_i` held in registers, which the compiler vectorises (four
+/// shingles at a time with AVX2); the other order keeps reloading and storing the signature.
+#[inline(always)]
+fn signature_kernel(shingles: &[u64], a: &[u64], b: &[u64], out: &mut [u64]) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *o = shingles
+            .iter()
+            .map(|&x| mod_mersenne61(a.wrapping_mul(x).wrapping_add(b)))
+            .fold(u64::MAX, u64::min);
+    }
+}
+
+/// [`signature_kernel`] compiled for AVX2, chosen at run time: the wheel targets baseline
+/// x86-64, where 64-bit lanes are only two wide. About twice as fast where available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn signature_avx2(shingles: &[u64], a: &[u64], b: &[u64], out: &mut [u64]) {
+    signature_kernel(shingles, a, b, out)
 }
 
 /// The xxh64 hashes of each run of `n` consecutive words.

@@ -59,39 +59,31 @@ pub fn words(text: &str, fold_numbers: bool) -> Words {
         },
         start: None,
     };
-    let mut chars = text.char_indices().peekable();
-    while let Some((_, c)) = chars.next() {
+    // Bytes, not chars: web text is mostly ASCII, which takes the first branch without
+    // decoding; other characters are decoded where they start.
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
         if c.is_ascii() && !(fold_numbers && c.is_ascii_digit()) {
             if c.is_ascii_alphanumeric() {
-                b.push(c.to_ascii_lowercase());
+                b.push(c.to_ascii_lowercase() as char);
             } else {
                 b.end_word();
             }
+            i += 1;
             continue;
         }
-        if fold_numbers && c.is_numeric() {
-            // A run of digits, optionally one decimal separator and more digits, becomes "0"
-            // (the regex datatrove applies: \p{Nd}+([.,]\p{Nd}+)?).
-            while matches!(chars.peek(), Some((_, d)) if d.is_numeric()) {
-                chars.next();
-            }
-            if let Some(&(j, sep)) = chars.peek() {
-                if sep == '.' || sep == ',' {
-                    let after = text[j + sep.len_utf8()..].chars().next();
-                    if after.is_some_and(|d| d.is_numeric()) {
-                        chars.next();
-                        while matches!(chars.peek(), Some((_, d)) if d.is_numeric()) {
-                            chars.next();
-                        }
-                    }
-                }
-            }
+        let ch = text[i..].chars().next().unwrap_or(' ');
+        if fold_numbers && ch.is_numeric() {
+            i = skip_number(text, i);
             b.push('0');
             continue;
         }
+        i += ch.len_utf8();
         // Canonical decomposition, dropping combining marks: "é" -> "e", as datatrove strips
         // diacritics (NFD, then drop category Mn; combining class > 0 is that set, nearly).
-        decompose_canonical(c, |d| {
+        decompose_canonical(ch, |d| {
             if canonical_combining_class(d) != 0 {
                 return;
             }
@@ -106,6 +98,29 @@ pub fn words(text: &str, fold_numbers: bool) -> Words {
     }
     b.end_word();
     b.out
+}
+
+/// The end of the number starting at byte `i`: a run of digits, optionally one decimal
+/// separator and more digits (the regex datatrove folds to `0`: `\p{Nd}+([.,]\p{Nd}+)?`).
+fn skip_number(text: &str, i: usize) -> usize {
+    fn digits(text: &str, mut i: usize) -> usize {
+        while let Some(c) = text[i..].chars().next() {
+            if !c.is_numeric() {
+                break;
+            }
+            i += c.len_utf8();
+        }
+        i
+    }
+    let end = digits(text, i);
+    let bytes = text.as_bytes();
+    if end < bytes.len() && (bytes[end] == b'.' || bytes[end] == b',') {
+        let more = digits(text, end + 1);
+        if more > end + 1 {
+            return more;
+        }
+    }
+    end
 }
 
 struct WordBuilder {
