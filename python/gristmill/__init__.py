@@ -25,6 +25,9 @@ _LAZY = {
     "GPTConfig": "gristmill.model",
     "load_model": "gristmill.model",
     "TrainConfig": "gristmill.config",
+    "SamplingConfig": "gristmill.sample",
+    "generate": "gristmill.sample",
+    "sample_text": "gristmill.sample",
 }
 
 
@@ -40,13 +43,16 @@ __all__ = [
     "GPT",
     "BatchSampler",
     "GPTConfig",
+    "SamplingConfig",
     "ShardDataset",
     "ShardFormatError",
     "Tokenizer",
     "TokenizerError",
     "TrainConfig",
     "__version__",
+    "generate",
     "load_model",
+    "sample_text",
     "split_pieces",
     "write_shards",
 ]
