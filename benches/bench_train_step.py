@@ -145,7 +145,10 @@ def main() -> None:
     p = parser("train_step", __doc__)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--steps", type=int, default=None, help="timed steps (median reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
@@ -164,7 +167,8 @@ def main() -> None:
     with torch.device("meta"):
         flops_tok = GPT(cfg).flops_per_token(T)
     peak = peak_flops(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
     mode = ("bf16" if device.type == "cuda" else "fp32") + (" + compile" if use_compile else "")
 
     rows = []

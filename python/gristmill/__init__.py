@@ -27,6 +27,9 @@ _LAZY = {
     "GPTConfig": "gristmill.model",
     "load_model": "gristmill.model",
     "TrainConfig": "gristmill.config",
+    "SamplingConfig": "gristmill.sample",
+    "generate": "gristmill.sample",
+    "sample_text": "gristmill.sample",
 }
 
 
@@ -47,6 +50,7 @@ __all__ = [
     "InputFormatError",
     "PrepConfig",
     "GPTConfig",
+    "SamplingConfig",
     "ShardDataset",
     "ShardFormatError",
     "Tokenizer",
@@ -54,9 +58,11 @@ __all__ = [
     "TrainConfig",
     "__version__",
     "dedup",
+    "generate",
     "load_model",
     "prep",
     "read_documents",
+    "sample_text",
     "split_pieces",
     "write_shards",
 ]

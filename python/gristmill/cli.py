@@ -173,6 +173,9 @@ def _run_tokenize(args) -> int:
         print(f"{name:5s}  {split['tokens']:>14,} tokens  {split['documents']:>10,} documents  "
               f"{len(split['shards'])} shards")
     print(f"wrote {manifest} ({m['dtype']}, tokenizer {m['tokenizer']['name']}) in {dt:.1f}s")
+    return 0
+
+
 # ---- prep ---------------------------------------------------------------------------------
 
 
@@ -242,6 +245,9 @@ def _run_prep(args) -> int:
                   overwrite=args.overwrite)
     print(format_report(report))
     print(f"wrote {len(report['shards'])} shard(s), report.json and report.html to {args.output}")
+    return 0
+
+
 # ---- dedup --------------------------------------------------------------------------------
 
 
@@ -300,6 +306,9 @@ def _run_dedup(args) -> int:
             f"from {report['documents_changed']:,} kept documents"
         )
     print(f"report:     {Path(args.output) / 'dedup-report.json'}")
+    return 0
+
+
 # ---- tokenizer ----------------------------------------------------------------------------
 
 
@@ -397,6 +406,166 @@ def _run_quickstart(args) -> int:
     quickstart(args.out, tiny=args.tiny, progress=not args.no_progress)
     return 0
 
+
+# ---- sample / eval ------------------------------------------------------------------------
+
+
+def _model_args(p) -> None:
+    p.add_argument("checkpoint", help="checkpoint dir, training out_dir (its best checkpoint), "
+                   "or a Hugging Face GPT-2 directory")
+    p.add_argument("--tokenizer", "-t", default=None,
+                   help="default: the checkpoint's own copy (or GPT-2's for 50257 tokens)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto: bfloat16 on CUDA, float32 on CPU")
+
+
+def _load_for_inference(args):
+    import torch
+
+    from gristmill.model import load_model
+    from gristmill.sample import tokenizer_for
+
+    device = args.device if args.device != "auto" else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype if args.dtype != "auto" else (
+        "bfloat16" if device.startswith("cuda") else "float32")
+    model = load_model(args.checkpoint).to(device=device, dtype=getattr(torch, dtype)).eval()
+    return model, tokenizer_for(args.checkpoint, model, args.tokenizer, required=False)
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser(
+        "sample", help="generate text from a checkpoint (streams as it goes)",
+        description="Generate text with a KV cache: greedy (--temperature 0), sampling "
+        "(temperature, top-k, top-p, min-p, penalties) or beam search (--num-beams).",
+    )
+    _model_args(p)
+    p.add_argument("--prompt", "-p", action="append", default=None,
+                   help="prompt text (repeat for a batch); default: end-of-text")
+    p.add_argument("--prompt-file", type=Path, help="a file whose whole text is one prompt")
+    p.add_argument("--max-new-tokens", "-n", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--frequency-penalty", type=float, default=0.0)
+    p.add_argument("--presence-penalty", type=float, default=0.0)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--early-stopping", choices=["false", "true", "never"], default="false")
+    p.add_argument("--num-samples", type=int, default=1, help="completions per prompt")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--no-stream", action="store_true", help="print each completion when done")
+    p.set_defaults(func=_run_sample)
+
+
+def _run_sample(args) -> int:
+    import torch
+
+    from gristmill.sample import SamplingConfig, TextStream, generate, generate_steps
+
+    model, tok = _load_for_inference(args)
+    if tok is None:
+        raise ValueError(f"no tokenizer found with {args.checkpoint}; pass --tokenizer")
+    texts = list(args.prompt or [])
+    if args.prompt_file:
+        texts.append(args.prompt_file.read_text("utf-8"))
+    texts = texts or [""]
+    early = {"false": False, "true": True, "never": "never"}[args.early_stopping]
+    beams = args.num_beams > 1
+    cfg = SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+        frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty,
+        num_beams=args.num_beams, length_penalty=args.length_penalty, early_stopping=early,
+        num_return_sequences=args.num_samples if beams else 1, stop_strings=tuple(args.stop),
+        seed=args.seed)
+    prompts = [tok.encode(t, allowed_special="all") or [tok.eot_token] for t in texts]
+    room = model.config.block_size - max(map(len, prompts))
+    if room < 1:
+        raise ValueError(f"prompt longer than the model's block_size {model.config.block_size}")
+    if cfg.max_new_tokens > room:
+        print(f"note: max_new_tokens lowered to {room} (block_size "
+              f"{model.config.block_size})", file=sys.stderr)
+        cfg.max_new_tokens = room
+    if args.compile:
+        model.forward = torch.compile(model.forward, dynamic=True)
+    order = [(i, t) for i, t in enumerate(texts) for _ in range(1 if beams else args.num_samples)]
+    stops = {tok.eot_token}
+    t0, n_tokens = time.perf_counter(), 0
+    if len(order) == 1 and not beams and not args.no_stream:
+        stream = TextStream(tok, cfg.stop_strings)
+        sys.stdout.write(texts[0])
+        for tokens, _ in generate_steps(model, [prompts[0]], cfg, eot_token=tok.eot_token,
+                                        token_bytes=tok.decode_single_token_bytes):
+            n_tokens += 1
+            if int(tokens[0]) in stops:
+                break
+            sys.stdout.write(stream.push(int(tokens[0])))
+            sys.stdout.flush()
+        sys.stdout.write(stream.flush() + "\n")
+    else:
+        outs = generate(model, [prompts[i] for i, _ in order], cfg, eot_token=tok.eot_token,
+                        token_bytes=tok.decode_single_token_bytes)
+        if beams:
+            order = [(i, t) for i, t in enumerate(texts) for _ in range(cfg.num_return_sequences)]
+        for k, ((_, text), out) in enumerate(zip(order, outs)):
+            n_tokens += len(out)
+            if out and out[-1] in stops:
+                out = out[:-1]
+            data = tok.decode_bytes(out)
+            for s in cfg.stop_strings:
+                data = data.split(s.encode("utf-8"))[0]
+            if k:
+                print("\n" + "-" * 40)
+            print(text + data.decode("utf-8", errors="replace"))
+    dt = time.perf_counter() - t0
+    print(f"[{n_tokens} tokens in {dt:.2f} s: {n_tokens / dt:.1f} tok/s on "
+          f"{next(model.parameters()).device}]", file=sys.stderr)
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="loss, perplexity and bits per byte of a checkpoint",
+        description="Evaluate a checkpoint on a shard dataset's split or on a text file; every "
+        "token after the first is predicted once.",
+    )
+    _model_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="shard dataset directory (or its manifest.json)")
+    src.add_argument("--text", type=Path, help="a UTF-8 text file")
+    p.add_argument("--split", default="val")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=None, help="default: the model's block_size")
+    p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from gristmill.sample import evaluate
+
+    model, tok = _load_for_inference(args)
+    if args.data:
+        from gristmill.shards import ShardDataset
+
+        data = ShardDataset(args.data)
+    else:
+        data = args.text.read_text("utf-8")
+    r = evaluate(model, data, tok, split=args.split, batch_size=args.batch_size,
+                 seq_len=args.seq_len, max_batches=args.max_batches,
+                 progress=not args.no_progress)
+    bpb = f", {r['bits_per_byte']:.4f} bits/byte" if r["bits_per_byte"] is not None else ""
+    print(f"loss {r['loss']:.4f} nats/token, perplexity {r['perplexity']:.3f}{bpb} "
+          f"({r['tokens']:,} tokens)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gristmill",
@@ -413,6 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer(sub)
     _add_run(sub)
     _add_quickstart(sub)
+    _add_sample(sub)
+    _add_eval(sub)
     return parser
 
 
