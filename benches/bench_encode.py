@@ -14,9 +14,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import SHARED_DATA, best_of, load_corpus, parser, report, tiktoken_ranks  # noqa: E402
-
 import gristmill  # noqa: E402
+from common import SHARED_DATA, best_of, load_corpus, parser, report, tiktoken_ranks  # noqa: E402
 
 
 def main() -> None:

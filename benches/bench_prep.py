@@ -26,7 +26,6 @@ from pathlib import Path
 os.environ.setdefault("GRISTMILL_NUM_THREADS", "1")
 
 import zstandard  # noqa: E402
-
 from gristmill import _core  # noqa: E402
 from gristmill.prep import FilterPipeline, PrepConfig, _badwords_list  # noqa: E402
 

@@ -8,15 +8,14 @@ import pickle
 import subprocess
 import sys
 
+import gristmill
 import numpy as np
 import pytest
 import tiktoken
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import gristmill
 from gristmill import Tokenizer, TokenizerError
 from gristmill.tokenizer import ENDOFTEXT
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiktoken_ext import openai_public as _public  # noqa: E402
 
 
