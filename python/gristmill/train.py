@@ -164,7 +164,8 @@ def save_checkpoint(out_dir: Path, step: int, model: GPT, model_sd: dict, optim_
     """Writes ``out_dir/ckpt-{step}`` under a temporary name, then renames it into place."""
     final = out_dir / f"ckpt-{step:07d}"
     tmp = out_dir / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in out_dir.glob(".ckpt-*.tmp-*"):  # left by a run that was killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(model, tmp / "model.safetensors", model_sd)
     with open(tmp / "optimizer.pt", "wb") as f:
