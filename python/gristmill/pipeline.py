@@ -275,7 +275,7 @@ def quickstart_config(out_dir: PathLike, *, tiny: bool = False) -> dict:
     ``tiny`` shrinks every stage so the whole flow runs in well under a minute (for tests).
     """
     corpus = Path(str(resources.files("gristmill").joinpath("data", "tinyshakespeare.txt")))
-    steps = 30 if tiny else 600
+    steps = 30 if tiny else 300
     return {
         "out_dir": str(out_dir),
         "inputs": [str(corpus)],
