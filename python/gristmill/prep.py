@@ -169,6 +169,29 @@ def _read_hf(ds: Any, text_field: str, id_field: str, bad: _BadRecords) -> Itera
         yield Document(str(doc_id) if doc_id is not None else f"{name}:{row_no}", text, record)
 
 
+_DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".parquet", ".txt", ".text", ".md")
+
+
+def _document_files(directory: Path) -> list[Path]:
+    """The data files under ``directory``, in sorted order. Hidden entries, gristmill's own
+    bookkeeping (reports, manifests, state) and removed documents (``removed/`` folders and
+    ``removed-*`` shards, which prep and dedup write beside the kept ones) are skipped, so a
+    prep or dedup output folder reads as its kept documents."""
+    files = []
+    for q in sorted(directory.rglob("*")):
+        rel = q.relative_to(directory).parts
+        if not q.is_file() or any(part.startswith(".") or part == "removed" for part in rel):
+            continue
+        name = q.name.lower()
+        base = name[:-4] if name.endswith(".zst") else name[:-3] if name.endswith(".gz") else name
+        if name.startswith("removed-") or not base.endswith(_DATA_SUFFIXES):
+            continue
+        if base.endswith(".json") and (base.endswith(("report.json", "manifest.json")) or "state" in base):
+            continue
+        files.append(q)
+    return files
+
+
 def read_documents(
     paths: PathLike | Iterable[PathLike] | Any,
     *,
@@ -183,7 +206,9 @@ def read_documents(
     Formats by extension: ``.jsonl``/``.json`` (one object per line; also ``.gz``/``.zst``
     compressed), ``.parquet``, and ``.txt`` (one document per file, or per blank-line-separated
     block with ``txt_mode="paragraphs"``). Fields other than text and id are kept as metadata.
-    Directories are read recursively in sorted order. A ``datasets.Dataset`` or
+    Directories are read recursively in sorted order, skipping hidden files, reports and
+    removed documents (a prep output folder with dedup on holds the filtered shards and, in
+    ``deduped/``, the final ones: read the latter, or use :func:`clean_documents`). A ``datasets.Dataset`` or
     ``IterableDataset`` (or a list of them) is read row by row.
 
     Args:
@@ -213,7 +238,7 @@ def read_documents(
             continue
         path = Path(p)
         if path.is_dir():
-            files = sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith("."))
+            files = _document_files(path)
             yield from read_documents(
                 files, text_field=text_field, id_field=id_field, txt_mode=txt_mode,
                 skip_bad=skip_bad, bad_records=bad_records,
