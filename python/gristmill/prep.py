@@ -186,7 +186,7 @@ def _document_files(directory: Path) -> list[Path]:
         base = name[:-4] if name.endswith(".zst") else name[:-3] if name.endswith(".gz") else name
         if name.startswith("removed-") or not base.endswith(_DATA_SUFFIXES):
             continue
-        if base.endswith(".json") and (base.endswith(("report.json", "manifest.json")) or "state" in base):
+        if base.endswith(".json") and base.endswith(("report.json", "manifest.json", "state.json", "stage.json")):
             continue
         files.append(q)
     return files
