@@ -153,6 +153,12 @@ def main() -> int:
 
     size = SIZES[args.size]
     contenders = [c for c in args.contenders.split(",") if c]
+    import importlib.util
+
+    missing = [c for c in contenders if c == "rustbpe" and importlib.util.find_spec("rustbpe") is None]
+    for c in missing:
+        print(f"skipping {c}: not installed (pip install 'gristmill[bench]')")
+    contenders = [c for c in contenders if c not in missing]
     note = "" if args.size == "small" else " (bench-en.jsonl.zst repeated to reach it)"
     print(f"corpus: {CORPUS.name}, {size / 1e6:.0f} MB of text{note}; GPT-2 pattern; "
           f"{os.cpu_count()} CPUs; best of {args.repeat}")
