@@ -332,6 +332,7 @@ mod python {
     use crate::bpe::trainer::MAX_VOCAB;
     use crate::bpe::{ChunkCounter, Trainer};
     use pyo3::exceptions::PyTypeError;
+    use pyo3::types::PyIterator;
 
     /// Texts are pulled from the iterator until a batch holds this many bytes per thread (or
     /// this many texts): enough to keep the threads busy, little enough to copy.
@@ -394,6 +395,32 @@ mod python {
         }
     }
 
+    /// The next texts from `iter`, up to `max_bytes` of them (or `TRAIN_BATCH_TEXTS` texts);
+    /// empty once it is exhausted. `pulled` counts texts taken, for error messages.
+    fn pull_batch(
+        iter: &mut Bound<'_, PyIterator>,
+        max_bytes: usize,
+        pulled: &mut usize,
+    ) -> PyResult<Vec<String>> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while bytes < max_bytes && batch.len() < TRAIN_BATCH_TEXTS {
+            let Some(item) = iter.next() else { break };
+            let item = item?;
+            let text: String = item.extract().map_err(|_| {
+                let kind = item.get_type().name().map(|n| n.to_string());
+                PyTypeError::new_err(format!(
+                    "text {pulled} is {}, expected str",
+                    kind.unwrap_or_default()
+                ))
+            })?;
+            *pulled += 1;
+            bytes += text.len();
+            batch.push(text);
+        }
+        Ok(batch)
+    }
+
     #[pymethods]
     impl BpeTrainer {
         /// A trainer for a vocabulary of `vocab_size` ids: 256 bytes, the merges, and the
@@ -433,8 +460,9 @@ mod python {
         }
 
         /// Counts the chunks of every text from `texts` (any iterable of str). Texts are
-        /// pulled in batches under the GIL and counted in parallel without it; `callback`,
-        /// if given, is called with (texts, bytes) counted so far after each batch.
+        /// pulled in batches under the GIL and counted in parallel without it, the next batch
+        /// being pulled while the last is counted; `callback`, if given, is called with
+        /// (texts, bytes) counted so far after each batch.
         #[pyo3(signature = (texts, callback = None))]
         fn count(
             &mut self,
@@ -444,45 +472,29 @@ mod python {
         ) -> PyResult<()> {
             self.counter()?;
             let mut iter = texts.try_iter()?;
-            let mut batch: Vec<String> = Vec::new();
-            let mut index = 0usize;
+            let mut pulled = 0usize;
             let batch_bytes = TRAIN_BATCH_BYTES_PER_THREAD * crate::parallel::num_threads();
-            loop {
-                batch.clear();
-                let mut bytes = 0;
-                let mut exhausted = false;
-                while bytes < batch_bytes && batch.len() < TRAIN_BATCH_TEXTS {
-                    let Some(item) = iter.next() else {
-                        exhausted = true;
-                        break;
-                    };
-                    let item = item?;
-                    let text: String = item.extract().map_err(|_| {
-                        PyTypeError::new_err(format!(
-                            "text {index} is {}, expected str",
-                            item.get_type()
-                                .name()
-                                .map(|n| n.to_string())
-                                .unwrap_or_default()
-                        ))
-                    })?;
-                    index += 1;
-                    bytes += text.len();
-                    batch.push(text);
+            let mut batch = pull_batch(&mut iter, batch_bytes, &mut pulled)?;
+            while !batch.is_empty() {
+                py.check_signals()?;
+                let counter = self.counter()?;
+                // Python work (the iterator, str to UTF-8) overlaps the count of the batch
+                // before: a scoped thread hands that batch to the pool meanwhile.
+                let (counted, next) = std::thread::scope(|scope| {
+                    let job = scope.spawn(|| counter.add_texts(&batch));
+                    let next = pull_batch(&mut iter, batch_bytes, &mut pulled);
+                    (py.detach(|| job.join()), next)
+                });
+                counted
+                    .map_err(|_| TokenizerError::new_err("chunk counting failed"))?
+                    .map_err(bpe_err)?;
+                self.note_counts();
+                if let Some(cb) = callback {
+                    cb.call1((self.counted.0, self.counted.2))?;
                 }
-                if !batch.is_empty() {
-                    py.check_signals()?;
-                    let counter = self.counter()?;
-                    py.detach(|| counter.add_texts(&batch)).map_err(bpe_err)?;
-                    self.note_counts();
-                    if let Some(cb) = callback {
-                        cb.call1((self.counted.0, self.counted.2))?;
-                    }
-                }
-                if exhausted {
-                    return Ok(());
-                }
+                batch = next?;
             }
+            Ok(())
         }
 
         /// Counts the chunks of one UTF-8 text file (one document), streamed in blocks;
