@@ -332,7 +332,7 @@ mod python {
     use crate::bpe::trainer::MAX_VOCAB;
     use crate::bpe::{ChunkCounter, Trainer};
     use pyo3::exceptions::PyTypeError;
-    use pyo3::types::PyIterator;
+    use pyo3::types::{PyIterator, PyString};
 
     /// Texts are pulled from the iterator until a batch holds this many bytes per thread (or
     /// this many texts): enough to keep the threads busy, little enough to copy.
@@ -395,30 +395,66 @@ mod python {
         }
     }
 
-    /// The next texts from `iter`, up to `max_bytes` of them (or `TRAIN_BATCH_TEXTS` texts);
-    /// empty once it is exhausted. `pulled` counts texts taken, for error messages.
+    /// Texts back to back in one buffer that is reused from batch to batch (one copy per
+    /// text, no allocation per text).
+    #[derive(Default)]
+    struct TextBatch {
+        buf: String,
+        ends: Vec<usize>,
+    }
+
+    impl TextBatch {
+        fn texts(&self) -> Vec<&str> {
+            let mut start = 0;
+            self.ends
+                .iter()
+                .map(|&end| {
+                    let t = &self.buf[start..end];
+                    start = end;
+                    t
+                })
+                .collect()
+        }
+    }
+
+    /// Fills `batch` with the next texts from `iter`, up to `max_bytes` of them (or
+    /// `TRAIN_BATCH_TEXTS` texts); it stays empty once `iter` is exhausted. Lone surrogates
+    /// become U+FFFD, as tiktoken does. `pulled` counts texts taken, for error messages.
     fn pull_batch(
         iter: &mut Bound<'_, PyIterator>,
         max_bytes: usize,
         pulled: &mut usize,
-    ) -> PyResult<Vec<String>> {
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        while bytes < max_bytes && batch.len() < TRAIN_BATCH_TEXTS {
+        batch: &mut TextBatch,
+    ) -> PyResult<()> {
+        batch.buf.clear();
+        batch.ends.clear();
+        while batch.buf.len() < max_bytes && batch.ends.len() < TRAIN_BATCH_TEXTS {
             let Some(item) = iter.next() else { break };
             let item = item?;
-            let text: String = item.extract().map_err(|_| {
+            let text = item.cast::<PyString>().map_err(|_| {
                 let kind = item.get_type().name().map(|n| n.to_string());
                 PyTypeError::new_err(format!(
                     "text {pulled} is {}, expected str",
                     kind.unwrap_or_default()
                 ))
             })?;
+            match text.encode_utf8() {
+                Ok(bytes) => batch.buf.push_str(
+                    std::str::from_utf8(bytes.as_bytes())
+                        .map_err(|e| TokenizerError::new_err(format!("text {pulled}: {e}")))?,
+                ),
+                Err(_) => {
+                    // Lone surrogates: one U+FFFD each, through UTF-16 as tiktoken does.
+                    let fixed = text
+                        .call_method1("encode", ("utf-16", "surrogatepass"))?
+                        .call_method1("decode", ("utf-16", "replace"))?;
+                    batch.buf.push_str(&fixed.cast::<PyString>()?.to_cow()?);
+                }
+            }
+            batch.ends.push(batch.buf.len());
             *pulled += 1;
-            bytes += text.len();
-            batch.push(text);
         }
-        Ok(batch)
+        Ok(())
     }
 
     #[pymethods]
@@ -474,16 +510,18 @@ mod python {
             let mut iter = texts.try_iter()?;
             let mut pulled = 0usize;
             let batch_bytes = TRAIN_BATCH_BYTES_PER_THREAD * crate::parallel::num_threads();
-            let mut batch = pull_batch(&mut iter, batch_bytes, &mut pulled)?;
-            while !batch.is_empty() {
+            let (mut current, mut next) = (TextBatch::default(), TextBatch::default());
+            pull_batch(&mut iter, batch_bytes, &mut pulled, &mut current)?;
+            while !current.ends.is_empty() {
                 py.check_signals()?;
                 let counter = self.counter()?;
                 // Python work (the iterator, str to UTF-8) overlaps the count of the batch
                 // before: a scoped thread hands that batch to the pool meanwhile.
-                let (counted, next) = std::thread::scope(|scope| {
-                    let job = scope.spawn(|| counter.add_texts(&batch));
-                    let next = pull_batch(&mut iter, batch_bytes, &mut pulled);
-                    (py.detach(|| job.join()), next)
+                let (counted, pulled_next) = std::thread::scope(|scope| {
+                    let texts = current.texts();
+                    let job = scope.spawn(move || counter.add_texts(&texts));
+                    let pulled_next = pull_batch(&mut iter, batch_bytes, &mut pulled, &mut next);
+                    (py.detach(|| job.join()), pulled_next)
                 });
                 counted
                     .map_err(|_| TokenizerError::new_err("chunk counting failed"))?
@@ -492,7 +530,8 @@ mod python {
                 if let Some(cb) = callback {
                     cb.call1((self.counted.0, self.counted.2))?;
                 }
-                batch = next?;
+                pulled_next?;
+                std::mem::swap(&mut current, &mut next);
             }
             Ok(())
         }

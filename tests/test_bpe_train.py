@@ -274,6 +274,12 @@ def test_bad_inputs_get_clear_errors(tmp_path):
         Tokenizer.train(["x"], 1000, min_frequency=0)
 
 
+def test_lone_surrogates_train_as_replacement_characters():
+    # As tiktoken encodes them: U+FFFD.
+    a = rust_merges(["x\ud800y " * 5, "zz"], 270)
+    assert a == rust_merges(["x\ufffdy " * 5, "zz"], 270)
+
+
 def test_empty_corpus_gives_the_byte_vocabulary():
     tok = Tokenizer.train([], 1000)
     assert tok.n_vocab == 257 and tok.eot_token == 256
