@@ -548,25 +548,22 @@ mod python {
             let (texts, before) = (self.counted.0 + 1, self.counted.2);
             let counter = self.counter()?;
             let mut failure: Option<PyErr> = None;
-            let finished = py
-                .detach(|| {
-                    counter.add_file(&path, |done| {
-                        // Back under the GIL for a moment: report, and stop on Ctrl-C.
-                        Python::attach(|py| {
-                            let r = py.check_signals().and_then(|_| match &callback {
-                                Some(cb) => cb.call1(py, (texts, before + done)).map(drop),
-                                None => Ok(()),
-                            });
-                            r.map_err(|e| failure = Some(e)).is_ok()
-                        })
+            py.detach(|| {
+                counter.add_file(&path, |done| {
+                    // Back under the GIL for a moment: report, and stop on Ctrl-C.
+                    Python::attach(|py| {
+                        let r = py.check_signals().and_then(|_| match &callback {
+                            Some(cb) => cb.call1(py, (texts, before + done)).map(drop),
+                            None => Ok(()),
+                        });
+                        r.map_err(|e| failure = Some(e)).is_ok()
                     })
                 })
-                .map_err(bpe_err)?;
+            })
+            .map_err(bpe_err)?;
             self.note_counts();
-            match failure {
-                Some(e) if !finished => Err(e),
-                _ => Ok(()),
-            }
+            // A failed callback (or Ctrl-C) stopped the count; the file is partly counted.
+            failure.map_or(Ok(()), Err)
         }
 
         /// Does up to `max_merges` merges (the first call ends counting); returns how many
@@ -615,13 +612,12 @@ mod python {
             build(py, ranks, specials, pattern)
         }
 
-        /// The merges so far as pairs of token bytes, in order.
-        fn merges<'py>(
-            &mut self,
-            py: Python<'py>,
-        ) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
-            let t = self.trainer(py)?;
-            Ok(t.merges()
+        /// The merges so far as pairs of token bytes, in order (none before `merge`).
+        fn merges<'py>(&self, py: Python<'py>) -> Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+            let TrainState::Merging(t) = &self.state else {
+                return Vec::new();
+            };
+            t.merges()
                 .iter()
                 .map(|m| {
                     (
@@ -629,7 +625,7 @@ mod python {
                         PyBytes::new(py, t.token_bytes(m.right)),
                     )
                 })
-                .collect())
+                .collect()
         }
 
         /// Whether merging has finished (target size reached, no pair left, or min_frequency).

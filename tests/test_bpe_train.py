@@ -244,6 +244,9 @@ def test_big_text_file_counts_like_the_text(tmp_path):
     reference.count([text])
     assert (trainer.n_chunks, trainer.n_unique, trainer.n_bytes) == (
         reference.n_chunks, reference.n_unique, reference.n_bytes)
+    trainer.merge(100)
+    reference.merge(100)
+    assert len(trainer.merges()) == 300 - 256
     assert trainer.merges() == reference.merges()
 
 
