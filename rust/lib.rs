@@ -7,7 +7,10 @@
 //! hands token arrays to numpy without a copy. It has one section per core module.
 
 pub mod bpe;
+pub mod dedup;
 pub mod parallel;
+pub mod shards;
+pub mod text;
 
 #[cfg(feature = "python")]
 mod python {
@@ -16,7 +19,7 @@ mod python {
     use pyo3::create_exception;
     use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
     use pyo3::prelude::*;
-    use pyo3::types::{PyBytes, PyDict};
+    use pyo3::types::{PyBytes, PyDict, PyList};
     use rustc_hash::FxHashSet;
     use std::path::PathBuf;
 
@@ -41,6 +44,26 @@ mod python {
     #[pyclass(frozen, module = "gristmill._core")]
     struct CoreBPE {
         inner: Encoder,
+        /// One Python int per id, made on first use: building a result list then only takes
+        /// references instead of allocating an int per token (half the cost of `encode`).
+        ints: std::sync::OnceLock<Vec<Py<PyAny>>>,
+    }
+
+    /// Vocabularies up to this size get the shared int objects (50k ids: about 1.4 MB).
+    const SHARED_INTS_UP_TO: usize = 1 << 18;
+
+    impl CoreBPE {
+        fn to_list<'py>(&self, py: Python<'py>, ids: &[Rank]) -> PyResult<Bound<'py, PyList>> {
+            if self.inner.n_vocab() > SHARED_INTS_UP_TO {
+                return PyList::new(py, ids);
+            }
+            let ints = self.ints.get_or_init(|| {
+                (0..self.inner.n_vocab() as Rank)
+                    .map(|i| i.into_pyobject(py).unwrap().into_any().unbind())
+                    .collect()
+            });
+            PyList::new(py, ids.iter().map(|&i| ints[i as usize].bind(py)))
+        }
     }
 
     fn build(
@@ -53,7 +76,10 @@ mod python {
             let pattern = Pattern::new(&pattern)?;
             Encoder::new(mergeable, specials, pattern)
         })
-        .map(|inner| CoreBPE { inner })
+        .map(|inner| CoreBPE {
+            inner,
+            ints: Default::default(),
+        })
         .map_err(bpe_err)
     }
 
@@ -145,15 +171,26 @@ mod python {
 
         // ---- encoding ------------------------------------------------------------------------
 
-        fn encode_ordinary(&self, py: Python<'_>, text: String) -> Vec<Rank> {
-            py.detach(|| self.inner.encode_ordinary(&text))
+        fn encode_ordinary<'py>(
+            &self,
+            py: Python<'py>,
+            text: String,
+        ) -> PyResult<Bound<'py, PyList>> {
+            let ids = py.detach(|| self.inner.encode_ordinary(&text));
+            self.to_list(py, &ids)
         }
 
         /// Encodes with the special tokens whose ids are in `allowed` honoured.
         #[pyo3(signature = (text, allowed = None))]
-        fn encode(&self, py: Python<'_>, text: String, allowed: Option<Vec<Rank>>) -> Vec<Rank> {
+        fn encode<'py>(
+            &self,
+            py: Python<'py>,
+            text: String,
+            allowed: Option<Vec<Rank>>,
+        ) -> PyResult<Bound<'py, PyList>> {
             let allowed = id_set(allowed);
-            py.detach(|| self.inner.encode(&text, &allowed))
+            let ids = py.detach(|| self.inner.encode(&text, &allowed));
+            self.to_list(py, &ids)
         }
 
         #[pyo3(signature = (text, allowed = None))]
@@ -173,14 +210,19 @@ mod python {
         }
 
         #[pyo3(signature = (texts, allowed = None))]
-        fn encode_batch(
+        fn encode_batch<'py>(
             &self,
-            py: Python<'_>,
+            py: Python<'py>,
             texts: Vec<String>,
             allowed: Option<Vec<Rank>>,
-        ) -> Vec<Vec<Rank>> {
+        ) -> PyResult<Bound<'py, PyList>> {
             let allowed = id_set(allowed);
-            py.detach(|| self.inner.encode_batch(&texts, &allowed))
+            let all = py.detach(|| self.inner.encode_batch(&texts, &allowed));
+            let lists = all
+                .iter()
+                .map(|ids| self.to_list(py, ids))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, lists)
         }
 
         #[pyo3(signature = (texts, allowed = None))]
@@ -315,16 +357,787 @@ mod python {
         .map_err(bpe_err)
     }
 
-    /// Called in a forked child (os.register_at_fork): batch work then runs on the calling thread.
-    #[pyfunction]
-    fn _mark_forked() {
-        crate::parallel::mark_forked();
+    // ==== shards ====
+
+    use crate::shards::reader::Token;
+    use crate::shards::sampler::Mode;
+    use crate::shards::{
+        manifest::TokenizerInfo, Dataset, DatasetWriter, Dtype, EotMode, Sampler, SamplerConfig,
+        Settings, Shard, ShardError, SplitRule,
+    };
+    use numpy::ndarray::ArrayView1;
+    use numpy::{PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+    use pyo3::exceptions::PyIndexError;
+    use std::sync::Arc;
+
+    create_exception!(
+        _core,
+        ShardFormatError,
+        PyValueError,
+        "A shard, index or manifest that is damaged, truncated or does not match; the message \
+         names the file and byte offset."
+    );
+
+    fn shard_err(e: ShardError) -> PyErr {
+        match e {
+            ShardError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                PyFileNotFoundError::new_err(e.to_string())
+            }
+            ShardError::Io { .. } => PyOSError::new_err(e.to_string()),
+            ShardError::Settings(m) => PyValueError::new_err(m),
+            ShardError::OutOfRange { .. } => PyIndexError::new_err(e.to_string()),
+            other => ShardFormatError::new_err(other.to_string()),
+        }
     }
 
-    /// The number of threads batch work uses (GRISTMILL_NUM_THREADS, default all cores).
+    /// A read-only numpy view of `tokens`, which `owner` keeps alive.
+    fn token_view<'py, T: Token + numpy::Element>(
+        tokens: &[T],
+        owner: Bound<'py, PyAny>,
+    ) -> Bound<'py, PyAny> {
+        // SAFETY: `tokens` lies in a memory map owned by `owner`, which the array holds as its
+        // base; the array is made read-only because the map is.
+        let view = unsafe { ArrayView1::from_shape_ptr(tokens.len(), tokens.as_ptr()) };
+        let arr = unsafe { numpy::PyArray1::borrow_from_array(&view, owner) };
+        drop(arr.readwrite().make_nonwriteable());
+        arr.into_any()
+    }
+
+    /// Writes a dataset directory (resuming a killed run found there).
+    #[pyclass(module = "gristmill._core")]
+    struct ShardWriter {
+        inner: Option<DatasetWriter>,
+    }
+
+    impl ShardWriter {
+        fn writer(&mut self) -> PyResult<&mut DatasetWriter> {
+            self.inner
+                .as_mut()
+                .ok_or_else(|| PyValueError::new_err("the writer is finished"))
+        }
+    }
+
+    #[pymethods]
+    impl ShardWriter {
+        #[new]
+        #[allow(clippy::too_many_arguments)]
+        #[pyo3(signature = (out_dir, *, tokenizer_name, fingerprint, n_vocab, eot_token,
+                            tokenizer_path, eot, shard_size, val_fraction, val_docs, text_field))]
+        fn new(
+            py: Python<'_>,
+            out_dir: PathBuf,
+            tokenizer_name: String,
+            fingerprint: String,
+            n_vocab: u64,
+            eot_token: u32,
+            tokenizer_path: Option<String>,
+            eot: &str,
+            shard_size: u64,
+            val_fraction: f64,
+            val_docs: Option<u64>,
+            text_field: String,
+        ) -> PyResult<Self> {
+            let eot = match eot {
+                "append" => EotMode::Append,
+                "prepend" => EotMode::Prepend,
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "eot must be 'append' or 'prepend', not {other:?}"
+                    )))
+                }
+            };
+            let split = match val_docs {
+                Some(n) => SplitRule::ValDocs(n),
+                None => SplitRule::ValFraction(val_fraction),
+            };
+            let settings = Settings {
+                tokenizer: TokenizerInfo {
+                    name: tokenizer_name,
+                    fingerprint,
+                    n_vocab,
+                    eot_token,
+                    path: tokenizer_path,
+                },
+                eot,
+                dtype: Dtype::for_vocab(n_vocab as usize),
+                shard_size,
+                split,
+                text_field,
+            };
+            let w = py
+                .detach(|| DatasetWriter::open(&out_dir, settings))
+                .map_err(shard_err)?;
+            Ok(ShardWriter { inner: Some(w) })
+        }
+
+        /// True when the directory already holds this dataset, finished.
+        #[getter]
+        fn is_complete(&mut self) -> PyResult<bool> {
+            Ok(self.writer()?.is_complete())
+        }
+
+        /// Input documents to skip: a resumed run continues from this position.
+        #[getter]
+        fn next_position(&mut self) -> PyResult<u64> {
+            Ok(self.writer()?.next_position())
+        }
+
+        /// Encodes the next input documents in parallel and writes them; returns tokens
+        /// written.
+        fn add_texts(
+            &mut self,
+            py: Python<'_>,
+            encoder: &CoreBPE,
+            texts: Vec<String>,
+            ids: Vec<String>,
+        ) -> PyResult<u64> {
+            let w = self.writer()?;
+            py.detach(|| w.add_texts(&encoder.inner, &texts, &ids))
+                .map_err(shard_err)
+        }
+
+        /// Closes the last shards and writes the manifest; returns its path.
+        fn finish(&mut self, py: Python<'_>) -> PyResult<PathBuf> {
+            let w = self
+                .inner
+                .take()
+                .ok_or_else(|| PyValueError::new_err("the writer is finished"))?;
+            py.detach(|| w.finish()).map_err(shard_err)
+        }
+    }
+
+    /// One memory-mapped shard file (keeps the map alive for the views of it).
+    #[pyclass(frozen, module = "gristmill._core")]
+    struct ShardFile {
+        inner: Shard,
+    }
+
+    /// Opens one `.bin` shard (ours or llm.c's), checks its header against its size and
+    /// returns its tokens as a read-only numpy view.
     #[pyfunction]
-    fn num_threads() -> usize {
-        crate::parallel::num_threads()
+    fn open_shard<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyAny>> {
+        let shard = py.detach(|| Shard::open(&path, false)).map_err(shard_err)?;
+        let owner = Bound::new(py, ShardFile { inner: shard })?;
+        let s = &owner.get().inner;
+        Ok(match s.dtype() {
+            Dtype::U16 => token_view(
+                s.tokens::<u16>().map_err(shard_err)?,
+                owner.clone().into_any(),
+            ),
+            Dtype::U32 => token_view(
+                s.tokens::<u32>().map_err(shard_err)?,
+                owner.clone().into_any(),
+            ),
+        })
+    }
+
+    /// A dataset opened from its manifest, every shard and index mapped and checked.
+    #[pyclass(frozen, module = "gristmill._core")]
+    struct ShardDatasetCore {
+        inner: Arc<Dataset>,
+    }
+
+    #[pymethods]
+    impl ShardDatasetCore {
+        #[new]
+        fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+            let ds = py.detach(|| Dataset::open(&path)).map_err(shard_err)?;
+            Ok(ShardDatasetCore {
+                inner: Arc::new(ds),
+            })
+        }
+
+        #[getter]
+        fn manifest_path(&self) -> PathBuf {
+            self.inner.manifest_path().to_path_buf()
+        }
+
+        #[getter]
+        fn manifest_json(&self) -> String {
+            self.inner.manifest().to_json()
+        }
+
+        /// Checks every checksum (reads every byte).
+        fn verify(&self, py: Python<'_>) -> PyResult<()> {
+            py.detach(|| self.inner.verify()).map_err(shard_err)
+        }
+
+        fn num_tokens(&self, split: &str) -> PyResult<u64> {
+            Ok(self.inner.split(split).map_err(shard_err)?.num_tokens())
+        }
+
+        fn num_documents(&self, split: &str) -> PyResult<u64> {
+            Ok(self.inner.split(split).map_err(shard_err)?.num_docs())
+        }
+
+        /// Tokens `start..stop` of `split`: a view of the map when they lie in one shard,
+        /// else a copy.
+        fn tokens<'py>(
+            slf: &Bound<'py, Self>,
+            split: &str,
+            start: u64,
+            stop: u64,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            let py = slf.py();
+            let s = slf.get().inner.split(split).map_err(shard_err)?.clone();
+            fn get<'py, T: Token + numpy::Element>(
+                py: Python<'py>,
+                s: &crate::shards::Split,
+                owner: Bound<'py, PyAny>,
+                start: u64,
+                stop: u64,
+            ) -> PyResult<Bound<'py, PyAny>> {
+                match s.slice::<T>(start, stop).map_err(shard_err)? {
+                    Some(tokens) => Ok(token_view(tokens, owner)),
+                    None => {
+                        let mut out = vec![T::zeroed(); (stop - start) as usize];
+                        py.detach(|| s.copy_range(start, &mut out))
+                            .map_err(shard_err)?;
+                        Ok(out.into_pyarray(py).into_any())
+                    }
+                }
+            }
+            let owner = slf.clone().into_any();
+            match s.dtype() {
+                Dtype::U16 => get::<u16>(py, &s, owner, start, stop),
+                Dtype::U32 => get::<u32>(py, &s, owner, start, stop),
+            }
+        }
+
+        /// The token range `(start, stop)` of document `index`'s record.
+        fn document_range(&self, split: &str, index: u64) -> PyResult<(u64, u64)> {
+            let s = self.inner.split(split).map_err(shard_err)?;
+            s.doc_range(index).map_err(shard_err)
+        }
+
+        fn document_id(&self, split: &str, index: u64) -> PyResult<String> {
+            let s = self.inner.split(split).map_err(shard_err)?;
+            s.doc_id(index).map(str::to_string).map_err(shard_err)
+        }
+
+        /// The document's position in the tokenizer's input.
+        fn document_position(&self, split: &str, index: u64) -> PyResult<u64> {
+            let s = self.inner.split(split).map_err(shard_err)?;
+            s.doc_position(index).map_err(shard_err)
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        #[pyo3(signature = (split, *, batch_size, seq_len, stride, mode, seed, rank, world_size,
+                            packing, pad))]
+        fn sampler(
+            &self,
+            split: &str,
+            batch_size: u64,
+            seq_len: u64,
+            stride: u64,
+            mode: &str,
+            seed: u64,
+            rank: u64,
+            world_size: u64,
+            packing: bool,
+            pad: u32,
+        ) -> PyResult<ShardSampler> {
+            let mode = match mode {
+                "random" => Mode::Random,
+                "sequential" => Mode::Sequential,
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "mode must be 'random' or 'sequential', not {other:?}"
+                    )))
+                }
+            };
+            let s = self.inner.split(split).map_err(shard_err)?.clone();
+            let cfg = SamplerConfig {
+                batch_size,
+                seq_len,
+                stride,
+                mode,
+                seed,
+                rank,
+                world_size,
+                packing,
+                pad,
+            };
+            let dtype = s.dtype();
+            let inner = Sampler::new(s, cfg).map_err(shard_err)?;
+            Ok(ShardSampler { inner, dtype })
+        }
+    }
+
+    /// Draws `(batch_size, seq_len + 1)` token batches from one split.
+    #[pyclass(module = "gristmill._core")]
+    struct ShardSampler {
+        inner: Sampler,
+        dtype: Dtype,
+    }
+
+    impl ShardSampler {
+        fn fill<'py, T: Token + numpy::Element>(
+            &mut self,
+            py: Python<'py>,
+            out: Option<&Bound<'py, PyAny>>,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            let shape = [
+                self.inner.config().batch_size as usize,
+                self.inner.config().seq_len as usize + 1,
+            ];
+            let arr = match out {
+                Some(o) => {
+                    let arr = o.cast::<PyArray2<T>>().map_err(|_| {
+                        PyValueError::new_err(format!(
+                            "out must be a 2-d {} numpy array",
+                            self.dtype.name()
+                        ))
+                    })?;
+                    if arr.shape() != shape {
+                        return Err(PyValueError::new_err(format!(
+                            "out has shape {:?}, expected {shape:?}",
+                            arr.shape()
+                        )));
+                    }
+                    arr.clone()
+                }
+                // SAFETY: every element is written by `next_into` before Python sees it.
+                None => unsafe { PyArray2::<T>::new(py, shape, false) },
+            };
+            {
+                let mut rw = arr
+                    .try_readwrite()
+                    .map_err(|e| PyValueError::new_err(format!("out is not writable: {e}")))?;
+                let slice = rw
+                    .as_slice_mut()
+                    .map_err(|_| PyValueError::new_err("out must be C-contiguous"))?;
+                let inner = &mut self.inner;
+                py.detach(|| inner.next_into(slice)).map_err(shard_err)?;
+            }
+            Ok(arr.into_any())
+        }
+    }
+
+    #[pymethods]
+    impl ShardSampler {
+        /// The next batch, a new array or `out` filled in place.
+        #[pyo3(signature = (out = None))]
+        fn next_batch<'py>(
+            &mut self,
+            py: Python<'py>,
+            out: Option<&Bound<'py, PyAny>>,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            match self.dtype {
+                Dtype::U16 => self.fill::<u16>(py, out),
+                Dtype::U32 => self.fill::<u32>(py, out),
+            }
+        }
+
+        /// Advances `n` batches without copying tokens.
+        fn skip(&mut self, py: Python<'_>, n: u64) -> PyResult<()> {
+            let inner = &mut self.inner;
+            py.detach(|| (0..n).try_for_each(|_| inner.skip()))
+                .map_err(shard_err)
+        }
+
+        fn state_json(&self) -> String {
+            self.inner.state_json()
+        }
+
+        fn load_state_json(&mut self, state: &str) -> PyResult<()> {
+            self.inner.load_state_json(state).map_err(shard_err)
+        }
+
+        #[getter]
+        fn epoch(&self) -> u64 {
+            self.inner.state().epoch
+        }
+
+        #[getter]
+        fn batches(&self) -> u64 {
+            self.inner.state().batches
+        }
+
+        #[getter]
+        fn batches_per_epoch(&self) -> Option<u64> {
+            self.inner.batches_per_epoch()
+        }
+
+        #[getter]
+        fn num_windows(&self) -> u64 {
+            self.inner.num_windows()
+        }
+
+        /// Real tokens in each row of the last batch (the rest is padding).
+        fn last_lengths<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+            let v: Vec<i64> = self
+                .inner
+                .last_lengths()
+                .iter()
+                .map(|&n| n as i64)
+                .collect();
+            v.into_pyarray(py)
+        }
+
+        /// Where each row of the last batch starts in the split (token offset).
+        fn last_starts<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+            let v: Vec<i64> = self.inner.last_starts().iter().map(|&n| n as i64).collect();
+            v.into_pyarray(py)
+        }
+    }
+
+    /// The format's constants, so Python never repeats them.
+    #[pyfunction]
+    fn shard_format<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        use crate::shards::format;
+        let d = PyDict::new(py);
+        d.set_item("magic", format::MAGIC)?;
+        d.set_item("version_uint16", format::VERSION_U16)?;
+        d.set_item("version_uint32", format::VERSION_U32)?;
+        d.set_item("header_bytes", format::HEADER_BYTES)?;
+        d.set_item("max_shard_tokens", format::MAX_SHARD_TOKENS)?;
+        d.set_item("uint16_max_vocab", 1u64 << 16)?;
+        Ok(d)
+    }
+
+    // ==== text ====
+
+    use crate::text::{Outcome, Pipeline, TextError};
+    use pyo3::pybacked::PyBackedStr;
+    use pyo3::types::PyTuple;
+
+    create_exception!(
+        _core,
+        FilterConfigError,
+        PyValueError,
+        "A filter configuration that cannot be used."
+    );
+
+    fn text_err(e: TextError) -> PyErr {
+        FilterConfigError::new_err(e.to_string())
+    }
+
+    /// Document filters applied in order (C4, bad words, Gopher, FineWeb, normalisation),
+    /// configured from a JSON list of `{"type": ..., "name": ..., ...parameters}` objects.
+    #[pyclass(frozen, module = "gristmill._core")]
+    struct TextPipeline {
+        inner: Pipeline,
+    }
+
+    #[pymethods]
+    impl TextPipeline {
+        #[new]
+        fn new(py: Python<'_>, filters_json: String) -> PyResult<Self> {
+            py.detach(|| Pipeline::from_json(&filters_json))
+                .map(|inner| TextPipeline { inner })
+                .map_err(text_err)
+        }
+
+        /// The filter names, in order.
+        #[getter]
+        fn names(&self) -> Vec<String> {
+            self.inner.names().to_vec()
+        }
+
+        /// Filters `texts` in parallel. Returns (outcomes, stats_json): per text None (kept
+        /// unchanged), a str (kept, changed to this) or a (filter name, rule) tuple (removed);
+        /// and the batch's per-filter counts as a JSON list aligned with `names`.
+        fn apply_batch<'py>(
+            &self,
+            py: Python<'py>,
+            texts: Vec<PyBackedStr>,
+        ) -> PyResult<(Vec<Bound<'py, PyAny>>, String)> {
+            let (outcomes, stats) = py.detach(|| self.inner.apply_batch(&texts));
+            let stats = serde_json::to_string(&stats)
+                .map_err(|e| PyValueError::new_err(format!("statistics: {e}")))?;
+            let names = self.inner.names();
+            let mut out = Vec::with_capacity(outcomes.len());
+            for o in outcomes {
+                out.push(match o {
+                    Outcome::Kept(None) => py.None().into_bound(py),
+                    Outcome::Kept(Some(t)) => t.into_pyobject(py)?.into_any(),
+                    Outcome::Removed { filter, rule } => {
+                        PyTuple::new(py, [names[filter].as_str(), rule.as_ref()])?.into_any()
+                    }
+                });
+            }
+            Ok((out, stats))
+        }
+    }
+
+    /// The words of `text` as the filters count them (spaCy-style English rules).
+    #[pyfunction]
+    fn split_words(py: Python<'_>, text: PyBackedStr) -> Vec<String> {
+        py.detach(|| {
+            crate::text::words::split_words(&text)
+                .into_iter()
+                .map(|w| w.into_owned())
+                .collect()
+        })
+    }
+
+    /// The sentences of `text` as the filters count them; they partition the text.
+    #[pyfunction]
+    fn split_sentences(py: Python<'_>, text: PyBackedStr) -> Vec<String> {
+        py.detach(|| {
+            crate::text::sentences::sentence_spans(&text)
+                .into_iter()
+                .map(|r| text[r].to_string())
+                .collect()
+        })
+    }
+
+    // ==== dedup ====
+
+    use crate::dedup::{
+        self, apply::Outcome as DedupOutcome, minhash::MinHasher, DedupConfig,
+        DedupError as CoreDedupError,
+    };
+
+    create_exception!(
+        _core,
+        DedupError,
+        PyValueError,
+        "A bad dedup configuration, a corrupt or mismatched work directory, or changed input."
+    );
+
+    fn dedup_err(e: CoreDedupError) -> PyErr {
+        match e {
+            CoreDedupError::Io { path, source }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                PyFileNotFoundError::new_err(format!("{}: {source}", path.display()))
+            }
+            CoreDedupError::Io { .. } => PyOSError::new_err(e.to_string()),
+            other => DedupError::new_err(other.to_string()),
+        }
+    }
+
+    fn dedup_config(json: &str) -> PyResult<DedupConfig> {
+        let c: DedupConfig = serde_json::from_str(json)
+            .map_err(|e| DedupError::new_err(format!("invalid dedup configuration: {e}")))?;
+        c.validate().map_err(dedup_err)?;
+        Ok(c)
+    }
+
+    /// Pass 1 of dedup: hashes batches of documents into on-disk indexes (resumable).
+    #[pyclass(module = "gristmill._core")]
+    struct DedupScanner {
+        inner: dedup::scan::Scanner,
+    }
+
+    #[pymethods]
+    impl DedupScanner {
+        #[new]
+        #[pyo3(signature = (work_dir, config_json, memory_limit, checkpoint_docs))]
+        fn new(
+            py: Python<'_>,
+            work_dir: PathBuf,
+            config_json: &str,
+            memory_limit: usize,
+            checkpoint_docs: u64,
+        ) -> PyResult<Self> {
+            let config = dedup_config(config_json)?;
+            py.detach(|| {
+                dedup::scan::Scanner::open(&work_dir, config, memory_limit, checkpoint_docs)
+            })
+            .map(|inner| DedupScanner { inner })
+            .map_err(dedup_err)
+        }
+
+        /// Documents written at a checkpoint: a resumed run continues after them.
+        #[getter]
+        fn docs_done(&self) -> u64 {
+            self.inner.docs_done()
+        }
+
+        #[getter]
+        fn docs_added(&self) -> u64 {
+            self.inner.docs_added()
+        }
+
+        #[getter]
+        fn finished(&self) -> bool {
+            self.inner.finished()
+        }
+
+        #[getter]
+        fn mem_bytes(&self) -> usize {
+            self.inner.mem_bytes()
+        }
+
+        fn add_batch(
+            &mut self,
+            py: Python<'_>,
+            start: u64,
+            ids: Vec<String>,
+            texts: Vec<String>,
+        ) -> PyResult<()> {
+            let inner = &mut self.inner;
+            py.detach(|| inner.add_batch(start, &ids, &texts))
+                .map_err(dedup_err)
+        }
+
+        fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
+            let inner = &mut self.inner;
+            py.detach(|| inner.finish().map(|_| ())).map_err(dedup_err)
+        }
+    }
+
+    /// Pass 2 of dedup: merges the indexes and decides; returns the counts as JSON.
+    #[pyfunction]
+    fn dedup_resolve(py: Python<'_>, work_dir: PathBuf, memory_limit: usize) -> PyResult<String> {
+        let stats = py
+            .detach(|| dedup::resolve::resolve(&work_dir, memory_limit))
+            .map_err(dedup_err)?;
+        serde_json::to_string(&stats).map_err(|e| DedupError::new_err(e.to_string()))
+    }
+
+    type AppliedTuple = (
+        &'static str,
+        Option<String>,
+        Option<&'static str>,
+        Option<String>,
+        u32,
+        u32,
+    );
+
+    /// Pass 3 of dedup: the decision for each document, batch by batch.
+    #[pyclass(module = "gristmill._core")]
+    struct DedupApplier {
+        inner: dedup::apply::Applier,
+    }
+
+    #[pymethods]
+    impl DedupApplier {
+        #[new]
+        fn new(py: Python<'_>, work_dir: PathBuf) -> PyResult<Self> {
+            py.detach(|| dedup::apply::Applier::open(&work_dir))
+                .map(|inner| DedupApplier { inner })
+                .map_err(dedup_err)
+        }
+
+        #[getter]
+        fn total(&self) -> u64 {
+            self.inner.total()
+        }
+
+        /// For each document: `(action, new_text, method, duplicate_of, lines_cut,
+        /// sentences_cut)` with action "keep" or "remove"; new_text is None when unchanged.
+        fn apply_batch(
+            &mut self,
+            py: Python<'_>,
+            start: u64,
+            ids: Vec<String>,
+            texts: Vec<String>,
+        ) -> PyResult<Vec<AppliedTuple>> {
+            let inner = &mut self.inner;
+            let applied = py
+                .detach(|| inner.apply_batch(start, &ids, &texts))
+                .map_err(dedup_err)?;
+            Ok(applied
+                .into_iter()
+                .map(|a| match a.outcome {
+                    DedupOutcome::Keep {
+                        text,
+                        lines_cut,
+                        sentences_cut,
+                    } => ("keep", text, None, None, lines_cut, sentences_cut),
+                    DedupOutcome::Remove {
+                        method,
+                        lines_cut,
+                        sentences_cut,
+                        ..
+                    } => (
+                        "remove",
+                        None,
+                        Some(method.name()),
+                        a.dup_of_id,
+                        lines_cut,
+                        sentences_cut,
+                    ),
+                })
+                .collect())
+        }
+    }
+
+    /// MinHash signatures of `texts` as a (len(texts), bands*rows) uint64 array; a row of
+    /// 2**64 - 1 marks a text with too few words for one shingle.
+    #[pyfunction]
+    fn minhash_signatures<'py>(
+        py: Python<'py>,
+        texts: Vec<String>,
+        config_json: &str,
+    ) -> PyResult<Bound<'py, PyArray2<u64>>> {
+        let config = dedup_config(config_json)?;
+        let hasher = MinHasher::from_config(&config).map_err(dedup_err)?;
+        let k = hasher.num_perm();
+        let flat: Vec<u64> = py.detach(|| {
+            use rayon::prelude::*;
+            let sigs: Vec<Option<Vec<u64>>> = crate::parallel::install(|| {
+                texts.par_iter().map(|t| hasher.signature(t)).collect()
+            });
+            let mut flat = Vec::with_capacity(sigs.len() * k);
+            for s in sigs {
+                match s {
+                    Some(s) => flat.extend(s),
+                    None => flat.extend(std::iter::repeat_n(u64::MAX, k)),
+                }
+            }
+            flat
+        });
+        let n = texts.len();
+        flat.into_pyarray(py).reshape([n, k])
+    }
+
+    type U64Pair<'py> = (Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u64>>);
+
+    /// The permutation parameters `(a, b)` a configuration uses.
+    #[pyfunction]
+    fn minhash_permutations<'py>(py: Python<'py>, config_json: &str) -> PyResult<U64Pair<'py>> {
+        let config = dedup_config(config_json)?;
+        let hasher = MinHasher::from_config(&config).map_err(dedup_err)?;
+        let (a, b) = hasher.params();
+        Ok((a.to_vec().into_pyarray(py), b.to_vec().into_pyarray(py)))
+    }
+
+    /// The shingle hashes of `text` (xxh64 of each run of `ngram` normalised words).
+    #[pyfunction]
+    #[pyo3(signature = (text, ngram = 5, fold_numbers = true))]
+    fn shingle_hashes<'py>(
+        py: Python<'py>,
+        text: String,
+        ngram: usize,
+        fold_numbers: bool,
+    ) -> Bound<'py, PyArray1<u64>> {
+        let w = py.detach(|| dedup::normalize::words(&text, fold_numbers));
+        dedup::minhash::shingles_of(&w, ngram).into_pyarray(py)
+    }
+
+    /// The normalised words MinHash and span dedup see.
+    #[pyfunction]
+    #[pyo3(signature = (text, fold_numbers = true))]
+    fn dedup_words(text: &str, fold_numbers: bool) -> Vec<String> {
+        let w = dedup::normalize::words(text, fold_numbers);
+        w.iter().map(str::to_string).collect()
+    }
+
+    /// The sentences span dedup splits `text` into.
+    #[pyfunction]
+    fn dedup_sentences(text: &str) -> Vec<String> {
+        dedup::sentences::sentence_spans(text)
+            .into_iter()
+            .map(|(a, b)| text[a..b].to_string())
+            .collect()
+    }
+
+    /// 1 - (1 - s^rows)^bands: the chance that documents of Jaccard similarity `s` share a band.
+    #[pyfunction]
+    fn lsh_collision_probability(s: f64, bands: usize, rows: usize) -> f64 {
+        dedup::lsh::collision_probability(s, bands, rows)
+    }
+
+    /// The exact-dedup hash of `text`.
+    #[pyfunction]
+    #[pyo3(signature = (text, bits = 128))]
+    fn exact_hash(text: &str, bits: u32) -> u128 {
+        dedup::exact::doc_hash(text, bits)
     }
 
     // ==== bpe trainer ====
@@ -687,6 +1500,18 @@ mod python {
         trainer.build(py, None)
     }
 
+    /// Called in a forked child (os.register_at_fork): batch work then runs on the calling thread.
+    #[pyfunction]
+    fn _mark_forked() {
+        crate::parallel::mark_forked();
+    }
+
+    /// The number of threads batch work uses (GRISTMILL_NUM_THREADS, default all cores).
+    #[pyfunction]
+    fn num_threads() -> usize {
+        crate::parallel::num_threads()
+    }
+
     #[pymodule(gil_used = false)]
     fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("TokenizerError", m.py().get_type::<TokenizerError>())?;
@@ -697,6 +1522,31 @@ mod python {
         // bpe trainer
         m.add_class::<BpeTrainer>()?;
         m.add_function(wrap_pyfunction!(train_bpe, m)?)?;
+        // shards
+        m.add("ShardFormatError", m.py().get_type::<ShardFormatError>())?;
+        m.add_class::<ShardWriter>()?;
+        m.add_class::<ShardFile>()?;
+        m.add_class::<ShardDatasetCore>()?;
+        m.add_class::<ShardSampler>()?;
+        m.add_function(wrap_pyfunction!(open_shard, m)?)?;
+        m.add_function(wrap_pyfunction!(shard_format, m)?)?;
+        // text
+        m.add("FilterConfigError", m.py().get_type::<FilterConfigError>())?;
+        m.add_class::<TextPipeline>()?;
+        m.add_function(wrap_pyfunction!(split_words, m)?)?;
+        m.add_function(wrap_pyfunction!(split_sentences, m)?)?;
+        // dedup
+        m.add("DedupError", m.py().get_type::<DedupError>())?;
+        m.add_class::<DedupScanner>()?;
+        m.add_class::<DedupApplier>()?;
+        m.add_function(wrap_pyfunction!(dedup_resolve, m)?)?;
+        m.add_function(wrap_pyfunction!(minhash_signatures, m)?)?;
+        m.add_function(wrap_pyfunction!(minhash_permutations, m)?)?;
+        m.add_function(wrap_pyfunction!(shingle_hashes, m)?)?;
+        m.add_function(wrap_pyfunction!(dedup_words, m)?)?;
+        m.add_function(wrap_pyfunction!(dedup_sentences, m)?)?;
+        m.add_function(wrap_pyfunction!(lsh_collision_probability, m)?)?;
+        m.add_function(wrap_pyfunction!(exact_hash, m)?)?;
         Ok(())
     }
 }

@@ -8,7 +8,10 @@ sub-command.
 import os as _os
 
 from gristmill import _core
-from gristmill._core import TokenizerError
+from gristmill._core import FilterConfigError, TokenizerError
+from gristmill.dedup import DedupConfig, DedupError, dedup
+from gristmill.prep import InputFormatError, PrepConfig, prep, read_documents
+from gristmill.shards import BatchSampler, ShardDataset, ShardFormatError, write_shards
 from gristmill.tokenizer import Tokenizer, split_pieces
 
 __version__ = "0.1.0"
@@ -17,4 +20,49 @@ __version__ = "0.1.0"
 if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_core._mark_forked)
 
-__all__ = ["Tokenizer", "TokenizerError", "split_pieces", "__version__"]
+# The model layer needs torch (the `train` extra). Its names load on first use, so that
+# `import gristmill` never imports torch.
+_LAZY = {
+    "GPT": "gristmill.model",
+    "GPTConfig": "gristmill.model",
+    "load_model": "gristmill.model",
+    "TrainConfig": "gristmill.config",
+    "SamplingConfig": "gristmill.sample",
+    "generate": "gristmill.sample",
+    "sample_text": "gristmill.sample",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gristmill' has no attribute {name!r}")
+
+
+__all__ = [
+    "GPT",
+    "BatchSampler",
+    "DedupConfig",
+    "DedupError",
+    "FilterConfigError",
+    "InputFormatError",
+    "PrepConfig",
+    "GPTConfig",
+    "SamplingConfig",
+    "ShardDataset",
+    "ShardFormatError",
+    "Tokenizer",
+    "TokenizerError",
+    "TrainConfig",
+    "__version__",
+    "dedup",
+    "generate",
+    "load_model",
+    "prep",
+    "read_documents",
+    "sample_text",
+    "split_pieces",
+    "write_shards",
+]

@@ -4,19 +4,40 @@
 //! hash lookup, any other piece is merged by rank (`merge.rs`). Special tokens are found with
 //! Aho-Corasick and only honoured where the caller allows them, as in tiktoken.
 
-use super::merge::{count_piece, encode_piece};
+use super::merge::merge_boundaries;
 use super::{BpeError, Pattern};
 use crate::parallel;
 use aho_corasick::{AhoCorasick, Input, MatchKind};
 use rayon::prelude::*;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 
 /// A token id. For mergeable tokens, the id is also the merge priority (lower merges first).
 pub type Rank = u32;
-pub type RankMap = FxHashMap<Vec<u8>, Rank>;
+pub type RankMap = super::tokenmap::TokenMap;
+
+/// Pieces that are not themselves tokens, with their merged tokens, per thread. Rare words
+/// recur (names, technical terms), and merging costs tens of lookups where the cache costs one.
+/// The cache belongs to one encoder at a time (`owner`) and is bounded by `MERGE_CACHE_ENTRIES`.
+struct MergeCache {
+    owner: u64,
+    map: rustc_hash::FxHashMap<Box<[u8]>, Box<[Rank]>>,
+}
+
+const MERGE_CACHE_ENTRIES: usize = 1 << 17;
+
+thread_local! {
+    static MERGE_CACHE: std::cell::RefCell<MergeCache> = std::cell::RefCell::new(MergeCache {
+        owner: u64::MAX,
+        map: Default::default(),
+    });
+}
+
+static NEXT_ENCODER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[derive(Clone, Debug)]
 pub struct Encoder {
+    /// Identifies this vocabulary to the per-thread merge cache (clones share it: same vocabulary).
+    id: u64,
     ranks: RankMap,
     /// Bytes of each id (mergeable and special); `None` for ids not in the vocabulary.
     decoder: Vec<Option<Box<[u8]>>>,
@@ -53,15 +74,15 @@ impl Encoder {
                     String::from_utf8_lossy(&bytes)
                 )));
             }
-            decoder[rank as usize] = Some(bytes.clone().into_boxed_slice());
-            if let Some(prev) = ranks.insert(bytes.clone(), rank) {
+            if let Some(prev) = ranks.insert(&bytes, rank) {
                 return Err(BpeError::Vocab(format!(
                     "token {:?} has two ids, {prev} and {rank}",
                     String::from_utf8_lossy(&bytes)
                 )));
             }
+            decoder[rank as usize] = Some(bytes.into_boxed_slice());
         }
-        if let Some(b) = (0..=255u8).find(|b| !ranks.contains_key(&[*b][..])) {
+        if let Some(b) = (0..=255u8).find(|b| !ranks.contains(&[*b][..])) {
             return Err(BpeError::Vocab(format!(
                 "byte 0x{b:02x} is not a token; a byte-level vocabulary needs all 256 bytes"
             )));
@@ -92,6 +113,7 @@ impl Encoder {
         };
         super::charclass::warm_up();
         Ok(Encoder {
+            id: NEXT_ENCODER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             ranks,
             decoder,
             specials,
@@ -111,9 +133,15 @@ impl Encoder {
 
     /// Mergeable tokens and their ranks, sorted by rank.
     pub fn mergeable_ranks(&self) -> Vec<(&[u8], Rank)> {
-        let mut v: Vec<_> = self.ranks.iter().map(|(b, r)| (b.as_slice(), *r)).collect();
-        v.sort_unstable_by_key(|(_, r)| *r);
-        v
+        // Every mergeable token is in the decoder under its rank; specials are not in `ranks`.
+        self.decoder
+            .iter()
+            .enumerate()
+            .filter_map(|(id, b)| {
+                let b = b.as_deref()?;
+                (self.ranks.get(b) == Some(id as Rank)).then_some((b, id as Rank))
+            })
+            .collect()
     }
 
     pub(crate) fn rank_map(&self) -> &RankMap {
@@ -133,7 +161,7 @@ impl Encoder {
 
     /// The rank of `bytes` if they are a mergeable token.
     pub fn token_id(&self, bytes: &[u8]) -> Option<Rank> {
-        self.ranks.get(bytes).copied()
+        self.ranks.get(bytes)
     }
 
     // ---- encoding ------------------------------------------------------------------------
@@ -144,11 +172,43 @@ impl Encoder {
         let _ = self.pattern.split(text, f);
     }
 
+    /// Calls `f` with the tokens of each piece of `text`.
+    fn for_each_piece_tokens(&self, text: &str, mut f: impl FnMut(&[Rank])) {
+        MERGE_CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.owner != self.id {
+                cache.map.clear();
+                cache.owner = self.id;
+            }
+            self.for_each_piece(text, |piece| {
+                let piece = piece.as_bytes();
+                if let Some(r) = self.ranks.get(piece) {
+                    return f(&[r]);
+                }
+                if let Some(tokens) = cache.map.get(piece) {
+                    return f(tokens);
+                }
+                let bounds = merge_boundaries(&self.ranks, piece, Rank::MAX);
+                let tokens: Box<[Rank]> = bounds
+                    .windows(2)
+                    .map(|w| {
+                        self.ranks
+                            .get(&piece[w[0]..w[1]])
+                            .expect("merged parts are tokens")
+                    })
+                    .collect();
+                f(&tokens);
+                if cache.map.len() >= MERGE_CACHE_ENTRIES {
+                    cache.map.clear();
+                }
+                cache.map.insert(piece.into(), tokens);
+            })
+        })
+    }
+
     /// Appends the tokens of `text`, with special tokens treated as ordinary text.
     pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<Rank>) {
-        self.for_each_piece(text, |piece| {
-            encode_piece(&self.ranks, piece.as_bytes(), out)
-        });
+        self.for_each_piece_tokens(text, |tokens| out.extend_from_slice(tokens));
     }
 
     pub fn encode_ordinary(&self, text: &str) -> Vec<Rank> {
@@ -160,9 +220,7 @@ impl Encoder {
     /// The number of tokens `encode_ordinary` would give, without building them.
     pub fn count_ordinary(&self, text: &str) -> usize {
         let mut n = 0;
-        self.for_each_piece(text, |piece| {
-            n += count_piece(&self.ranks, piece.as_bytes())
-        });
+        self.for_each_piece_tokens(text, |tokens| n += tokens.len());
         n
     }
 

@@ -5,6 +5,7 @@ pub mod count;
 pub mod encoder;
 pub mod merge;
 pub mod pretokenize;
+pub mod tokenmap;
 pub mod trainer;
 pub mod vocab;
 

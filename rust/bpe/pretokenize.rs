@@ -30,6 +30,14 @@ pub const O200K_PATTERN: &str = concat!(
     r"|\s+",
 );
 
+/// The pattern as HF tokenizers' regex engine (Oniguruma) must read it. Oniguruma takes
+/// `{n,m}+` as the interval repeated one or more times, not as a possessive interval, so
+/// cl100k's `\p{N}{1,3}+` would match any run of digits. Dropping the `+` keeps the meaning:
+/// nothing after the interval in the same alternative could make it give characters back.
+pub fn for_oniguruma(pattern: &str) -> String {
+    pattern.replace("}+", "}")
+}
+
 /// A pre-tokenizer: one of the hand-written known patterns, or any regex.
 #[derive(Clone, Debug)]
 pub enum Pattern {
@@ -43,6 +51,11 @@ impl Pattern {
     /// A pattern from a short name (`gpt2`, `r50k`, `cl100k`, `o200k`) or a regex. A regex equal to
     /// one of the known patterns gets the hand-written matcher.
     pub fn new(name_or_regex: &str) -> Result<Pattern, BpeError> {
+        for known in [Pattern::R50k, Pattern::Cl100k, Pattern::O200k] {
+            if name_or_regex == for_oniguruma(known.as_regex()) {
+                return Ok(known);
+            }
+        }
         Ok(match name_or_regex {
             "gpt2" | "r50k" | "r50k_base" | "p50k_base" | R50K_PATTERN | GPT2_PATTERN_ORIGINAL => {
                 Pattern::R50k

@@ -443,7 +443,7 @@ pub fn format_hf_json(encoder: &Encoder) -> Result<String, BpeError> {
     let pre_tokenizer = match encoder.pattern() {
         Pattern::R50k => byte_level(true),
         other => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": other.as_regex()}, "behavior": "Isolated", "invert": false},
+            {"type": "Split", "pattern": {"Regex": super::pretokenize::for_oniguruma(other.as_regex())}, "behavior": "Isolated", "invert": false},
             byte_level(false),
         ]}),
     };
@@ -488,5 +488,20 @@ mod tests {
         assert!(e.to_string().starts_with("x.tiktoken: line 2:"), "{e}");
         let e = parse_tiktoken("IQ== zero\n", p).unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
+    }
+
+    proptest::proptest! {
+        // Parsers meet files from anywhere: arbitrary input gives Ok or an error, never a panic.
+        #[test]
+        fn parsers_never_panic(text in "\\PC{0,200}") {
+            let p = Path::new("fuzz");
+            let _ = parse_tiktoken(&text, p);
+            let _ = parse_hf_json(&text, p);
+        }
+
+        #[test]
+        fn tiktoken_like_lines_never_panic(lines in proptest::collection::vec("[A-Za-z0-9+/=]{0,8} ?[0-9x-]{0,6}", 0..20)) {
+            let _ = parse_tiktoken(&lines.join("\n"), Path::new("fuzz"));
+        }
     }
 }

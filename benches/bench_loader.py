@@ -1,0 +1,279 @@
+"""Token shards: loader and tokenize throughput, gristmill vs its peers, in one run.
+
+Loader, at B=64, T=1024 on shards of the benchmark corpus (page cache warm):
+  - gristmill's Rust sampler (random windows), to a new array and into a reused buffer;
+  - gristmill's torch wrapper, (x, y) int64 tensors as a training loop takes them;
+  - nanoGPT's ``get_batch``: np.memmap re-opened per batch, random offsets,
+    torch.from_numpy(...astype(int64)) and torch.stack, on the same shard.
+GB/s counts the tokens delivered at their stored width (2 bytes): B * (T + 1) per batch.
+
+Tokenize, on bench-en.jsonl.zst (20 MB of English, 4173 documents):
+  - the encoder's own batch throughput (texts already in memory, no I/O);
+  - ``gristmill tokenize`` end to end (decompress, parse, encode, write shards);
+  - tiktoken's ``encode_ordinary_batch`` writing the same shards the way llm.c's
+    ``fineweb.py`` does (the .bin files are checked byte-identical).
+
+    python benches/bench_loader.py [--size small|full] [--out bench-results/loader.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("GRISTMILL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+CORPUS = SHARED_DATA / "bench-en.jsonl.zst"
+B, T = 64, 1024
+
+
+def read_corpus(max_docs: int | None) -> list[dict]:
+    import zstandard
+
+    with open(CORPUS, "rb") as f:
+        stream = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8")
+        records = [json.loads(line) for line in stream]
+    return records[:max_docs]
+
+
+def tiktoken_gpt2():
+    import tiktoken
+
+    ranks = {}
+    for line in (SHARED_DATA / "gpt2.tiktoken").read_bytes().splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    pattern = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    return tiktoken.Encoding("gpt2", pat_str=pattern, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256})
+
+
+def timed(fn, seconds: float, min_calls: int = 3) -> tuple[int, float]:
+    """Calls ``fn`` (after a warm-up call) until ``seconds`` have passed; returns (calls, time)."""
+    fn()
+    calls, t0 = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - t0 < seconds:
+        fn()
+        calls += 1
+    return calls, time.perf_counter() - t0
+
+
+# ---- tokenize -------------------------------------------------------------------------------
+
+
+def tiktoken_write_shards(enc, jsonl_zst: Path, out: Path, shard_size: int) -> None:
+    """llm.c's fineweb.py, restated: encode documents in batches, end-of-text after each (as
+    gristmill's default), fill uint16 shards of exactly ``shard_size`` tokens, write each with
+    the 256-int32 header."""
+    import zstandard
+
+    out.mkdir(parents=True, exist_ok=True)
+    eot, threads = enc.eot_token, int(os.environ.get("GRISTMILL_NUM_THREADS", os.cpu_count()))
+    buf = np.empty(shard_size, dtype=np.uint16)
+    filled, index = 0, 0
+
+    def write(tokens: np.ndarray) -> None:
+        nonlocal index
+        header = np.zeros(256, dtype=np.int32)
+        header[:3] = [20240520, 1, len(tokens)]
+        with open(out / f"train_{index:06d}.bin", "wb") as f:
+            f.write(header.tobytes())
+            f.write(tokens.tobytes())
+        index += 1
+
+    with open(jsonl_zst, "rb") as f:
+        stream = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8")
+        batch: list[str] = []
+        lines = iter(stream)
+        while True:
+            line = next(lines, None)
+            if line is not None:
+                batch.append(json.loads(line)["text"])
+            if len(batch) == 1024 or (line is None and batch):
+                for ids in enc.encode_ordinary_batch(batch, num_threads=threads):
+                    ids.append(eot)
+                    doc = np.array(ids, dtype=np.uint16)
+                    while len(doc):
+                        n = min(shard_size - filled, len(doc))
+                        buf[filled:filled + n] = doc[:n]
+                        filled += n
+                        doc = doc[n:]
+                        if filled == shard_size:
+                            write(buf)
+                            filled = 0
+                batch = []
+            if line is None:
+                break
+    if filled:
+        write(buf[:filled])
+
+
+def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
+    import gristmill
+    import zstandard
+    from gristmill.cli import main as cli_main
+
+    records = read_corpus(600 if size == "small" else None)
+    src = work / "corpus.jsonl.zst"
+    if size == "small":
+        lines = "".join(json.dumps(r) + "\n" for r in records).encode()
+        src.write_bytes(zstandard.ZstdCompressor().compress(lines))
+    else:
+        shutil.copy(CORPUS, src)
+    texts = [r["text"] for r in records]
+    mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+    shard_size = 100_000_000  # the default, as llm.c's fineweb.py
+    tok, tik = gristmill.Tokenizer.from_name("gpt2"), tiktoken_gpt2()
+    repeat = 1 if size == "small" else 3
+
+    def best(fn) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    def chunks(n=4096):
+        return [texts[i:i + n] for i in range(0, len(texts), n)]
+
+    t_encoder = best(lambda: [tok.encode_batch_to_numpy(c, append_eot=True) for c in chunks()])
+
+    def gristmill_tokenize():
+        shutil.rmtree(work / "gm", ignore_errors=True)
+        cli_main(["tokenize", str(src), "-o", str(work / "gm"), "--tokenizer", "gpt2",
+                  "--shard-size", str(shard_size), "-q"])
+
+    def tiktoken_tokenize():
+        shutil.rmtree(work / "tt", ignore_errors=True)
+        tiktoken_write_shards(tik, src, work / "tt", shard_size)
+
+    t_gm = best(gristmill_tokenize)
+    t_tt = best(tiktoken_tokenize)
+    gm_bins = sorted(p.name for p in (work / "gm").glob("train_*.bin"))
+    tt_bins = sorted(p.name for p in (work / "tt").glob("train_*.bin"))
+    assert gm_bins == tt_bins and all(
+        (work / "gm" / n).read_bytes() == (work / "tt" / n).read_bytes() for n in gm_bins
+    ), "gristmill's and tiktoken's shards differ"
+    n_tokens = json.loads((work / "gm" / "manifest.json").read_text())["splits"]["train"]["tokens"]
+    rows = [
+        {"task": "tokenize", "tool": "gristmill encoder, batch in memory (no I/O)", "seconds": t_encoder},
+        {"task": "tokenize", "tool": "gristmill tokenize (read .zst, encode, write shards)", "seconds": t_gm},
+        {"task": "tokenize", "tool": "tiktoken encode_ordinary_batch + llm.c-style writer", "seconds": t_tt},
+    ]
+    for r in rows:
+        r["MB/s"] = mb / r["seconds"]
+        r["Mtokens/s"] = n_tokens / r["seconds"] / 1e6
+    ratios = {
+        "tokenize_vs_encoder": t_encoder / t_gm,
+        "tokenize_vs_tiktoken_writer": t_tt / t_gm,
+    }
+    return rows, {"corpus_mb": mb, "tokens": n_tokens, "shards": len(gm_bins), **ratios}
+
+
+# ---- loader ---------------------------------------------------------------------------------
+
+
+def bench_loader(size: str, work: Path) -> tuple[list[dict], dict]:
+    import torch
+    from gristmill import Tokenizer
+    from gristmill.shards import ShardDataset, torch_batches, write_shards
+
+    texts = [r["text"] for r in read_corpus(None)]
+    copies = 1 if size == "small" else 4  # the corpus repeated: ~20M tokens, ~40 MB of shards
+    write_shards((t for _ in range(copies) for t in texts), work / "ds", Tokenizer.from_name("gpt2"))
+    ds = ShardDataset(work / "ds")
+    shard = ds.path / ds.manifest["splits"]["train"]["shards"][0]["file"]
+    seconds = 0.5 if size == "small" else 3.0
+    torch.manual_seed(0)
+
+    sampler = ds.sampler(batch_size=B, seq_len=T, seed=0)
+    out = np.empty((B, T + 1), dtype=np.uint16)
+    loader = iter(torch_batches(ds.sampler(batch_size=B, seq_len=T, seed=0)))
+
+    def nanogpt_get_batch():
+        # nanoGPT's train.py get_batch, on the same file (past the 1024-byte header).
+        data = np.memmap(shard, dtype=np.uint16, mode="r", offset=1024)
+        ix = torch.randint(len(data) - T, (B,))
+        x = torch.stack([torch.from_numpy(data[i:i + T].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + T].astype(np.int64)) for i in ix])
+        return x, y
+
+    contenders = {
+        "gristmill sampler.next_batch() (uint16 array)": sampler.next_batch,
+        "gristmill sampler.next_batch(out=buffer)": lambda: sampler.next_batch(out=out),
+        "gristmill torch_batches (x, y int64 tensors)": lambda: next(loader),
+        "nanoGPT get_batch (np.memmap + torch.from_numpy)": nanogpt_get_batch,
+    }
+    rows = []
+    for name, fn in contenders.items():
+        calls, dt = timed(fn, seconds)
+        rows.append({"task": "loader", "tool": name, "batches/s": calls / dt,
+                     "GB/s": calls * B * (T + 1) * 2 / dt / 1e9, "seconds": dt})
+    nano = rows[-1]["batches/s"]
+    for r in rows:
+        r["vs nanoGPT"] = r["batches/s"] / nano
+    return rows, {"loader_tokens": ds.num_tokens(), "B": B, "T": T}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=["small", "full"], default="full")
+    p.add_argument("--out", type=Path, default=ROOT / "bench-results" / "loader.json")
+    p.add_argument("--threads", type=int, default=None,
+                   help="gristmill's and tiktoken's thread count (default: all cores)")
+    args = p.parse_args()
+    if args.threads:
+        os.environ["GRISTMILL_NUM_THREADS"] = str(args.threads)
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        load_rows, load_meta = bench_loader(args.size, work)
+        tok_rows, tok_meta = bench_tokenize(args.size, work)
+    rows = load_rows + tok_rows
+    columns = ["task", "tool", "batches/s", "GB/s", "vs nanoGPT", "MB/s", "Mtokens/s", "seconds"]
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    print(" | ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)))
+    print(f"\ngristmill tokenize / encoder's own batch throughput: {tok_meta['tokenize_vs_encoder']:.2f}")
+    print(f"gristmill tokenize / tiktoken writer: {tok_meta['tokenize_vs_tiktoken_writer']:.2f}x")
+    meta = {
+        "stage": "loader",
+        "size": args.size,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        "threads": int(os.environ.get("GRISTMILL_NUM_THREADS", os.cpu_count())),
+        **load_meta,
+        **tok_meta,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, args.out)
+    print(f"written: {args.out}")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:,.2f}"
+    return str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

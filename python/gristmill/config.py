@@ -1,0 +1,187 @@
+# ruff: noqa: UP007, UP045  (Optional/Union: get_type_hints must evaluate them on Python 3.9)
+"""Run configuration for ``gristmill train``: one dataclass, a config file, checked overrides.
+
+Defaults come from :class:`TrainConfig`; a TOML or YAML file replaces some; ``--key=value``
+flags replace more. Every key is checked against the dataclass and every value against the
+field's type, so a typo is an error rather than a silently ignored setting. This module does
+not import torch, so the ``gristmill`` command can list the keys quickly.
+
+>>> cfg = resolve_config(overrides={"n_layer": "4", "lr": "3e-4"})
+>>> cfg.n_layer, cfg.lr
+(4, 0.0003)
+>>> resolve_config(overrides={"n_layers": "4"})
+Traceback (most recent call last):
+...
+ValueError: unknown config key 'n_layers' (did you mean 'n_layer'?)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = _f("", "shard dataset directory or its manifest.json")
+    tokenizer: str = _f("", "tokenizer (built-in name or directory) checked against the shards "
+                            "and saved with each checkpoint")
+    out_dir: str = _f("out", "checkpoints, log.jsonl and loss.png go here")
+    # model
+    model: str = _f("gpt2", "preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini) or a "
+                            "HF GPT-2 / gristmill checkpoint directory to start from")
+    block_size: Optional[int] = _f(None, "context length (default: the preset's)")
+    n_layer: Optional[int] = _f(None, "transformer blocks (default: the preset's)")
+    n_head: Optional[int] = _f(None, "attention heads (default: the preset's)")
+    n_embd: Optional[int] = _f(None, "model width (default: the preset's)")
+    dropout: Optional[float] = _f(None, "dropout probability (default 0)")
+    bias: Optional[bool] = _f(None, "biases in Linear and LayerNorm (default true)")
+    vocab_multiple: Optional[int] = _f(None, "pad the vocabulary to a multiple of this (64)")
+    resume: str = _f("auto", "auto: continue from out_dir if it has checkpoints; must: fail if "
+                             "it has none; no: fail if it has some")
+    # batch
+    batch_size: int = _f(8, "sequences per micro-batch per process")
+    seq_len: int = _f(0, "tokens per sequence (0: block_size)")
+    tokens_per_step: int = _f(0, "tokens per optimizer step over all processes; reached by "
+                                 "gradient accumulation (0: one micro-batch)")
+    sampling: str = _f("random", "random or sequential batches")
+    # optimizer and schedule
+    max_steps: int = _f(1000, "optimizer steps")
+    lr: float = _f(6e-4, "peak learning rate")
+    min_lr: float = _f(6e-5, "learning rate at the end of the decay")
+    warmup_steps: int = _f(100, "linear warmup steps")
+    schedule: str = _f("cosine", "cosine, wsd (warmup-stable-decay) or constant")
+    lr_decay_steps: int = _f(0, "step at which the decay ends (0: max_steps)")
+    decay_frac: float = _f(0.2, "wsd: fraction of lr_decay_steps spent decaying")
+    weight_decay: float = _f(0.1, "AdamW weight decay (>=2-D weights only)")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.95, "AdamW beta2")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0: no clipping)")
+    # evaluation, checkpoints, logging
+    eval_interval: int = _f(250, "steps between validation runs and checkpoints")
+    eval_batches: int = _f(20, "validation batches per run")
+    keep_last: int = _f(2, "checkpoints kept besides the best")
+    log_interval: int = _f(10, "steps between console lines (log.jsonl gets every step)")
+    progress: bool = _f(True, "show a progress bar")
+    plot: bool = _f(True, "write loss.png at each evaluation")
+    peak_flops: float = _f(0.0, "device peak FLOP/s for MFU (0: look up the GPU)")
+    # system
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N")
+    dtype: str = _f("auto", "auto (bfloat16 on CUDA, else float32), bfloat16, float32")
+    compile: bool = _f(False, "torch.compile the model")
+    fsdp: bool = _f(False, "shard the model with FSDP (under torchrun) instead of DDP")
+    tf32: bool = _f(True, "allow TF32 matmuls on CUDA")
+    seed: int = _f(1337, "random seed")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "vocab_multiple")
+# Keys that decide which batches a run sees: a resumed run must agree on them to be exact.
+DATA_ORDER_KEYS = ("batch_size", "seq_len", "tokens_per_step", "sampling", "seed")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def parse_value(key: str, raw: Any, typ: Any) -> Any:
+    """Converts ``raw`` (a string from the command line, or a file's value) to ``typ``."""
+    origin_args = typing.get_args(typ)
+    if typing.get_origin(typ) is Union and type(None) in origin_args:
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
+            return None
+        typ = next(a for a in origin_args if a is not type(None))
+    if typ is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(raw, str) and raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"config key {key!r} wants true/false, got {raw!r}")
+    try:
+        if typ is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            value = int(float(raw)) if isinstance(raw, str) and "e" in raw.lower() else int(raw)
+            return value
+        if typ is float:
+            return float(raw)
+        if typ is str:
+            if not isinstance(raw, (str, int, float)):
+                raise ValueError
+            return str(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {key!r} wants {typ.__name__}, got {raw!r}") from None
+    raise TypeError(f"unsupported config type {typ} for {key!r}")
+
+
+def read_config_file(path: Union[str, Path]) -> dict:
+    """A flat ``{key: value}`` table from a .toml, .yaml/.yml or .json file."""
+    path = Path(path)
+    text = path.read_text("utf-8")
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11
+            import tomli as tomllib
+        data = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    elif path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise ValueError(f"{path}: config files are .toml, .yaml, .yml or .json")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a table of key = value")  # noqa: TRY004 (a config error)
+    # A [model] / [train] section is accepted and flattened.
+    flat = {}
+    for k, v in data.items():
+        flat.update(v if isinstance(v, dict) else {k: v})
+    return flat
+
+
+def resolve_config(path=None, overrides: Optional[dict] = None, cls=TrainConfig, base=None):
+    """Defaults (or ``base``), then the file at ``path``, then ``overrides``; all checked.
+
+    Raises:
+        ValueError: for an unknown key or a value of the wrong type.
+    """
+    types = _field_types(cls)
+    values = dataclasses.asdict(base) if base is not None else {}
+    for source in (read_config_file(path) if path else {}, overrides or {}):
+        for key, raw in source.items():
+            key = key.replace("-", "_")
+            if key not in types:
+                close = difflib.get_close_matches(key, types, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown config key {key!r}{hint}")
+            values[key] = parse_value(key, raw, types[key])
+    return cls(**values)
+
+
+def add_config_arguments(parser, cls=TrainConfig) -> None:
+    """One ``--key`` option per field (``--n_layer`` and ``--n-layer`` both work)."""
+    for f in dataclasses.fields(cls):
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        parser.add_argument(*names, dest=f"cfg_{f.name}", metavar="V", default=None,
+                            help=f"{f.metadata.get('help', '')} [{f.default}]")
+
+
+def overrides_from_args(args, cls=TrainConfig) -> dict:
+    return {f.name: getattr(args, f"cfg_{f.name}") for f in dataclasses.fields(cls)
+            if getattr(args, f"cfg_{f.name}", None) is not None}

@@ -1,0 +1,503 @@
+"""The GPT-2 model: config presets, GPT-2 initialisation, a KV cache, and weights in and out.
+
+Read top to bottom: ``GPTConfig`` and its presets, the blocks, ``GPT`` itself, the KV cache the
+sampler uses, then import from and export to the Hugging Face GPT-2 state-dict layout and
+gristmill's own checkpoint directories. Nothing here downloads anything, and nothing loads a
+pickle that could run code (safetensors, or ``torch.load(weights_only=True)``).
+
+>>> cfg = GPTConfig.from_preset("tiny", vocab_size=100)
+>>> model = GPT(cfg)
+>>> logits, loss = model(torch.zeros(1, 8, dtype=torch.long))
+>>> tuple(logits.shape)
+(1, 8, 100)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PathLike = Union[str, os.PathLike]
+
+# ---- config ----------------------------------------------------------------------------------
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT-2 model.
+
+    ``vocab_size`` is the tokenizer's; the embedding is padded up to ``vocab_multiple``
+    (50257 -> 50304) so the matmuls hit fast kernel sizes. Pad logits are cut off in
+    :meth:`GPT.forward`, so they are never sampled and never enter the loss.
+    """
+
+    block_size: int = 1024
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    vocab_multiple: int = 64
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "vocab_multiple"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> GPTConfig:
+        """A named preset (see ``PRESETS``) with some fields replaced.
+
+        Raises:
+            ValueError: for an unknown preset or field.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; presets: {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GPTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768},  # 124M
+    "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_embd": 1024},  # 350M
+    "gpt2-large": {"n_layer": 36, "n_head": 20, "n_embd": 1280},  # 774M
+    "gpt2-xl": {"n_layer": 48, "n_head": 25, "n_embd": 1600},  # 1558M
+    # Small ones for tests and CPU experiments.
+    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 128},
+    "mini": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 256},
+}
+
+# ---- blocks ----------------------------------------------------------------------------------
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.n_head, self.layer_idx, self.dropout = config.n_head, layer_idx, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cache: KVCache | None = None, attn_mask=None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        start = 0
+        if cache is not None:
+            start = cache.length
+            k, v = cache.update(self.layer_idx, k, v)
+        # With no mask: plain causal attention for a fresh sequence, and none at all for one new
+        # token over the cache. SDPA's is_causal aligns top-left, so a chunk appended to a
+        # non-empty cache needs an explicit mask (built by the caller or here).
+        if attn_mask is None and start > 0 and T > 1:
+            attn_mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=attn_mask is None and start == 0 and T > 1,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block, as GPT-2."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, attn_mask=None):
+        x = x + self.attn(self.ln_1(x), cache, attn_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+# ---- the model -------------------------------------------------------------------------------
+
+
+class GPT(nn.Module):
+    """GPT-2: learned positions, pre-LN blocks, GELU (tanh), output tied to the token embedding."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict({
+            "wte": nn.Embedding(config.padded_vocab_size, config.n_embd),
+            "wpe": nn.Embedding(config.block_size, config.n_embd),
+            "drop": nn.Dropout(config.dropout),
+            "h": nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+            "ln_f": nn.LayerNorm(config.n_embd, bias=config.bias),
+        })
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the projections that feed the residual stream by 1/sqrt(2L).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx, targets=None, *, cache=None, positions=None, attn_mask=None,
+                last_only=False):
+        """Logits (and the mean cross-entropy when ``targets`` is given).
+
+        Args:
+            idx: (B, T) token ids.
+            targets: (B, T) next-token ids; -1 is ignored.
+            cache: a :class:`KVCache`; keys/values are appended and attention covers the cache.
+            positions: (B, T) position ids (left-padded batches); default counts on from the cache.
+            attn_mask: boolean (B, 1, T, S) mask, True where a query may attend to a key.
+            last_only: compute logits for the last position only (generation).
+
+        Returns:
+            ``(logits, loss)``: logits (B, T or 1, vocab_size), loss a scalar or None.
+        """
+        T = idx.shape[1]
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size "
+                             f"{self.config.block_size}")
+        if positions is None:
+            positions = torch.arange(start, start + T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+        for block in self.transformer.h:
+            x = block(x, cache, attn_mask)
+        if cache is not None:
+            cache.length += T
+        x = self.transformer.ln_f(x)
+        if last_only and targets is None:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)[..., : self.config.vocab_size]  # pad logits never leave
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    # ---- accounting ----
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; the tied token embedding counts once, positions only if asked."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward): 6N + 12·L·H·Q·T (PaLM appendix B)."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * seq_len
+
+    def configure_optimizer(self, lr: float, weight_decay: float, betas=(0.9, 0.95),
+                            eps: float = 1e-8, device_type: str = "cpu"):
+        """AdamW decaying only the >=2-D weights (matmuls, embeddings); fused on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = {"fused": True} if device_type == "cuda" else {}
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **fused)
+
+
+# ---- KV cache --------------------------------------------------------------------------------
+
+
+class KVCache:
+    """Keys and values for every layer, preallocated for ``max_len`` positions.
+
+    The model appends a chunk per forward call; attention reads the filled prefix as a view,
+    so decoding never recomputes the past and never reallocates.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device=None,
+                 dtype=torch.float32):
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def update(self, layer: int, k, v):
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, {end} needed")
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def reorder(self, index):
+        """Keeps the sequences at ``index`` along the batch (beam search)."""
+        self.k = self.k.index_select(1, index)
+        self.v = self.v.index_select(1, index)
+
+    def repeat_interleave(self, n: int):
+        self.k = self.k.repeat_interleave(n, dim=1)
+        self.v = self.v.repeat_interleave(n, dim=1)
+
+
+# ---- Hugging Face GPT-2 layout ---------------------------------------------------------------
+
+# HF's GPT-2 stores these as Conv1D, i.e. (in, out): transposed relative to nn.Linear.
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def clean_state_dict(sd: dict) -> dict:
+    """Strips the wrappers' prefixes (``_orig_mod.`` from torch.compile, ``module.`` from DDP)."""
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("_orig_mod.", "module."):
+            k = k.replace(prefix, "")
+        out[k] = v
+    return out
+
+
+def _read_tensors(directory: Path) -> dict:
+    """All tensors of a HF model directory: model.safetensors (maybe sharded) or the .bin."""
+    from safetensors.torch import load_file
+
+    if (directory / "model.safetensors").exists():
+        return load_file(directory / "model.safetensors")
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for f in files for k, v in load_file(directory / f).items()}
+    if (directory / "pytorch_model.bin").exists():
+        # weights_only: a checkpoint from elsewhere can never run code here.
+        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{directory}: no model.safetensors, model.safetensors.index.json "
+                            "or pytorch_model.bin")
+
+
+def config_from_hf(hf: dict, **overrides) -> GPTConfig:
+    """Maps a HF GPT-2 ``config.json`` onto :class:`GPTConfig`.
+
+    Raises:
+        ValueError: for a model type or option this GPT does not implement.
+    """
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"model_type {hf.get('model_type')!r} is not GPT-2")
+    expected = {"activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+                "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+                "scale_attn_weights": True, "n_inner": None, "add_cross_attention": False}
+    for key, want in expected.items():
+        if hf.get(key, want) != want:
+            raise ValueError(f"HF config has {key}={hf[key]!r}; gristmill's GPT-2 needs {want!r}")
+    return GPTConfig.from_dict({
+        "block_size": hf["n_positions"], "vocab_size": hf["vocab_size"],
+        "n_layer": hf["n_layer"], "n_head": hf["n_head"], "n_embd": hf["n_embd"], **overrides,
+    })
+
+
+def from_hf(path: PathLike, **overrides) -> GPT:
+    """Builds a :class:`GPT` from a local HF GPT-2 directory (config.json + weights).
+
+    Both ``GPT2LMHeadModel`` keys (``transformer.h.0...``) and bare ``GPT2Model`` keys
+    (``h.0...``, as in OpenAI's original upload) are accepted. Nothing is downloaded.
+
+    Raises:
+        FileNotFoundError: when config.json or the weights are missing.
+        ValueError: when the tensors do not fit the config.
+    """
+    directory = Path(path)
+    cfg_file = directory / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{cfg_file} not found (expected a HF GPT-2 model directory)")
+    config = config_from_hf(json.loads(cfg_file.read_text("utf-8")), **overrides)
+    model = GPT(config)
+    model.load_state_dict(_from_hf_layout(_read_tensors(directory), config))
+    return model
+
+
+def _from_hf_layout(hf_sd: dict, config: GPTConfig) -> dict:
+    sd = {}
+    for k, v in hf_sd.items():
+        if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
+            continue  # causal-mask buffers, and the head which is tied to wte
+        if not k.startswith("transformer."):
+            k = "transformer." + k
+        sd[k] = v.t() if k.endswith(_CONV1D) else v
+    wte = sd.get("transformer.wte.weight")
+    if wte is None or wte.shape[0] != config.vocab_size:
+        raise ValueError(f"HF weights: transformer.wte.weight is "
+                         f"{None if wte is None else tuple(wte.shape)}, "
+                         f"config says vocab_size {config.vocab_size}")
+    pad = config.padded_vocab_size - config.vocab_size
+    sd["transformer.wte.weight"] = torch.cat([wte, wte.new_zeros(pad, wte.shape[1])])
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    return sd
+
+
+def to_hf_state_dict(model: GPT) -> dict:
+    """The model's weights in the HF GPT-2 layout (Conv1D transposed, vocab unpadded).
+
+    ``lm_head.weight`` is left out: it is tied to ``transformer.wte.weight``.
+    """
+    config = model.config
+    out = {}
+    for k, v in clean_state_dict(model.state_dict()).items():
+        if k == "lm_head.weight":
+            continue
+        if k == "transformer.wte.weight":
+            v = v[: config.vocab_size]
+        out[k] = (v.t() if k.endswith(_CONV1D) else v).detach().contiguous()
+    if not config.bias:  # HF's GPT-2 always has biases: give it zeros
+        for k, v in list(out.items()):
+            if k.endswith(".weight") and "wte" not in k and "wpe" not in k:
+                bias = k[: -len("weight")] + "bias"
+                out[bias] = v.new_zeros(v.shape[-1] if k.endswith(_CONV1D) else v.shape[0])
+    return out
+
+
+def save_hf(model: GPT, path: PathLike, eos_token_id: int | None = None) -> Path:
+    """Writes a HF GPT-2 directory (config.json + model.safetensors) that
+    ``GPT2LMHeadModel.from_pretrained`` loads.
+
+    >>> save_hf(GPT(GPTConfig.from_preset("tiny", vocab_size=100)), "/tmp/gm-tiny-hf").name
+    'gm-tiny-hf'
+    """
+    from safetensors.torch import save_file
+
+    config = model.config
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    eos = config.vocab_size - 1 if eos_token_id is None else eos_token_id
+    hf_config = {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": config.vocab_size, "n_positions": config.block_size,
+        "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
+        "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
+        "initializer_range": 0.02, "bos_token_id": eos, "eos_token_id": eos,
+        "tie_word_embeddings": True, "torch_dtype": "float32",
+    }
+    tensors = {k: v.cpu() for k, v in to_hf_state_dict(model).items()}
+    atomic_write(directory / "model.safetensors",
+                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / "config.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(hf_config, indent=2) + "\n"))
+    return directory
+
+
+# ---- gristmill checkpoints -------------------------------------------------------------------
+
+
+def atomic_write(path: PathLike, write) -> None:
+    """Calls ``write(tmp_path)``, fsyncs, then renames onto ``path``: never a half file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_weights(model: GPT, path: PathLike, state_dict: dict | None = None) -> None:
+    """Writes the weights as safetensors, the config in its metadata (lm_head is tied: left out)."""
+    from safetensors.torch import save_file
+
+    sd = clean_state_dict(state_dict if state_dict is not None else model.state_dict())
+    tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items() if k != "lm_head.weight"}
+    meta = {"format": "pt", "gristmill_config": json.dumps(model.config.to_dict())}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_weights(path: PathLike, **overrides) -> GPT:
+    """Reads a file written by :func:`save_weights`."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "gristmill_config" not in meta:
+        raise ValueError(f"{path}: no gristmill_config in the safetensors metadata")
+    config = GPTConfig.from_dict({**json.loads(meta["gristmill_config"]), **overrides})
+    model = GPT(config)
+    sd = clean_state_dict(load_file(str(path)))
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    model.load_state_dict(sd)
+    return model
+
+
+def find_checkpoint(path: PathLike, which: str = "best") -> Path:
+    """Resolves a training output dir to one checkpoint dir (``best`` or ``latest``)."""
+    path = Path(path)
+    if (path / "model.safetensors").exists() or (path / "config.json").exists():
+        return path
+    ckpts = sorted(path.glob("ckpt-*[0-9]"))
+    if not ckpts:
+        raise FileNotFoundError(f"{path}: no model.safetensors, config.json or ckpt-* directory")
+    best = path / "best.json"
+    if which == "best" and best.exists():
+        name = json.loads(best.read_text())["checkpoint"]
+        if (path / name).exists():
+            return path / name
+    return ckpts[-1]
+
+
+def load_model(path: PathLike, which: str = "best", **overrides) -> GPT:
+    """A model from a gristmill checkpoint, a training output dir, or a HF GPT-2 directory.
+
+    Raises:
+        FileNotFoundError: when nothing loadable is found at ``path``.
+    """
+    directory = find_checkpoint(path, which)
+    weights = directory / "model.safetensors"
+    if weights.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as f:
+            if "gristmill_config" in (f.metadata() or {}):
+                return load_weights(weights, **overrides)
+    return from_hf(directory, **overrides)

@@ -1,0 +1,308 @@
+"""The whole flow in one command: ``gristmill run pipeline.toml`` and ``gristmill quickstart``.
+
+A pipeline config (TOML) names the inputs and the settings of each stage::
+
+    out_dir = "runs/shakespeare"
+    inputs = ["data/shakespeare.txt"]
+
+    [prep]        # gristmill.prep.PrepConfig fields (filters, dedup)
+    [tokenizer]   # vocab_size, pattern, special_tokens
+    [tokenize]    # shard_size, val_fraction
+    [train]       # gristmill.config.TrainConfig fields (model preset, steps, batch, lr, ...)
+    [sample]      # prompts, max_new_tokens, temperature, top_k, seed
+
+Each stage writes into ``out_dir/<stage>/`` and records there, in ``stage.json``, a key: the
+hash of its settings, of the keys of the stages before it and (for prep) of its input files'
+contents. A rerun skips a stage whose output is complete under the same key, resumes a stage
+that was interrupted under the same key (every stage resumes: prep and tokenize from their
+last complete shard, training from its last checkpoint), and redoes from scratch a stage whose
+key changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+STAGES = ("prep", "tokenizer", "tokenize", "train", "sample")
+
+
+def load_config(path: PathLike) -> dict:
+    """Reads a pipeline TOML file; relative input paths are taken from the file's folder."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    path = Path(path)
+    with open(path, "rb") as f:
+        try:
+            cfg = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: {e}") from None
+    base = path.resolve().parent
+    cfg["inputs"] = [str(base / p) for p in cfg.get("inputs", [])]
+    if "out_dir" in cfg:
+        cfg["out_dir"] = str(base / cfg["out_dir"])
+    return cfg
+
+
+def _check(cfg: dict) -> None:
+    unknown = set(cfg) - {"out_dir", "inputs", *STAGES}
+    if unknown:
+        raise ValueError(f"unknown pipeline keys {sorted(unknown)}; expected out_dir, inputs, {', '.join(STAGES)}")
+    if not cfg.get("inputs"):
+        raise ValueError("the pipeline needs 'inputs': a list of files or folders")
+    if not cfg.get("out_dir"):
+        raise ValueError("the pipeline needs 'out_dir'")
+    for p in cfg["inputs"]:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"input {p} does not exist")
+
+
+# ---- stage keys -----------------------------------------------------------------------------
+
+
+def _file_digest(path: Path, cache: dict) -> str:
+    """blake2b of a file's bytes, cached by (size, mtime) in the previous stage record."""
+    st = path.stat()
+    ident = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    if ident in cache:
+        return cache[ident]
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    cache[ident] = h.hexdigest()
+    return cache[ident]
+
+
+def _input_files(inputs: list[str]) -> list[Path]:
+    files = []
+    for p in map(Path, inputs):
+        files.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
+    return files
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _read_record(stage_dir: Path) -> dict:
+    try:
+        return json.loads((stage_dir / "stage.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _write_record(stage_dir: Path, record: dict) -> None:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    tmp = stage_dir / ".stage.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, stage_dir / "stage.json")
+
+
+# ---- the stages -----------------------------------------------------------------------------
+# Each takes (settings, the pipeline config, its own folder, the folders of earlier stages,
+# progress) and returns a small summary dict of figures for the report.
+
+
+def _stage_prep(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> dict:
+    from gristmill.prep import PrepConfig, prep
+
+    report = prep(cfg["inputs"], out, PrepConfig.from_dict(s), progress=progress)
+    keys = ("docs_in", "docs_out", "docs_final", "bytes_in", "bytes_out", "seconds")
+    return {k: report[k] for k in keys if k in report}
+
+
+def _stage_tokenizer(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> dict:
+    from gristmill.prep import clean_documents, read_documents
+    from gristmill.tokenizer import Tokenizer
+
+    t0 = time.perf_counter()
+    texts = (d.text for d in read_documents(clean_documents(dirs["prep"])))
+    tok = Tokenizer.train(
+        texts,
+        vocab_size=s.get("vocab_size", 4096),
+        pattern=s.get("pattern", "gpt2"),
+        special_tokens=tuple(s.get("special_tokens", ["<|endoftext|>"])),
+        progress=progress,
+        name=s.get("name", "tokenizer"),
+    )
+    tok.save(out)
+    return {"n_vocab": tok.n_vocab, "pattern": s.get("pattern", "gpt2"),
+            "seconds": round(time.perf_counter() - t0, 2), "fingerprint": tok.fingerprint}
+
+
+def _stage_tokenize(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> dict:
+    from gristmill.prep import clean_documents, read_documents
+    from gristmill.shards import ShardDataset, write_shards
+
+    t0 = time.perf_counter()
+    manifest = write_shards(
+        read_documents(clean_documents(dirs["prep"])), out, dirs["tokenizer"],
+        shard_size=int(s.get("shard_size", 100_000_000)),
+        val_fraction=float(s.get("val_fraction", 0.05)), progress=progress,
+    )
+    ds = ShardDataset(manifest)
+    return {"train_tokens": ds.num_tokens("train"), "val_tokens": ds.num_tokens("val") if "val" in ds.splits else 0,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _stage_train(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> dict:
+    from gristmill.train import train
+
+    s = {"progress": progress, **s}
+    result = train(data=str(dirs["tokenize"]), tokenizer=str(dirs["tokenizer"]), out_dir=str(out), **s)
+    return {k: v for k, v in result.items() if k != "losses"}
+
+
+def _stage_sample(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> dict:
+    from gristmill.sample import sample_text
+
+    prompts = s.get("prompts", ["\n"])
+    texts = sample_text(
+        dirs["train"], prompts,
+        max_new_tokens=int(s.get("max_new_tokens", 200)), temperature=float(s.get("temperature", 0.8)),
+        top_k=s.get("top_k", 50), seed=int(s.get("seed", 1337)),
+    )
+    body = "".join(f"=== prompt: {p!r}\n{p}{t}\n\n" for p, t in zip(prompts, texts))
+    tmp = out / ".samples.txt.tmp"
+    out.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(body, encoding="utf-8")
+    os.replace(tmp, out / "samples.txt")
+    return {"samples": str(out / "samples.txt"), "n": len(texts)}
+
+
+_RUNNERS: dict[str, Callable[..., dict]] = {
+    "prep": _stage_prep, "tokenizer": _stage_tokenizer, "tokenize": _stage_tokenize,
+    "train": _stage_train, "sample": _stage_sample,
+}
+
+
+# ---- running --------------------------------------------------------------------------------
+
+
+def run(config: Union[dict, PathLike], *, progress: bool = True, force: bool = False,
+        log: Callable[[str], None] = print) -> dict:
+    """Runs every stage of a pipeline, skipping those that are complete and up to date.
+
+    Args:
+        config: a pipeline dict or the path of a TOML file.
+        progress: show progress bars.
+        force: redo every stage.
+
+    Returns:
+        ``{"out_dir", "stages": {stage: {"skipped", "summary", "seconds"}}}``; also written,
+        with a markdown version, to ``out_dir/report.json`` and ``out_dir/report.md``.
+
+    Raises:
+        ValueError, FileNotFoundError: a bad config or missing inputs.
+    """
+    cfg = load_config(config) if not isinstance(config, dict) else dict(config)
+    _check(cfg)
+    out_dir = Path(cfg["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dirs = {stage: out_dir / stage for stage in STAGES}
+    report: dict = {"out_dir": str(out_dir), "stages": {}}
+    upstream = ""
+    for stage in STAGES:
+        settings = cfg.get(stage, {})
+        stage_dir = dirs[stage]
+        record = _read_record(stage_dir)
+        extra: Any = None
+        if stage == "prep":
+            cache = record.get("digests", {})
+            extra = [_file_digest(f, cache) for f in _input_files(cfg["inputs"])]
+        key = _key(stage, settings, upstream, extra)
+        upstream = key
+        if not force and record.get("key") == key and record.get("complete"):
+            log(f"[{stage}] up to date, skipped ({stage_dir})")
+            report["stages"][stage] = {"skipped": True, "summary": record.get("summary", {})}
+            continue
+        if record.get("key") != key or force:
+            shutil.rmtree(stage_dir, ignore_errors=True)  # other settings: start afresh
+        else:
+            log(f"[{stage}] resuming an interrupted run")
+        _write_record(stage_dir, {"key": key, "complete": False,
+                                  "digests": cache if stage == "prep" else {}})
+        log(f"[{stage}] running -> {stage_dir}")
+        t0 = time.perf_counter()
+        summary = _RUNNERS[stage](settings, cfg, stage_dir, dirs, progress)
+        seconds = round(time.perf_counter() - t0, 2)
+        _write_record(stage_dir, {"key": key, "complete": True, "summary": summary, "seconds": seconds,
+                                  "digests": cache if stage == "prep" else {}})
+        log(f"[{stage}] done in {seconds:.1f}s: " + ", ".join(f"{k}={_short(v)}" for k, v in summary.items()))
+        report["stages"][stage] = {"skipped": False, "summary": summary, "seconds": seconds}
+    _write_report(out_dir, report)
+    return report
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return "{…}"
+    return str(v)
+
+
+def _write_report(out_dir: Path, report: dict) -> None:
+    lines = ["# gristmill pipeline report", "", f"Output folder: `{out_dir}`", ""]
+    for stage, r in report["stages"].items():
+        lines.append(f"## {stage}" + (" (up to date, skipped)" if r["skipped"] else f" ({r['seconds']} s)"))
+        lines.extend(f"- {k}: {_short(v)}" for k, v in r["summary"].items() if not isinstance(v, dict))
+        lines.append("")
+    for name, text in (("report.json", json.dumps(report, indent=2, default=str)), ("report.md", "\n".join(lines))):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out_dir / name)
+
+
+# ---- quickstart -----------------------------------------------------------------------------
+
+
+def quickstart_config(out_dir: PathLike, *, tiny: bool = False) -> dict:
+    """The quickstart's pipeline: the shipped tinyshakespeare corpus to a sampled model.
+
+    ``tiny`` shrinks every stage so the whole flow runs in well under a minute (for tests).
+    """
+    corpus = Path(str(resources.files("gristmill").joinpath("data", "tinyshakespeare.txt")))
+    steps = 30 if tiny else 300
+    return {
+        "out_dir": str(out_dir),
+        "inputs": [str(corpus)],
+        "prep": {"preset": "none", "txt_mode": "paragraphs", "dedup": {"exact": True}},
+        "tokenizer": {"vocab_size": 512 if tiny else 2048, "pattern": "gpt2"},
+        "tokenize": {"shard_size": 1_000_000, "val_fraction": 0.05},
+        "train": {
+            "model": "tiny", "max_steps": steps, "batch_size": 8 if tiny else 16,
+            "seq_len": 64 if tiny else 128, "eval_interval": max(10, steps // 6),
+            "eval_batches": 4, "warmup_steps": max(2, steps // 20), "lr": 3e-3, "min_lr": 3e-4, "seed": 1337,
+            "n_layer": 2 if tiny else 4, "n_head": 2 if tiny else 4, "n_embd": 64 if tiny else 128,
+        },
+        "sample": {"prompts": ["ROMEO:", "First Citizen:\n"], "max_new_tokens": 40 if tiny else 200,
+                   "temperature": 0.8, "top_k": 50, "seed": 1337},
+    }
+
+
+def quickstart(out_dir: Optional[PathLike] = None, *, tiny: bool = False, progress: bool = True) -> Path:
+    """Runs the quickstart pipeline and prints where everything went."""
+    out = Path(out_dir or "gristmill-quickstart").resolve()
+    report = run(quickstart_config(out, tiny=tiny), progress=progress)
+    print(f"\nEverything is in {out}:")
+    print(f"  report     {out / 'report.md'}")
+    print(f"  loss plot  {out / 'train' / 'loss.png'}")
+    print(f"  samples    {out / 'sample' / 'samples.txt'}")
+    samples = out / "sample" / "samples.txt"
+    if samples.exists():
+        print("\n" + samples.read_text(encoding="utf-8"))
+    sys.stdout.flush()
+    return Path(report["out_dir"])

@@ -1,0 +1,619 @@
+"""Training loop: shards in, checkpoints, log.jsonl and loss.png out.
+
+Read in run order: the learning-rate schedule, the distributed set-up, checkpoints, the run
+log, evaluation, then :func:`train`, one loop without indirection. Run it as
+``gristmill train --data=DIR --model=gpt2 ...`` or, on N GPUs,
+``torchrun --nproc-per-node N -m gristmill train ...``; or call :func:`train` from Python.
+
+Checkpoints are directories ``out_dir/ckpt-NNNNNNN/`` (model.safetensors, optimizer.pt,
+state.json with the step, sampler positions and every RNG, config.json, the tokenizer), written
+under a temporary name and renamed into place, so an interrupted run resumes exactly where
+the last checkpoint left it (bitwise, on CPU).
+
+>>> train(data="shards/", model="tiny", max_steps=100)  # doctest: +SKIP
+{'step': 100, 'train_loss': ..., 'val_loss': ..., ...}
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from gristmill.config import DATA_ORDER_KEYS, MODEL_KEYS, TrainConfig, resolve_config
+from gristmill.model import (
+    GPT,
+    PRESETS,
+    GPTConfig,
+    clean_state_dict,
+    load_model,
+    load_weights,
+    save_weights,
+)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on: NaN loss, out of memory, or checkpoints that do not fit."""
+
+
+# ---- learning-rate schedule ------------------------------------------------------------------
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine decay
+    to ``min_lr``, or warmup-stable-decay (constant, then linear to ``min_lr``)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    end = cfg.lr_decay_steps or cfg.max_steps
+    if cfg.schedule == "constant" or step >= end:
+        return cfg.lr if cfg.schedule == "constant" else cfg.min_lr
+    if cfg.schedule == "cosine":
+        progress = (step - cfg.warmup_steps) / max(1, end - cfg.warmup_steps)
+        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+    if cfg.schedule == "wsd":
+        decay_start = max(cfg.warmup_steps, end - int(cfg.decay_frac * end))
+        if step < decay_start:
+            return cfg.lr
+        return cfg.lr + (step - decay_start) / max(1, end - decay_start) * (cfg.min_lr - cfg.lr)
+    raise ValueError(f"schedule must be cosine, wsd or constant, got {cfg.schedule!r}")
+
+
+# ---- distributed set-up ----------------------------------------------------------------------
+
+
+def _setup(cfg: TrainConfig):
+    """(rank, world_size, device, owns_process_group) from torchrun's environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        owns = True
+    return rank, world, device, owns
+
+
+def _gather(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _mean_across(value: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= world
+    return value
+
+
+# ---- RNG state: every generator the run touches ----------------------------------------------
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.numpy().tobytes()).decode()
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+
+def _rng_state(device) -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": _b64(torch.get_rng_state()),
+        "cuda": _b64(torch.cuda.get_rng_state(device).cpu()) if device.type == "cuda" else None,
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+
+
+def _set_rng_state(state: dict, device) -> None:
+    torch.set_rng_state(_unb64(state["torch"]))
+    if state.get("cuda") and device.type == "cuda":
+        torch.cuda.set_rng_state(_unb64(state["cuda"]), device)
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    return sorted(out_dir.glob("ckpt-*[0-9]"))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(out_dir: Path, step: int, model: GPT, model_sd: dict, optim_sd: dict,
+                    state: dict, meta: dict, tokenizer=None) -> Path:
+    """Writes ``out_dir/ckpt-{step}`` under a temporary name, then renames it into place."""
+    final = out_dir / f"ckpt-{step:07d}"
+    tmp = out_dir / f".{final.name}.tmp-{os.getpid()}"
+    for stale in out_dir.glob(".ckpt-*.tmp-*"):  # left by a run that was killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(model, tmp / "model.safetensors", model_sd)
+    with open(tmp / "optimizer.pt", "wb") as f:
+        torch.save(optim_sd, f)
+        f.flush()
+        os.fsync(f.fileno())
+    _write_json(tmp / "state.json", state)
+    _write_json(tmp / "config.json", meta)
+    if tokenizer is not None:
+        tokenizer.save(tmp / "tokenizer")
+    _fsync_dir(tmp)
+    if final.exists():  # a rerun reached the same step again: replace it
+        trash = out_dir / f".{final.name}.old-{os.getpid()}"
+        os.rename(final, trash)
+        shutil.rmtree(trash)
+    os.rename(tmp, final)
+    _fsync_dir(out_dir)
+    return final
+
+
+def _prune(out_dir: Path, keep_last: int) -> None:
+    best = out_dir / "best.json"
+    keep = {json.loads(best.read_text())["checkpoint"]} if best.exists() else set()
+    ckpts = _checkpoints(out_dir)
+    for old in ckpts[: max(0, len(ckpts) - keep_last)]:
+        if old.name not in keep:
+            shutil.rmtree(old)
+
+
+def _update_best(out_dir: Path, ckpt: Path, step: int, val_loss: float | None) -> None:
+    best = out_dir / "best.json"
+    prev = json.loads(best.read_text()) if best.exists() else None
+    if val_loss is None or (prev and prev["val_loss"] <= val_loss and (out_dir / prev[
+            "checkpoint"]).exists()):
+        return
+    tmp = best.with_name(f".best.json.tmp-{os.getpid()}")
+    _write_json(tmp, {"checkpoint": ckpt.name, "step": step, "val_loss": val_loss})
+    os.replace(tmp, best)
+
+
+# ---- run log: log.jsonl and loss.png ---------------------------------------------------------
+
+
+class RunLog:
+    """Appends one JSON line per step (and per evaluation); draws loss.png from them."""
+
+    def __init__(self, out_dir: Path, start_step: int):
+        self.path, self.png = out_dir / "log.jsonl", out_dir / "loss.png"
+        self.records = []
+        if start_step and self.path.exists():  # drop what a crashed run logged past the ckpt
+            for line in self.path.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    r = json.loads(line)
+                    if r.get("step", 0) <= start_step:
+                        self.records.append(r)
+        tmp = self.path.with_name(f".log.jsonl.tmp-{os.getpid()}")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        os.replace(tmp, self.path)
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (open for the run)
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def plot(self) -> None:
+        try:  # the Agg canvas directly: no pyplot, no global backend switch
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError:
+            return
+        train = [(r["step"], r["loss"]) for r in self.records if "loss" in r]
+        val = [(r["step"], r["val_loss"]) for r in self.records if r.get("val_loss") is not None]
+        fig = Figure(figsize=(8, 4.5))
+        ax = fig.add_subplot()
+        if train:
+            s, v = zip(*train)
+            ax.plot(s, v, lw=0.6, alpha=0.4, label="train")
+            k = max(1, len(v) // 50)  # a moving average shows the trend through the noise
+            smooth = np.convolve(v, np.ones(k) / k, mode="valid")
+            ax.plot(s[k - 1:], smooth, lw=1.5, label=f"train (mean of {k})")
+        if val:
+            s, v = zip(*val)
+            ax.plot(s, v, "o-", lw=1.5, label="val")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        tmp = self.png.with_name(f".loss.tmp-{os.getpid()}.png")
+        FigureCanvasAgg(fig).print_png(str(tmp))
+        os.replace(tmp, self.png)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# ---- evaluation ------------------------------------------------------------------------------
+
+
+def _to_device(batch: np.ndarray, device):
+    t = torch.from_numpy(batch.astype(np.int64))
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    return t[:, :-1], t[:, 1:]
+
+
+def _num_tokens(ds, split: str) -> int:
+    try:
+        return int(ds.num_tokens(split=split))
+    except (KeyError, ValueError, FileNotFoundError):
+        return 0
+
+
+@torch.no_grad()
+def evaluate(model, ds, split="val", batch_size=8, seq_len=1024, max_batches=20, device="cpu",
+             autocast=contextlib.nullcontext, rank=0, world_size=1) -> float | None:
+    """Mean loss over up to ``max_batches`` sequential batches of ``split`` (None if empty)."""
+    device = torch.device(device)
+    n = _num_tokens(ds, split)
+    batch_size = min(batch_size, (n - 1) // (seq_len * world_size))  # a small split: fewer rows
+    if batch_size < 1:
+        return None
+    batches = max(1, min(max_batches, (n - 1) // (batch_size * seq_len * world_size)))
+    sampler = ds.sampler(split=split, batch_size=batch_size, seq_len=seq_len, mode="sequential",
+                         seed=0, rank=rank, world_size=world_size)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=device)
+    for _ in range(batches):
+        x, y = _to_device(sampler.next_batch(), device)
+        with autocast():
+            total += model(x, y)[1].float()
+    model.train(was_training)
+    return _mean_across(total / batches, world_size).item()
+
+
+# ---- MFU -------------------------------------------------------------------------------------
+
+# Dense bf16 peak FLOP/s by GPU name (the first match wins).
+_PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
+              ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12),
+              ("4090", 165e12), ("3090", 71e12), ("V100", 125e12)]
+
+
+def peak_flops(device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((p for key, p in _PEAK_BF16 if key in name), None)
+
+
+# ---- the loop --------------------------------------------------------------------------------
+
+
+def _open_dataset(cfg: TrainConfig, dataset):
+    if dataset is not None:
+        return dataset
+    if not cfg.data:
+        raise ValueError("no data: pass --data=DIR (a shard dataset from `gristmill tokenize`)")
+    if not Path(cfg.data).exists():
+        raise FileNotFoundError(f"shard dataset {cfg.data} not found; write one with "
+                                "`gristmill tokenize`")
+    from gristmill.shards import ShardDataset
+
+    return ShardDataset(cfg.data)
+
+
+def _load_tokenizer(spec: str):
+    from gristmill.tokenizer import Tokenizer
+
+    return Tokenizer.load(spec) if Path(spec).exists() else Tokenizer.from_name(spec)
+
+
+def _build_model(cfg: TrainConfig, ds, resume_from: Path | None) -> GPT:
+    overrides = {k: getattr(cfg, k) for k in MODEL_KEYS if getattr(cfg, k) is not None}
+    if resume_from is not None:
+        return load_weights(resume_from / "model.safetensors")
+    if cfg.model in PRESETS:
+        return GPT(GPTConfig.from_preset(cfg.model, **{"vocab_size": ds.n_vocab, **overrides}))
+    model = load_model(cfg.model, **{k: v for k, v in overrides.items() if k == "dropout"})
+    if model.config.vocab_size < ds.n_vocab:
+        raise ValueError(f"{cfg.model} has {model.config.vocab_size} tokens, the shards "
+                         f"{ds.n_vocab}")
+    return model
+
+
+def train(config: TrainConfig | None = None, *, dataset=None, config_file=None,
+          **overrides) -> dict:
+    """Trains a GPT; returns ``{"step", "train_loss", "val_loss", "best_val_loss",
+    "checkpoint", "losses"}`` (``losses``: the train loss of each step run here).
+
+    Args:
+        config: a :class:`TrainConfig` (default: the defaults).
+        dataset: an object with the ShardDataset interface, used instead of ``config.data``.
+        config_file: a TOML/YAML/JSON file of keys applied before ``overrides``.
+        **overrides: config keys, checked like ``--key=value`` flags.
+
+    Raises:
+        ValueError: bad configuration, or shards that do not fit the tokenizer or model.
+        FileNotFoundError: missing shards or checkpoints.
+        TrainingError: NaN loss (the last good checkpoint is kept), out of memory.
+    """
+    cfg = resolve_config(config_file, overrides, base=config)
+    rank, world, device, owns_pg = _setup(cfg)
+    master = rank == 0
+    out_dir = Path(cfg.out_dir)
+    try:
+        return _train(cfg, dataset, rank, world, device, master, out_dir)
+    finally:
+        if owns_pg:
+            dist.destroy_process_group()
+
+
+def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
+    say = print if master else (lambda *a, **k: None)
+    # -- data and tokenizer
+    ds = _open_dataset(cfg, dataset)
+    tokenizer = None
+    if cfg.tokenizer:
+        tokenizer = _load_tokenizer(cfg.tokenizer)
+        ds.check_tokenizer(tokenizer)
+    elif callable(getattr(ds, "tokenizer", None)):  # the copy a ShardDataset keeps beside it
+        with contextlib.suppress(OSError, ValueError):
+            tokenizer = ds.tokenizer()
+    # -- where we start from
+    # Rank 0 decides (the others may look before its last rename lands); out_dir must be on
+    # a file system all ranks share.
+    ckpts = _gather(_checkpoints(out_dir) if master and out_dir.exists() else None, world)[0]
+    if cfg.resume == "no" and ckpts:
+        raise ValueError(f"{out_dir} already has checkpoints ({ckpts[-1].name}); use resume=auto "
+                         "to continue, or another out_dir")
+    if cfg.resume == "must" and not ckpts:
+        raise FileNotFoundError(f"resume=must but {out_dir} has no checkpoint")
+    if cfg.resume not in ("auto", "must", "no"):
+        raise ValueError(f"resume must be auto, must or no, got {cfg.resume!r}")
+    resume_from = ckpts[-1] if ckpts else None
+    state = json.loads((resume_from / "state.json").read_text()) if resume_from else None
+    if state is not None:
+        if state["world_size"] != world:
+            raise TrainingError(f"{resume_from} was written by {state['world_size']} process(es); "
+                                f"resume with the same number (now {world})")
+        saved = json.loads((resume_from / "config.json").read_text())["train"]
+        changed = [k for k in DATA_ORDER_KEYS if saved.get(k) != getattr(cfg, k)]
+        if changed:
+            say(f"warning: {', '.join(changed)} differ from the checkpoint; the resumed run "
+                "will not see the same batches")
+    # -- model
+    torch.manual_seed(cfg.seed)
+    model = raw_model = _build_model(cfg, ds, resume_from).to(device)
+    mcfg = raw_model.config
+    T = cfg.seq_len or mcfg.block_size
+    B = cfg.batch_size
+    if T > mcfg.block_size:
+        raise ValueError(f"seq_len {T} exceeds the model's block_size {mcfg.block_size}")
+    micro_tokens = B * T * world
+    if cfg.tokens_per_step and cfg.tokens_per_step % micro_tokens:
+        raise ValueError(f"tokens_per_step {cfg.tokens_per_step} is not a multiple of "
+                         f"batch_size*seq_len*world_size = {B}*{T}*{world} = {micro_tokens}")
+    accum = max(1, cfg.tokens_per_step // micro_tokens)
+    tokens_per_step = micro_tokens * accum
+    # -- precision
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else
+                                                   "float32")
+    if dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"dtype must be auto, bfloat16 or float32, got {dtype!r}")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if cfg.tf32 else "highest")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) \
+        if dtype == "bfloat16" else contextlib.nullcontext
+    # -- sharding, optimizer, compile, DDP
+    if cfg.fsdp:
+        if world == 1:
+            raise ValueError("fsdp=true needs torchrun with more than one process")
+        from torch.distributed.fsdp import fully_shard
+
+        # forward returns logits as a slice (pad columns cut off); nothing edits it in place.
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view")
+        for block in raw_model.transformer.h:
+            fully_shard(block)
+        fully_shard(raw_model)
+    optimizer = raw_model.configure_optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                              device_type=device.type)
+    if resume_from is not None:
+        optim_sd = torch.load(resume_from / "optimizer.pt", map_location=device,
+                              weights_only=True)
+        if cfg.fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
+
+            set_optimizer_state_dict(raw_model, optimizer, optim_sd,
+                                     options=StateDictOptions(full_state_dict=True,
+                                                             broadcast_from_rank0=True))
+        else:
+            optimizer.load_state_dict(optim_sd)
+    if cfg.compile:
+        model = torch.compile(model)
+    if world > 1 and not cfg.fsdp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                        else None)
+    # -- data order and RNG: everything a resumed run must continue exactly
+    sampler = ds.sampler(split="train", batch_size=B, seq_len=T, mode=cfg.sampling,
+                         seed=cfg.seed, rank=rank, world_size=world)
+    torch.manual_seed(cfg.seed + rank)  # dropout differs per rank
+    step, tokens_seen, best_val = 0, 0, None
+    if state is not None:
+        step, tokens_seen, best_val = state["step"], state["tokens_seen"], state["best_val_loss"]
+        sampler.load_state_dict(state["samplers"][rank])
+        _set_rng_state(state["rng"][rank], device)
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out_dir, step) if master else None
+    flops_tok = raw_model.flops_per_token(T)
+    peak = cfg.peak_flops or peak_flops(device)
+    say(f"gristmill train: {raw_model.num_params() / 1e6:.2f}M parameters, {world} process(es) on "
+        f"{device.type}, {dtype}, {accum} micro-step(s) of {B}x{T} = {tokens_per_step:,} "
+        f"tokens/step" + (f", resuming from {resume_from.name}" if resume_from else ""))
+    say(json.dumps({**cfg.to_dict(), "model_config": mcfg.to_dict()}, separators=(", ", "=")))
+
+    def checkpoint(val_loss):
+        if cfg.fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_sd = get_model_state_dict(raw_model, options=opts)
+            optim_sd = get_optimizer_state_dict(raw_model, optimizer, options=opts)
+        else:
+            model_sd, optim_sd = raw_model.state_dict(), optimizer.state_dict()
+        samplers = _gather(sampler.state_dict(), world)
+        rngs = _gather(_rng_state(device), world)
+        path = _save(model_sd, optim_sd, samplers, rngs, val_loss) if master else None
+        if world > 1:
+            dist.barrier()  # nobody reads out_dir before the checkpoint is in place
+        return path
+
+    def _save(model_sd, optim_sd, samplers, rngs, val_loss):
+        run_state = {"step": step, "tokens_seen": tokens_seen, "best_val_loss": best_val,
+                     "world_size": world, "samplers": samplers, "rng": rngs,
+                     "schedule": {"kind": cfg.schedule, "lr": lr_at(max(0, step - 1), cfg)}}
+        meta = {"format": "gristmill-checkpoint-1", "step": step, "val_loss": val_loss,
+                "model": mcfg.to_dict(), "train": cfg.to_dict(),
+                "n_vocab": ds.n_vocab, "eot_token": ds.eot_token,
+                "tokenizer_fingerprint": ds.tokenizer_fingerprint}
+        path = save_checkpoint(out_dir, step, raw_model, clean_state_dict(model_sd), optim_sd,
+                               run_state, meta, tokenizer)
+        _update_best(out_dir, path, step, val_loss)
+        _prune(out_dir, cfg.keep_last)
+        return path
+
+    bar = None
+    if master and cfg.progress:
+        with contextlib.suppress(ImportError):
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True)
+    losses, val_loss, last_ckpt = [], None, resume_from
+    model.train()
+    t_last = time.perf_counter()
+    try:
+        while step < cfg.max_steps:
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(accum):
+                last = micro == accum - 1
+                x, y = _to_device(sampler.next_batch(), device)
+                if cfg.fsdp:
+                    raw_model.set_requires_gradient_sync(last)
+                sync = model.no_sync() if world > 1 and not cfg.fsdp and not last \
+                    else contextlib.nullcontext()
+                with sync:
+                    with autocast():
+                        _, loss = model(x, y)
+                    (loss / accum).backward()
+                loss_sum += loss.detach()
+            loss_value = _mean_across(loss_sum / accum, world).item()
+            if not math.isfinite(loss_value):
+                raise TrainingError(
+                    f"loss is {loss_value} at step {step + 1}; stopped before the optimizer "
+                    f"step. Last good checkpoint: {last_ckpt or 'none'}. Try a lower lr "
+                    f"({cfg.lr}), more warmup_steps, or grad_clip")
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+                grad_norm = grad_norm.full_tensor()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+            losses.append(loss_value)
+            now = time.perf_counter()
+            dt, t_last = now - t_last, now
+            tok_s = tokens_per_step / dt
+            mfu = flops_tok * tok_s / (peak * world) if peak else None
+            record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm":
+                      float(grad_norm), "tokens": tokens_seen, "dt_ms": dt * 1e3,
+                      "tokens_per_s": tok_s, "mfu": mfu}
+            if master:
+                log.write(record)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}",
+                                    tok_s=f"{tok_s:,.0f}", **({"mfu": f"{mfu:.1%}"} if mfu
+                                                             else {}))
+                elif step % cfg.log_interval == 0:
+                    say(f"step {step}: loss {loss_value:.4f}, lr {lr:.3e}, grad norm "
+                        f"{float(grad_norm):.3f}, {tok_s:,.0f} tok/s"
+                        + (f", MFU {mfu:.1%}" if mfu else ""))
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                val_loss = evaluate(model, ds, "val", B, T, cfg.eval_batches, device, autocast,
+                                    rank, world)
+                if val_loss is not None:
+                    best_val = val_loss if best_val is None else min(best_val, val_loss)
+                last_ckpt = checkpoint(val_loss) or last_ckpt
+                if master:
+                    if val_loss is not None:
+                        log.write({"step": step, "val_loss": val_loss,
+                                   "val_ppl": math.exp(min(val_loss, 50))})
+                        (bar.write if bar else say)(f"step {step}: val loss {val_loss:.4f}, "
+                                                    f"ppl {math.exp(min(val_loss, 50)):.2f}")
+                    if cfg.plot:
+                        log.plot()
+                t_last = time.perf_counter()  # evaluation is not training time
+    except torch.OutOfMemoryError as e:
+        raise TrainingError(
+            f"out of memory at step {step + 1} with micro-batches of {B}x{T} tokens: lower "
+            f"batch_size (tokens_per_step={cfg.tokens_per_step or tokens_per_step} keeps the "
+            "step size through gradient accumulation) or seq_len, or try compile=true / "
+            "fsdp=true") from e
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+    return {"step": step, "train_loss": losses[-1] if losses else None, "val_loss": val_loss,
+            "best_val_loss": best_val, "checkpoint": str(last_ckpt) if last_ckpt else None,
+            "losses": losses}
+
+
+if __name__ == "__main__":
+    from gristmill.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

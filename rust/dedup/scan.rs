@@ -1,0 +1,325 @@
+//! Pass 1: hash every document and build the on-disk indexes, within a memory limit.
+//!
+//! Batches of documents are hashed in parallel (normalising, shingling and MinHash are the
+//! expensive part); their entries are then appended in document order. The buffers are
+//! written out as one chunk of sorted runs (see [`store`]) whenever they reach the memory limit
+//! or `checkpoint_docs` documents, and at the end. Each checkpoint rewrites `scan.json`, which
+//! is how a killed scan knows where to resume.
+
+use super::exact::{doc_hash, ExactEntry};
+use super::lines::{doc_rank, line_hashes, LineEntry};
+use super::lsh::{band_keys, BandEntry};
+use super::minhash::MinHasher;
+use super::spans::{span_hashes, SpanEntry};
+use super::spill::{write_run, Record};
+use super::store::{chunk_file, read_json, write_ids, write_json, write_sigs, Chunk};
+use super::{io_err, DedupConfig, DedupError, Key128, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const SCAN_MANIFEST: &str = "scan.json";
+const VERSION: u32 = 1;
+
+/// `scan.json`: the configuration and the chunks written so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanManifest {
+    pub version: u32,
+    pub config: DedupConfig,
+    pub chunks: Vec<Chunk>,
+    pub finished: bool,
+    /// Checkpoints forced by the memory limit (the others came from `checkpoint_docs` or the end).
+    pub memory_spills: u64,
+}
+
+impl ScanManifest {
+    pub fn docs(&self) -> u64 {
+        self.chunks.last().map_or(0, |c| c.end)
+    }
+
+    /// Loads `scan.json` from `dir`, checking it was made with `config` when one is given.
+    pub fn load(dir: &Path, config: Option<&DedupConfig>) -> Result<Option<ScanManifest>> {
+        let path = dir.join(SCAN_MANIFEST);
+        let Some(m) = read_json::<ScanManifest>(&path)? else {
+            return Ok(None);
+        };
+        if m.version != VERSION {
+            return Err(DedupError::Corrupt {
+                path,
+                offset: 0,
+                expected: format!("manifest version {VERSION}"),
+                found: format!("version {}", m.version),
+            });
+        }
+        if let Some(c) = config {
+            if &m.config != c {
+                let show = |c: &DedupConfig| serde_json::to_string(c).unwrap_or_default();
+                return Err(DedupError::ConfigMismatch {
+                    path,
+                    stored: show(&m.config),
+                    current: show(c),
+                });
+            }
+        }
+        Ok(Some(m))
+    }
+}
+
+/// Everything pass 1 keeps of one document.
+struct DocHashes {
+    exact: Key128,
+    sig: Option<Vec<u64>>,
+    bands: Vec<Key128>,
+    lines: Vec<Key128>,
+    spans: Vec<(Key128, u32)>,
+}
+
+/// Builds the indexes of a corpus, batch by batch; resumable (see the module docs).
+pub struct Scanner {
+    dir: PathBuf,
+    config: DedupConfig,
+    hasher: Option<MinHasher>,
+    memory_limit: usize,
+    checkpoint_docs: u64,
+    manifest: ScanManifest,
+    next_doc: u64,
+    exact: Vec<ExactEntry>,
+    bands: Vec<BandEntry>,
+    lines: Vec<LineEntry>,
+    spans: Vec<SpanEntry>,
+    id_offsets: Vec<u64>,
+    id_blob: Vec<u8>,
+    sigs: Vec<u64>,
+}
+
+impl Scanner {
+    /// Opens (or resumes) a scan in `dir`. `memory_limit` bounds the bytes of buffered entries;
+    /// `checkpoint_docs` forces a checkpoint after that many documents even below the limit.
+    pub fn open(
+        dir: &Path,
+        config: DedupConfig,
+        memory_limit: usize,
+        checkpoint_docs: u64,
+    ) -> Result<Scanner> {
+        config.validate()?;
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let manifest = match ScanManifest::load(dir, Some(&config))? {
+            Some(m) => m,
+            None => {
+                let m = ScanManifest {
+                    version: VERSION,
+                    config: config.clone(),
+                    chunks: Vec::new(),
+                    finished: false,
+                    memory_spills: 0,
+                };
+                write_json(&dir.join(SCAN_MANIFEST), &m)?;
+                m
+            }
+        };
+        let hasher = if config.minhash {
+            Some(MinHasher::from_config(&config)?)
+        } else {
+            None
+        };
+        Ok(Scanner {
+            dir: dir.to_path_buf(),
+            next_doc: manifest.docs(),
+            config,
+            hasher,
+            memory_limit: memory_limit.max(1),
+            checkpoint_docs: checkpoint_docs.max(1),
+            manifest,
+            exact: Vec::new(),
+            bands: Vec::new(),
+            lines: Vec::new(),
+            spans: Vec::new(),
+            id_offsets: vec![0],
+            id_blob: Vec::new(),
+            sigs: Vec::new(),
+        })
+    }
+
+    /// Documents already written at a checkpoint: a resumed run starts after them.
+    pub fn docs_done(&self) -> u64 {
+        self.manifest.docs()
+    }
+
+    /// Documents added so far, checkpointed or not.
+    pub fn docs_added(&self) -> u64 {
+        self.next_doc
+    }
+
+    pub fn finished(&self) -> bool {
+        self.manifest.finished
+    }
+
+    pub fn manifest(&self) -> &ScanManifest {
+        &self.manifest
+    }
+
+    /// Bytes held by the buffers.
+    pub fn mem_bytes(&self) -> usize {
+        fn cap<T>(v: &Vec<T>) -> usize {
+            v.capacity() * std::mem::size_of::<T>()
+        }
+        cap(&self.exact)
+            + cap(&self.bands)
+            + cap(&self.lines)
+            + cap(&self.spans)
+            + cap(&self.id_offsets)
+            + cap(&self.id_blob)
+            + cap(&self.sigs)
+    }
+
+    fn hash_doc(&self, text: &str) -> DocHashes {
+        let c = &self.config;
+        let exact = if c.exact {
+            doc_hash(text, c.exact_hash_bits).into()
+        } else {
+            Key128::default()
+        };
+        let sig = self.hasher.as_ref().and_then(|h| h.signature(text));
+        let bands = sig
+            .as_deref()
+            .map(|s| band_keys(s, c.bands, c.rows))
+            .unwrap_or_default();
+        let lines = if c.lines {
+            line_hashes(text)
+        } else {
+            Vec::new()
+        };
+        let spans = if c.spans {
+            span_hashes(text, c.span_sentences, c.fold_numbers)
+        } else {
+            Vec::new()
+        };
+        DocHashes {
+            exact,
+            sig,
+            bands,
+            lines,
+            spans,
+        }
+    }
+
+    /// Adds documents `start..start + texts.len()`; `start` must be [`Scanner::docs_added`].
+    pub fn add_batch(&mut self, start: u64, ids: &[String], texts: &[String]) -> Result<()> {
+        if self.manifest.finished {
+            return Err(DedupError::State("the scan is already finished".into()));
+        }
+        if start != self.next_doc {
+            return Err(DedupError::State(format!(
+                "batch starts at document {start}, expected {}",
+                self.next_doc
+            )));
+        }
+        if ids.len() != texts.len() {
+            return Err(DedupError::State(format!(
+                "{} ids for {} texts",
+                ids.len(),
+                texts.len()
+            )));
+        }
+        let hashes: Vec<DocHashes> =
+            crate::parallel::install(|| texts.par_iter().map(|t| self.hash_doc(t)).collect());
+        let with_sigs = self.config.threshold.is_some();
+        let num_perm = self.config.num_perm();
+        for (id, h) in ids.iter().zip(hashes) {
+            let doc = self.next_doc;
+            if self.config.exact {
+                self.exact.push(ExactEntry { hash: h.exact, doc });
+            }
+            self.bands
+                .extend(h.bands.iter().map(|&key| BandEntry { key, doc }));
+            if !h.lines.is_empty() {
+                let rank = doc_rank(id);
+                self.lines
+                    .extend(h.lines.iter().map(|&hash| LineEntry { hash, rank, doc }));
+            }
+            self.spans.extend(
+                h.spans
+                    .iter()
+                    .map(|&(hash, sent)| SpanEntry { hash, doc, sent }),
+            );
+            if with_sigs && self.config.minhash {
+                match &h.sig {
+                    Some(s) => self.sigs.extend_from_slice(s),
+                    None => self.sigs.extend(std::iter::repeat_n(u64::MAX, num_perm)),
+                }
+            }
+            self.id_blob.extend_from_slice(id.as_bytes());
+            self.id_offsets.push(self.id_blob.len() as u64);
+            self.next_doc += 1;
+            let by_memory = self.mem_bytes() >= self.memory_limit;
+            if by_memory || self.next_doc - self.manifest.docs() >= self.checkpoint_docs {
+                self.checkpoint(by_memory)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered documents as one chunk and records it in `scan.json`.
+    fn checkpoint(&mut self, by_memory: bool) -> Result<()> {
+        let start = self.manifest.docs();
+        if self.next_doc == start {
+            return Ok(());
+        }
+        let c = self.manifest.chunks.len();
+        let dir = self.dir.clone();
+        let cfg = &self.config;
+        fn run<R: Record>(dir: &Path, kind: &str, c: usize, v: &mut Vec<R>) -> Result<()> {
+            write_run(&chunk_file(dir, kind, c, "run"), v)?;
+            *v = Vec::new();
+            Ok(())
+        }
+        if cfg.exact {
+            run(&dir, "exact", c, &mut self.exact)?;
+        }
+        if cfg.minhash {
+            run(&dir, "bands", c, &mut self.bands)?;
+            if cfg.threshold.is_some() {
+                write_sigs(&chunk_file(&dir, "sigs", c, "bin"), &self.sigs)?;
+                self.sigs = Vec::new();
+            }
+        }
+        if cfg.lines {
+            run(&dir, "lines", c, &mut self.lines)?;
+        }
+        if cfg.spans {
+            run(&dir, "spans", c, &mut self.spans)?;
+        }
+        write_ids(
+            &chunk_file(&dir, "ids", c, "bin"),
+            &self.id_offsets,
+            &self.id_blob,
+        )?;
+        self.id_offsets = vec![0];
+        self.id_blob = Vec::new();
+        self.manifest.chunks.push(Chunk {
+            start,
+            end: self.next_doc,
+        });
+        if by_memory {
+            self.manifest.memory_spills += 1;
+        }
+        write_json(&self.dir.join(SCAN_MANIFEST), &self.manifest)
+    }
+
+    /// Writes what is buffered and marks the scan finished.
+    pub fn finish(&mut self) -> Result<&ScanManifest> {
+        if !self.manifest.finished {
+            self.checkpoint(false)?;
+            self.manifest.finished = true;
+            write_json(&self.dir.join(SCAN_MANIFEST), &self.manifest)?;
+        }
+        Ok(&self.manifest)
+    }
+}
+
+/// The run files of `kind` for every chunk of a manifest.
+pub fn runs_of(dir: &Path, manifest: &ScanManifest, kind: &str) -> Vec<PathBuf> {
+    (0..manifest.chunks.len())
+        .map(|c| chunk_file(dir, kind, c, "run"))
+        .collect()
+}

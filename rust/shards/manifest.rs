@@ -1,0 +1,303 @@
+//! `manifest.json`: what a dataset holds and how it was made. The trainer opens this file.
+//!
+//! ```json
+//! {
+//!   "format": "gristmill-shards", "format_version": 1,
+//!   "tokenizer": {"name": "gpt2", "fingerprint": "9b5a…", "n_vocab": 50257, "eot_token": 50256,
+//!                 "path": "tokenizer"},
+//!   "eot": "append", "dtype": "uint16", "shard_size": 100000000,
+//!   "split": {"val_fraction": 0.0005}, "text_field": "text",
+//!   "header": {"magic": 20240520, "version": 1, "bytes": 1024},
+//!   "documents": 4173,
+//!   "splits": {"train": {"tokens": …, "documents": …, "shards": [
+//!       {"file": "train_000000.bin", "index": "train_000000.idx", "tokens": …, "documents": …,
+//!        "checksum": "xxh3-64:…", "index_checksum": "xxh3-64:…"}]},
+//!              "val": {…}}
+//! }
+//! ```
+//!
+//! `checksum` covers a shard's tokens (bytes 1024..end; the header is checked field by field),
+//! `index_checksum` the whole index file. File names are relative to the manifest.
+
+use super::format::{self, Dtype};
+use super::ShardError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const FORMAT: &str = "gristmill-shards";
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_NAME: &str = "manifest.json";
+pub const SPLITS: [&str; 2] = ["train", "val"];
+
+/// The tokenizer that made the tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerInfo {
+    pub name: String,
+    /// `gristmill.Tokenizer.fingerprint`: equal fingerprints encode identically.
+    pub fingerprint: String,
+    pub n_vocab: u64,
+    pub eot_token: u32,
+    /// A copy of the tokenizer saved beside the shards (relative directory), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// Where each document's end-of-text token goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EotMode {
+    /// After the document (as GPT-2 saw `<|endoftext|>`).
+    Append,
+    /// Before the document, as llm.c's fineweb.py writes it.
+    Prepend,
+}
+
+/// Which input documents go to the validation split; decided by a document's position in the
+/// input alone, so a rerun makes the same choice.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitRule {
+    /// A fraction of documents spread evenly through the input: position `i` is a validation
+    /// document when `floor((i + 1) f) > floor(i f)`, so every prefix holds its share.
+    ValFraction(f64),
+    /// The first `n` documents.
+    ValDocs(u64),
+}
+
+impl SplitRule {
+    pub fn is_val(&self, position: u64) -> bool {
+        match *self {
+            SplitRule::ValFraction(f) => {
+                f > 0.0 && ((position + 1) as f64 * f).floor() > (position as f64 * f).floor()
+            }
+            SplitRule::ValDocs(n) => position < n,
+        }
+    }
+
+    pub fn check(&self) -> Result<(), ShardError> {
+        match *self {
+            SplitRule::ValFraction(f) if !(0.0..1.0).contains(&f) => Err(ShardError::Settings(
+                format!("val_fraction must be in [0, 1), not {f}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Everything that decides the bytes of the output; a resumed run must use the same.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub tokenizer: TokenizerInfo,
+    pub eot: EotMode,
+    pub dtype: Dtype,
+    pub shard_size: u64,
+    pub split: SplitRule,
+    pub text_field: String,
+}
+
+impl Settings {
+    pub fn check(&self) -> Result<(), ShardError> {
+        self.split.check()?;
+        if self.shard_size == 0 || self.shard_size > format::MAX_SHARD_TOKENS {
+            return Err(ShardError::Settings(format!(
+                "shard_size must be between 1 and {} tokens (the header's count is an int32), not {}",
+                format::MAX_SHARD_TOKENS,
+                self.shard_size
+            )));
+        }
+        if Dtype::for_vocab(self.tokenizer.n_vocab as usize) != self.dtype {
+            return Err(ShardError::Settings(format!(
+                "dtype {} does not fit a vocabulary of {} ids",
+                self.dtype.name(),
+                self.tokenizer.n_vocab
+            )));
+        }
+        if self.tokenizer.eot_token as u64 >= self.tokenizer.n_vocab {
+            return Err(ShardError::Settings(format!(
+                "end-of-text id {} is outside the vocabulary of {} ids",
+                self.tokenizer.eot_token, self.tokenizer.n_vocab
+            )));
+        }
+        Ok(())
+    }
+
+    /// The first setting in which `self` and `other` differ, if any (the tokenizer's display
+    /// name does not count).
+    pub fn difference(&self, other: &Settings) -> Option<String> {
+        let (a, b) = (&self.tokenizer, &other.tokenizer);
+        let diffs = [
+            ("tokenizer fingerprint", a.fingerprint != b.fingerprint),
+            ("eot", self.eot != other.eot),
+            ("dtype", self.dtype != other.dtype),
+            ("shard_size", self.shard_size != other.shard_size),
+            ("split", self.split != other.split),
+            ("text_field", self.text_field != other.text_field),
+        ];
+        diffs
+            .iter()
+            .find(|(_, d)| *d)
+            .map(|(name, _)| name.to_string())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeaderInfo {
+    pub magic: i32,
+    pub version: i32,
+    pub bytes: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    pub file: String,
+    pub index: String,
+    pub tokens: u64,
+    pub documents: u64,
+    pub checksum: String,
+    pub index_checksum: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SplitEntry {
+    pub tokens: u64,
+    pub documents: u64,
+    pub shards: Vec<ShardEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    #[serde(flatten)]
+    pub settings: Settings,
+    pub header: HeaderInfo,
+    /// Input documents read (both splits).
+    pub documents: u64,
+    pub splits: BTreeMap<String, SplitEntry>,
+}
+
+impl Manifest {
+    pub fn new(settings: Settings, documents: u64, splits: BTreeMap<String, SplitEntry>) -> Self {
+        Manifest {
+            format: FORMAT.to_string(),
+            format_version: FORMAT_VERSION,
+            header: HeaderInfo {
+                magic: format::MAGIC,
+                version: settings.dtype.version(),
+                bytes: format::HEADER_BYTES,
+            },
+            settings,
+            documents,
+            splits,
+        }
+    }
+
+    pub fn read(path: &Path) -> Result<Manifest, ShardError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ShardError::io(path, e))?;
+        Manifest::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ShardError> {
+        let m: Manifest = serde_json::from_str(text).map_err(|e| {
+            ShardError::manifest(
+                path,
+                format!("line {}, column {}: {e}", e.line(), e.column()),
+            )
+        })?;
+        if m.format != FORMAT || m.format_version != FORMAT_VERSION {
+            return Err(ShardError::manifest(
+                path,
+                format!(
+                    "format is {:?} version {}, expected {FORMAT:?} version {FORMAT_VERSION}",
+                    m.format, m.format_version
+                ),
+            ));
+        }
+        for (name, split) in &m.splits {
+            let tokens: u64 = split.shards.iter().map(|s| s.tokens).sum();
+            let docs: u64 = split.shards.iter().map(|s| s.documents).sum();
+            if tokens != split.tokens || docs != split.documents {
+                return Err(ShardError::manifest(
+                    path,
+                    format!(
+                        "split {name:?} lists {} tokens and {} documents, its shards add up to \
+                         {tokens} and {docs}",
+                        split.tokens, split.documents
+                    ),
+                ));
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a manifest serialises") + "\n"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn settings() -> Settings {
+        Settings {
+            tokenizer: TokenizerInfo {
+                name: "t".into(),
+                fingerprint: "f".into(),
+                n_vocab: 300,
+                eot_token: 299,
+                path: None,
+            },
+            eot: EotMode::Append,
+            dtype: Dtype::U16,
+            shard_size: 10,
+            split: SplitRule::ValFraction(0.25),
+            text_field: "text".into(),
+        }
+    }
+
+    #[test]
+    fn fraction_rule_spreads_evenly() {
+        let r = SplitRule::ValFraction(0.25);
+        let val: Vec<u64> = (0..12).filter(|&i| r.is_val(i)).collect();
+        assert_eq!(val, vec![3, 7, 11]);
+        assert!(!(0..100).any(|i| SplitRule::ValFraction(0.0).is_val(i)));
+        let first = SplitRule::ValDocs(2);
+        assert!(first.is_val(1) && !first.is_val(2));
+        assert!(SplitRule::ValFraction(1.0).check().is_err());
+    }
+
+    #[test]
+    fn manifest_json_round_trip() {
+        let mut splits = BTreeMap::new();
+        splits.insert(
+            "train".to_string(),
+            SplitEntry {
+                tokens: 7,
+                documents: 2,
+                shards: vec![ShardEntry {
+                    file: "train_000000.bin".into(),
+                    index: "train_000000.idx".into(),
+                    tokens: 7,
+                    documents: 2,
+                    checksum: "xxh3-64:00".into(),
+                    index_checksum: "xxh3-64:01".into(),
+                }],
+            },
+        );
+        let m = Manifest::new(settings(), 3, splits);
+        let text = m.to_json();
+        assert!(text.contains("\"val_fraction\": 0.25"), "{text}");
+        assert!(text.contains("\"dtype\": \"uint16\""), "{text}");
+        assert_eq!(Manifest::parse(&text, Path::new("m.json")).unwrap(), m);
+        let mut broken = m.clone();
+        broken.splits.get_mut("train").unwrap().tokens = 8;
+        let e = Manifest::parse(&broken.to_json(), Path::new("m.json")).unwrap_err();
+        assert!(e.to_string().contains("add up to 7"), "{e}");
+        let e = Manifest::parse("{", Path::new("m.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("m.json: line 1"), "{e}");
+    }
+}

@@ -1,0 +1,109 @@
+//! Token shards: the on-disk format (llm.c-compatible), the writer, the memory-mapped reader
+//! and the batch sampler the trainer draws from.
+//!
+//! A dataset is a directory: `manifest.json` (what the trainer opens), then per split numbered
+//! shards `train_000000.bin` with a document index `train_000000.idx` beside each.
+
+pub mod format;
+pub mod manifest;
+pub mod reader;
+pub mod sampler;
+pub mod writer;
+
+pub use format::Dtype;
+pub use manifest::{EotMode, Manifest, Settings, SplitRule};
+pub use reader::{Dataset, Shard, Split};
+pub use sampler::{Sampler, SamplerConfig, SamplerState};
+pub use writer::DatasetWriter;
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong with shards, naming the file, the byte offset, what was
+/// expected and what was found.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A field of a header or index that does not hold what it must.
+    #[error("{}: {field} at byte {offset} is {found}, expected {expected}", path.display())]
+    Field {
+        path: PathBuf,
+        field: &'static str,
+        offset: u64,
+        found: String,
+        expected: String,
+    },
+    #[error(
+        "{}: the header says {count} tokens (int32 at byte 8), so the file should be {expected} \
+         bytes, but it is {found} bytes (truncated or overwritten?)",
+        path.display()
+    )]
+    Size {
+        path: PathBuf,
+        count: u64,
+        expected: u64,
+        found: u64,
+    },
+    #[error(
+        "{}: checksum of bytes {start}..{end} is {found}, expected {expected} (from {source_of_expected}): \
+         the file is corrupt",
+        path.display()
+    )]
+    Checksum {
+        path: PathBuf,
+        start: u64,
+        end: u64,
+        found: String,
+        expected: String,
+        source_of_expected: String,
+    },
+    /// A manifest that is unreadable or disagrees with the files it lists.
+    #[error("{}: {message}", path.display())]
+    Manifest { path: PathBuf, message: String },
+    /// Bad arguments (sampler settings, writer settings, a state from another configuration).
+    #[error("{0}")]
+    Settings(String),
+    #[error("{what} {index} is out of range for {len}")]
+    OutOfRange {
+        what: &'static str,
+        index: u64,
+        len: u64,
+    },
+}
+
+impl ShardError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> ShardError {
+        ShardError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn field(
+        path: &Path,
+        field: &'static str,
+        offset: u64,
+        found: impl Display,
+        expected: impl Display,
+    ) -> ShardError {
+        ShardError::Field {
+            path: path.to_path_buf(),
+            field,
+            offset,
+            found: found.to_string(),
+            expected: expected.to_string(),
+        }
+    }
+
+    pub(crate) fn manifest(path: &Path, message: impl Into<String>) -> ShardError {
+        ShardError::Manifest {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}

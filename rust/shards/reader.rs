@@ -1,0 +1,597 @@
+//! Reading a dataset: memory-mapped shards and indexes, validated on open.
+//!
+//! Nothing is read into memory up front: shards and indexes are mapped, and tokens are handed
+//! out as slices of the map (numpy views, through `lib.rs`). Opening checks every header
+//! against its file size and the manifest, as llm.c's C loader does; the checksums, which
+//! need every byte, are checked by [`Dataset::verify`].
+
+use super::format::{self, Dtype, Header, IndexHeader, HEADER_BYTES};
+use super::manifest::{Manifest, MANIFEST_NAME};
+use super::ShardError;
+use memmap2::Mmap;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// A token type a shard can hold.
+pub trait Token: bytemuck::Pod + Send + Sync {
+    const DTYPE: Dtype;
+}
+impl Token for u16 {
+    const DTYPE: Dtype = Dtype::U16;
+}
+impl Token for u32 {
+    const DTYPE: Dtype = Dtype::U32;
+}
+
+fn map_file(path: &Path) -> Result<(Mmap, u64), ShardError> {
+    let file = File::open(path).map_err(|e| ShardError::io(path, e))?;
+    let len = file.metadata().map_err(|e| ShardError::io(path, e))?.len();
+    if len == 0 {
+        // A zero-length file cannot be mapped; report it as the short file it is.
+        return Err(ShardError::field(
+            path,
+            "file length",
+            0,
+            0,
+            "a header (the file is empty)",
+        ));
+    }
+    // SAFETY: the map is read-only. Files are only ever replaced by rename, never rewritten in
+    // place, so a mapped file's bytes do not change under us.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| ShardError::io(path, e))?;
+    Ok((map, len))
+}
+
+/// One memory-mapped token shard.
+pub struct Shard {
+    path: PathBuf,
+    map: Mmap,
+    header: Header,
+}
+
+impl Shard {
+    /// Maps and validates a shard. `strict` also requires the reserved header ints to be zero.
+    pub fn open(path: &Path, strict: bool) -> Result<Shard, ShardError> {
+        if cfg!(target_endian = "big") {
+            return Err(ShardError::Settings(
+                "shards are little-endian; this machine is big-endian".into(),
+            ));
+        }
+        let (map, len) = map_file(path)?;
+        let header = format::decode_header(path, &map, len, strict)?;
+        Ok(Shard {
+            path: path.to_path_buf(),
+            map,
+            header,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        self.header.dtype
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> u64 {
+        self.header.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.header.count == 0
+    }
+
+    /// The token bytes (after the header).
+    pub fn payload(&self) -> &[u8] {
+        &self.map[HEADER_BYTES..]
+    }
+
+    /// The tokens, if they are of type `T`.
+    pub fn tokens<T: Token>(&self) -> Result<&[T], ShardError> {
+        if T::DTYPE != self.dtype() {
+            return Err(ShardError::Settings(format!(
+                "{}: holds {} tokens, not {}",
+                self.path.display(),
+                self.dtype().name(),
+                T::DTYPE.name()
+            )));
+        }
+        // The map starts on a page boundary and the header is 1024 bytes, so this is aligned.
+        bytemuck::try_cast_slice(self.payload()).map_err(|e| {
+            ShardError::Settings(format!("{}: cannot view tokens: {e}", self.path.display()))
+        })
+    }
+
+    /// xxh3-64 of the tokens.
+    pub fn checksum(&self) -> u64 {
+        xxh3_64(self.payload())
+    }
+}
+
+/// One memory-mapped document index.
+pub struct ShardIndex {
+    path: PathBuf,
+    map: Mmap,
+    header: IndexHeader,
+}
+
+impl ShardIndex {
+    pub fn open(path: &Path) -> Result<ShardIndex, ShardError> {
+        let (map, _) = map_file(path)?;
+        let header = format::decode_index(path, &map)?;
+        Ok(ShardIndex {
+            path: path.to_path_buf(),
+            map,
+            header,
+        })
+    }
+
+    pub fn header(&self) -> &IndexHeader {
+        &self.header
+    }
+
+    fn array(&self, which: usize, len: usize) -> &[u64] {
+        let start = self.header.array_offsets()[which];
+        bytemuck::cast_slice(&self.map[start..start + 8 * len])
+    }
+
+    /// Token offsets (in the shard) where its documents start.
+    pub fn starts(&self) -> &[u64] {
+        self.array(0, self.header.n_docs as usize)
+    }
+
+    /// Positions of its documents in the tokenizer's input.
+    pub fn positions(&self) -> &[u64] {
+        self.array(1, self.header.n_docs as usize)
+    }
+
+    /// The source id of its `j`-th document.
+    pub fn id(&self, j: usize) -> Result<&str, ShardError> {
+        let offsets = self.array(2, self.header.n_docs as usize + 1);
+        let base = self.header.array_offsets()[3];
+        let (a, b) = (offsets[j] as usize, offsets[j + 1] as usize);
+        std::str::from_utf8(&self.map[base + a..base + b]).map_err(|_| {
+            ShardError::field(
+                &self.path,
+                "source id",
+                (base + a) as u64,
+                "invalid UTF-8",
+                "UTF-8 text",
+            )
+        })
+    }
+}
+
+/// The shards of one split, read as one stream of tokens and one list of documents.
+pub struct Split {
+    name: String,
+    dtype: Dtype,
+    shards: Vec<Shard>,
+    /// One per shard, or none for bare llm.c shards.
+    indexes: Vec<ShardIndex>,
+    /// `token_base[i]`: tokens in shards before `i` (one more entry than shards).
+    token_base: Vec<u64>,
+    doc_base: Vec<u64>,
+}
+
+impl Split {
+    /// The split `name` of the dataset described by `manifest` (at `manifest_path`).
+    fn open(manifest_path: &Path, manifest: &Manifest, name: &str) -> Result<Split, ShardError> {
+        let dir = manifest_path.parent().unwrap_or(Path::new("."));
+        let entry = &manifest.splits[name];
+        let dtype = manifest.settings.dtype;
+        let mut shards = Vec::with_capacity(entry.shards.len());
+        let mut indexes = Vec::with_capacity(entry.shards.len());
+        let mut docs = 0u64;
+        for s in &entry.shards {
+            let shard = Shard::open(&dir.join(&s.file), true)?;
+            let idx = ShardIndex::open(&dir.join(&s.index))?;
+            let mismatch = |what: &str, listed: u64, found: u64, file: &Path| {
+                ShardError::manifest(
+                    manifest_path,
+                    format!(
+                        "{} lists {listed} {what} for {}, the file holds {found}",
+                        MANIFEST_NAME,
+                        file.display()
+                    ),
+                )
+            };
+            if shard.dtype() != dtype {
+                return Err(ShardError::field(
+                    shard.path(),
+                    "version",
+                    4,
+                    shard.dtype().version(),
+                    format!("{} ({} per the manifest)", dtype.version(), dtype.name()),
+                ));
+            }
+            if shard.len() != s.tokens {
+                return Err(mismatch("tokens", s.tokens, shard.len(), shard.path()));
+            }
+            let h = *idx.header();
+            if h.n_tokens != shard.len() {
+                return Err(ShardError::field(
+                    &idx.path,
+                    "token count",
+                    16,
+                    h.n_tokens,
+                    format!("{} (the count of {})", shard.len(), shard.path().display()),
+                ));
+            }
+            if h.n_docs != s.documents {
+                return Err(mismatch("documents", s.documents, h.n_docs, &idx.path));
+            }
+            if h.first_doc != docs {
+                return Err(ShardError::field(
+                    &idx.path,
+                    "documents before this shard",
+                    24,
+                    h.first_doc,
+                    docs,
+                ));
+            }
+            if format::checksum_text(h.checksum) != s.checksum {
+                return Err(ShardError::Checksum {
+                    path: idx.path.clone(),
+                    start: 32,
+                    end: 40,
+                    found: format::checksum_text(h.checksum),
+                    expected: s.checksum.clone(),
+                    source_of_expected: MANIFEST_NAME.into(),
+                });
+            }
+            if docs == 0 && !shard.is_empty() && idx.starts().first() != Some(&0) {
+                return Err(ShardError::field(
+                    &idx.path,
+                    "first document start",
+                    64,
+                    idx.starts()
+                        .first()
+                        .map_or("none".into(), |v| v.to_string()),
+                    "0: the first shard of a split starts with a document",
+                ));
+            }
+            docs += h.n_docs;
+            shards.push(shard);
+            indexes.push(idx);
+        }
+        Ok(Split::new(name, dtype, shards, indexes))
+    }
+
+    /// A split of bare shards (llm.c's, or any without an index): tokens and windows work,
+    /// documents do not.
+    pub fn from_files(name: &str, paths: &[PathBuf]) -> Result<Split, ShardError> {
+        let shards = paths
+            .iter()
+            .map(|p| Shard::open(p, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dtype = shards.first().map_or(Dtype::U16, |s| s.dtype());
+        if let Some(other) = shards.iter().find(|s| s.dtype() != dtype) {
+            return Err(ShardError::field(
+                other.path(),
+                "version",
+                4,
+                other.dtype().version(),
+                format!("{} like {}", dtype.version(), paths[0].display()),
+            ));
+        }
+        Ok(Split::new(name, dtype, shards, Vec::new()))
+    }
+
+    fn new(name: &str, dtype: Dtype, shards: Vec<Shard>, indexes: Vec<ShardIndex>) -> Split {
+        let mut token_base = vec![0];
+        for s in &shards {
+            token_base.push(token_base.last().unwrap() + s.len());
+        }
+        let mut doc_base = vec![0];
+        for i in &indexes {
+            doc_base.push(doc_base.last().unwrap() + i.header().n_docs);
+        }
+        Split {
+            name: name.to_string(),
+            dtype,
+            shards,
+            indexes,
+            token_base,
+            doc_base,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    pub fn num_tokens(&self) -> u64 {
+        *self.token_base.last().unwrap()
+    }
+
+    pub fn has_documents(&self) -> bool {
+        self.indexes.len() == self.shards.len()
+    }
+
+    pub fn num_docs(&self) -> u64 {
+        *self.doc_base.last().unwrap()
+    }
+
+    /// Tokens before shard `i`.
+    pub fn shard_base(&self, i: usize) -> u64 {
+        self.token_base[i]
+    }
+
+    /// The shard holding token `t < num_tokens()` of the split, and `t`'s offset in it.
+    pub fn locate(&self, t: u64) -> (usize, u64) {
+        debug_assert!(t < self.num_tokens());
+        // The last shard starting at or before `t` (empty shards are passed over).
+        let s = self.token_base.partition_point(|&b| b <= t) - 1;
+        (s, t - self.token_base[s])
+    }
+
+    fn check_range(&self, start: u64, stop: u64) -> Result<(), ShardError> {
+        if start > stop || stop > self.num_tokens() {
+            return Err(ShardError::OutOfRange {
+                what: "token range end",
+                index: if start > stop { start } else { stop },
+                len: self.num_tokens(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Tokens `start..stop` as one slice of a map, when they lie in one shard.
+    pub fn slice<T: Token>(&self, start: u64, stop: u64) -> Result<Option<&[T]>, ShardError> {
+        self.check_range(start, stop)?;
+        if start == stop {
+            return Ok(Some(&[]));
+        }
+        let (s, local) = self.locate(start);
+        if stop > self.token_base[s + 1] {
+            return Ok(None);
+        }
+        let tokens = self.shards[s].tokens::<T>()?;
+        Ok(Some(
+            &tokens[local as usize..(local + stop - start) as usize],
+        ))
+    }
+
+    /// Copies tokens `start..start + out.len()`, across shards if need be.
+    pub fn copy_range<T: Token>(&self, start: u64, out: &mut [T]) -> Result<(), ShardError> {
+        self.check_range(start, start + out.len() as u64)?;
+        let mut done = 0usize;
+        while done < out.len() {
+            let (s, local) = self.locate(start + done as u64);
+            let tokens = self.shards[s].tokens::<T>()?;
+            let n = (tokens.len() - local as usize).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&tokens[local as usize..local as usize + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn need_documents(&self) -> Result<(), ShardError> {
+        if self.has_documents() {
+            Ok(())
+        } else {
+            Err(ShardError::Settings(format!(
+                "split {:?} has no document index (bare shards)",
+                self.name
+            )))
+        }
+    }
+
+    fn locate_doc(&self, i: u64) -> Result<(usize, usize), ShardError> {
+        self.need_documents()?;
+        if i >= self.num_docs() {
+            return Err(ShardError::OutOfRange {
+                what: "document",
+                index: i,
+                len: self.num_docs(),
+            });
+        }
+        let s = self.doc_base.partition_point(|&b| b <= i) - 1;
+        Ok((s, (i - self.doc_base[s]) as usize))
+    }
+
+    /// Where document `i`'s record (its tokens and end-of-text) starts in the split.
+    pub fn doc_start(&self, i: u64) -> Result<u64, ShardError> {
+        if i == self.num_docs() {
+            self.need_documents()?;
+            return Ok(self.num_tokens());
+        }
+        let (s, j) = self.locate_doc(i)?;
+        Ok(self.token_base[s] + self.indexes[s].starts()[j])
+    }
+
+    /// The token range `[start, end)` of document `i`'s record.
+    pub fn doc_range(&self, i: u64) -> Result<(u64, u64), ShardError> {
+        Ok((self.doc_start(i)?, self.doc_start(i + 1)?))
+    }
+
+    /// Document `i`'s source id.
+    pub fn doc_id(&self, i: u64) -> Result<&str, ShardError> {
+        let (s, j) = self.locate_doc(i)?;
+        self.indexes[s].id(j)
+    }
+
+    /// Document `i`'s position in the tokenizer's input.
+    pub fn doc_position(&self, i: u64) -> Result<u64, ShardError> {
+        let (s, j) = self.locate_doc(i)?;
+        Ok(self.indexes[s].positions()[j])
+    }
+}
+
+/// A dataset opened from its manifest.
+pub struct Dataset {
+    manifest_path: PathBuf,
+    manifest: Manifest,
+    splits: BTreeMap<String, Arc<Split>>,
+}
+
+impl Dataset {
+    /// Opens `path`, a dataset directory or its `manifest.json`, mapping and validating every
+    /// shard and index it lists.
+    pub fn open(path: &Path) -> Result<Dataset, ShardError> {
+        let manifest_path = if path.is_dir() {
+            path.join(MANIFEST_NAME)
+        } else {
+            path.to_path_buf()
+        };
+        let manifest = Manifest::read(&manifest_path)?;
+        let splits = manifest
+            .splits
+            .keys()
+            .map(|name| {
+                Split::open(&manifest_path, &manifest, name).map(|s| (name.clone(), Arc::new(s)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Dataset {
+            manifest_path,
+            manifest,
+            splits,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn manifest_path(&self) -> &Path {
+        &self.manifest_path
+    }
+
+    /// The split called `name` (`train` or `val`).
+    pub fn split(&self, name: &str) -> Result<&Arc<Split>, ShardError> {
+        self.splits.get(name).ok_or_else(|| {
+            ShardError::Settings(format!(
+                "{}: no split {name:?}; it has {:?}",
+                self.manifest_path.display(),
+                self.splits.keys().collect::<Vec<_>>()
+            ))
+        })
+    }
+
+    /// Checks every shard's and index's checksum against the manifest (reads every byte, on
+    /// all threads).
+    pub fn verify(&self) -> Result<(), ShardError> {
+        let dir = self.manifest_path.parent().unwrap_or(Path::new("."));
+        let mut jobs = Vec::new();
+        for (name, entry) in &self.manifest.splits {
+            let split = &self.splits[name];
+            for (i, s) in entry.shards.iter().enumerate() {
+                jobs.push((&split.shards[i], dir.join(&s.index), s));
+            }
+        }
+        crate::parallel::install(|| {
+            jobs.par_iter().try_for_each(|(shard, idx_path, entry)| {
+                let found = format::checksum_text(shard.checksum());
+                if found != entry.checksum {
+                    return Err(ShardError::Checksum {
+                        path: shard.path().to_path_buf(),
+                        start: HEADER_BYTES as u64,
+                        end: HEADER_BYTES as u64 + shard.payload().len() as u64,
+                        found,
+                        expected: entry.checksum.clone(),
+                        source_of_expected: MANIFEST_NAME.into(),
+                    });
+                }
+                let bytes = std::fs::read(idx_path).map_err(|e| ShardError::io(idx_path, e))?;
+                let found = format::checksum_text(xxh3_64(&bytes));
+                if found != entry.index_checksum {
+                    return Err(ShardError::Checksum {
+                        path: idx_path.clone(),
+                        start: 0,
+                        end: bytes.len() as u64,
+                        found,
+                        expected: entry.index_checksum.clone(),
+                        source_of_expected: MANIFEST_NAME.into(),
+                    });
+                }
+                Ok(())
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::shards::manifest::{EotMode, SplitRule};
+    use crate::shards::writer::tests::{byte_encoder, settings, texts};
+    use crate::shards::writer::DatasetWriter;
+
+    pub(crate) fn build(dir: &Path, n_docs: usize, shard_size: u64, eot: EotMode) -> Vec<String> {
+        let docs = texts(n_docs);
+        let enc = byte_encoder();
+        let mut w =
+            DatasetWriter::open(dir, settings(shard_size, eot, SplitRule::ValDocs(3))).unwrap();
+        let ids: Vec<String> = (0..docs.len()).map(|i| format!("doc{i}")).collect();
+        w.add_texts(&enc, &docs, &ids).unwrap();
+        w.finish().unwrap();
+        docs
+    }
+
+    #[test]
+    fn documents_come_back_across_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = build(dir.path(), 50, 9, EotMode::Prepend);
+        let ds = Dataset::open(dir.path()).unwrap();
+        ds.verify().unwrap();
+        let train = ds.split("train").unwrap();
+        assert_eq!(train.num_docs(), 47);
+        assert!(train.shards().len() > 5);
+        for i in 0..train.num_docs() {
+            let (a, b) = train.doc_range(i).unwrap();
+            let mut out = vec![0u16; (b - a) as usize];
+            train.copy_range(a, &mut out).unwrap();
+            assert_eq!(out[0], 256);
+            let text: Vec<u8> = out[1..].iter().map(|&t| t as u8).collect();
+            assert_eq!(text, docs[i as usize + 3].as_bytes());
+            assert_eq!(train.doc_id(i).unwrap(), format!("doc{}", i + 3));
+            assert_eq!(train.doc_position(i).unwrap(), i + 3);
+        }
+        let val = ds.split("val").unwrap();
+        assert_eq!(val.num_docs(), 3);
+        assert!(ds.split("test").is_err());
+        assert!(train.doc_range(47).is_err());
+        assert!(train.slice::<u16>(0, 10).unwrap().is_none());
+        assert_eq!(train.slice::<u16>(0, 9).unwrap().unwrap().len(), 9);
+        assert!(train.slice::<u32>(0, 9).is_err());
+    }
+
+    #[test]
+    fn damage_is_reported_with_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path(), 20, 16, EotMode::Append);
+        let bin = dir.path().join("train_000001.bin");
+        let mut bytes = std::fs::read(&bin).unwrap();
+        bytes[1030] ^= 1;
+        std::fs::write(&bin, &bytes).unwrap();
+        let ds = Dataset::open(dir.path()).unwrap();
+        let e = ds.verify().unwrap_err().to_string();
+        assert!(
+            e.contains("train_000001.bin: checksum of bytes 1024..1056"),
+            "{e}"
+        );
+
+        std::fs::write(&bin, &bytes[..bytes.len() - 2]).unwrap();
+        let e = Dataset::open(dir.path()).err().unwrap().to_string();
+        assert!(
+            e.contains("train_000001.bin: the header says 16 tokens"),
+            "{e}"
+        );
+        assert!(e.contains("should be 1056 bytes, but it is 1054"), "{e}");
+    }
+}

@@ -1,0 +1,101 @@
+"""The whole flow: `gristmill quickstart --tiny` end to end, and an interrupted `gristmill run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from gristmill.pipeline import quickstart_config, run  # noqa: E402
+
+
+def _tiny_config(out: Path, steps: int = 12) -> dict:
+    cfg = quickstart_config(out, tiny=True)
+    cfg["train"].update(max_steps=steps, eval_interval=steps // 2, eval_batches=2, plot=False, progress=False)
+    cfg["sample"]["max_new_tokens"] = 8
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def quickstart_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("qs")
+    env = {**os.environ, "GRISTMILL_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-m", "gristmill", "quickstart", "--tiny", "--no-progress", "-o", str(out)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert str(out) in proc.stdout
+    return out
+
+
+def test_quickstart_artefacts_are_valid(quickstart_dir):
+    from gristmill import ShardDataset, Tokenizer
+    from gristmill.sample import sample_text
+
+    report = json.loads((quickstart_dir / "report.json").read_text())
+    assert set(report["stages"]) == {"prep", "tokenizer", "tokenize", "train", "sample"}
+    assert (quickstart_dir / "report.md").read_text().startswith("# gristmill pipeline report")
+    prep = report["stages"]["prep"]["summary"]
+    assert prep["docs_final"] <= prep["docs_out"] <= prep["docs_in"] and prep["docs_final"] > 1000
+    tok = Tokenizer.load(quickstart_dir / "tokenizer")
+    assert tok.n_vocab == 512
+    ds = ShardDataset(quickstart_dir / "tokenize")
+    ds.verify()
+    ds.check_tokenizer(tok)
+    assert ds.num_tokens("train") > 100_000 and ds.num_tokens("val") > 0
+    from importlib import resources
+
+    corpus = resources.files("gristmill").joinpath("data", "tinyshakespeare.txt").read_text("utf-8")
+    first = tok.decode(ds.document(0).tolist())
+    assert first and first in corpus
+    assert (quickstart_dir / "train" / "loss.png").stat().st_size > 1000
+    assert (quickstart_dir / "sample" / "samples.txt").read_text().count("=== prompt") == 2
+    text = sample_text(quickstart_dir / "train", ["ROMEO:"], max_new_tokens=5, seed=0)
+    assert isinstance(text[0], str)
+
+
+def test_rerun_skips_up_to_date_stages(quickstart_dir, capsys):
+    cfg = quickstart_config(quickstart_dir, tiny=True)
+    report = run(cfg, progress=False)
+    assert all(stage["skipped"] for stage in report["stages"].values())
+    cfg["sample"]["max_new_tokens"] = 3  # only the last stage changes
+    report = run(cfg, progress=False)
+    assert [s for s, r in report["stages"].items() if not r["skipped"]] == ["sample"]
+
+
+def _artefacts(out: Path) -> dict[str, bytes]:
+    keep = ("docs-", "tokenizer.tiktoken", ".bin", "model.safetensors", "samples.txt")
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and any(k in p.name for k in keep)}
+
+
+@pytest.mark.parametrize("kill_in", ["train"])
+def test_killed_during_a_stage_then_rerun(tmp_path, kill_in):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run(_tiny_config(whole, steps=24), progress=False, log=lambda *_: None)
+    cfg_path = tmp_path / "pipeline.json"
+    cfg_path.write_text(json.dumps(_tiny_config(killed, steps=24)))
+    script = ("import json,sys; from gristmill.pipeline import run; "
+              f"run(json.load(open({str(cfg_path)!r})), progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Kill it once training has written its first checkpoint.
+    deadline = time.time() + 600
+    while time.time() < deadline and not list((killed / "train").glob("ckpt-*")):
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    record = json.loads((killed / kill_in / "stage.json").read_text())
+    assert not record["complete"]
+    run(json.loads(cfg_path.read_text()), progress=False, log=lambda *_: None)
+    a, b = _artefacts(whole), _artefacts(killed)
+    assert a.keys() == b.keys()
+    assert a == b

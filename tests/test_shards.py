@@ -1,0 +1,515 @@
+"""Token shards: round trips, llm.c compatibility, sampler properties, faults and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gristmill import Tokenizer
+from gristmill.cli import main as cli_main
+from gristmill.prep import Document, read_documents
+from gristmill.shards import (
+    FORMAT,
+    ShardDataset,
+    ShardFormatError,
+    open_shard,
+    sliding_window_dataset,
+    torch_batches,
+    write_shards,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+# ---- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpt2() -> Tokenizer:
+    return Tokenizer.from_name("gpt2")
+
+
+@pytest.fixture(scope="module")
+def big_vocab(gpt2) -> Tokenizer:
+    """GPT-2's ranks with special tokens above 65,536: shards must be uint32."""
+    specials = {"<|endoftext|>": 70_000, "<|pad|>": 65_536}
+    return Tokenizer.from_ranks(gpt2.mergeable_ranks(), "gpt2", specials, name="gpt2-big")
+
+
+@pytest.fixture(scope="module")
+def paragraphs(shared_data) -> list[Document]:
+    """Real text: Tiny Shakespeare's blank-line-separated blocks, then the Taylor Swift article."""
+    docs = list(read_documents(shared_data / "tinyshakespeare.txt", txt_mode="paragraphs"))[:1500]
+    docs += list(read_documents(shared_data / "taylorswift.txt", txt_mode="paragraphs"))
+    return docs
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, gpt2, paragraphs) -> ShardDataset:
+    """Several shards (the last short), documents crossing shard ends, a val split."""
+    out = tmp_path_factory.mktemp("ds")
+    write_shards(paragraphs, out, gpt2, shard_size=9_973, val_fraction=0.05)
+    return ShardDataset(out, verify=True)
+
+
+def shard_bounds(ds: ShardDataset, split: str = "train") -> np.ndarray:
+    counts = [s["tokens"] for s in ds.manifest["splits"][split]["shards"]]
+    return np.concatenate([[0], np.cumsum(counts)])
+
+
+def all_files(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+# ---- round trips ----------------------------------------------------------------------------
+
+
+def test_round_trip_uint16_matches_tiktoken(dataset, gpt2, paragraphs, shared_data):
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    enc = tiktoken.Encoding(
+        name="gpt2",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=load_tiktoken_bpe(str(shared_data / "gpt2.tiktoken")),
+        special_tokens={"<|endoftext|>": 50256},
+    )
+    assert dataset.dtype == np.uint16 and dataset.n_vocab == 50257 and dataset.eot_token == 50256
+    dataset.check_tokenizer(gpt2)
+    is_val = [math.floor((i + 1) * 0.05) > math.floor(i * 0.05) for i in range(len(paragraphs))]
+    train = [d for d, v in zip(paragraphs, is_val) if not v]
+    val = [d for d, v in zip(paragraphs, is_val) if v]
+    assert dataset.num_documents("train") == len(train)
+    assert dataset.num_documents("val") == len(val) > 0
+    for split, docs in (("train", train), ("val", val)):
+        expected = []
+        for i, d in enumerate(docs):
+            ids = enc.encode_ordinary(d.text)
+            assert dataset.document(i, split).tolist() == ids
+            assert dataset.document_id(i, split) == d.id
+            expected += ids + [50256]
+        assert dataset.tokens(split).tolist() == expected
+    assert gpt2.decode(dataset.document(-1)) == train[-1].text
+
+
+def test_round_trip_uint32(tmp_path, big_vocab, paragraphs):
+    docs = [d.text for d in paragraphs[:300]]
+    write_shards(docs, tmp_path, big_vocab, shard_size=2_000, eot="prepend", val_docs=20)
+    ds = ShardDataset(tmp_path, verify=True)
+    assert ds.dtype == np.uint32 and ds.eot_token == 70_000
+    header = np.fromfile(tmp_path / "train_000000.bin", dtype="<i4", count=3)
+    assert header.tolist() == [FORMAT["magic"], FORMAT["version_uint32"], 2_000]
+    assert FORMAT["version_uint32"] not in (1, 7)
+    toks = ds.tokens("train")
+    assert toks.dtype == np.uint32 and toks[0] == 70_000  # prepended, as llm.c does
+    for i in range(0, 280, 7):
+        assert big_vocab.decode(ds.document(i)) == docs[20 + i]
+        assert ds.document_id(i) == str(20 + i)
+    assert [big_vocab.decode(ds.document(i, "val")) for i in range(20)] == docs[:20]
+    assert ds.tokenizer().fingerprint == big_vocab.fingerprint
+
+
+def test_inputs_of_every_kind_give_the_same_shards(tmp_path, gpt2, paragraphs):
+    import zstandard
+
+    docs = paragraphs[:200]
+    jsonl = tmp_path / "docs.jsonl.zst"
+    lines = "".join(json.dumps({"id": d.id, "text": d.text}) + "\n" for d in docs)
+    jsonl.write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+
+    class FakeHFDataset:  # the slice of datasets.Dataset that write_shards uses
+        column_names = ("id", "text")
+
+        def iter(self, batch_size):
+            for i in range(0, len(docs), batch_size):
+                part = docs[i : i + batch_size]
+                yield {"id": [d.id for d in part], "text": [d.text for d in part]}
+
+    inputs = {
+        "documents": docs,
+        "dicts": ({"id": d.id, "text": d.text} for d in docs),  # a generator: streamed
+        "path": jsonl,
+        "paths": [jsonl],
+        "hf": FakeHFDataset(),
+    }
+    outputs = {}
+    for name, src in inputs.items():
+        write_shards(src, tmp_path / name, gpt2, shard_size=3_000)
+        outputs[name] = all_files(tmp_path / name)
+    first = outputs.pop("documents")
+    for name, files in outputs.items():
+        assert files == first, name
+
+
+def test_cli_tokenize_writes_the_same_dataset(tmp_path, gpt2, shared_data, capsys):
+    src = tmp_path / "in.jsonl"
+    docs = [d for _, d in zip(range(150), read_documents(shared_data / "bench-en.jsonl.zst"))]
+    src.write_text("".join(json.dumps({"id": d.id, "text": d.text}) + "\n" for d in docs))
+    rc = cli_main(
+        ["tokenize", str(src), "-o", str(tmp_path / "cli"), "--tokenizer", "gpt2",
+         "--shard-size", "50000", "--val-docs", "5", "-q"]
+    )
+    assert rc == 0 and "train" in capsys.readouterr().out
+    write_shards(read_documents(src), tmp_path / "api", gpt2, shard_size=50_000, val_docs=5)
+    assert all_files(tmp_path / "cli") == all_files(tmp_path / "api")
+
+
+# ---- llm.c compatibility --------------------------------------------------------------------
+
+
+def llmc_read_tokens(path: Path) -> np.ndarray:
+    """A reader written from llm.c's documented format (dev/data/data_common.py, llmc/dataloader.h,
+    train_gpt2.py): a header of 256 int32, magic 20240520, version 1, token count; then uint16
+    tokens; the file must be exactly 1024 + 2 * count bytes."""
+    with open(path, "rb") as f:
+        header = np.frombuffer(f.read(256 * 4), dtype=np.int32)
+        assert header[0] == 20240520, "magic number mismatch in the data .bin file"
+        assert header[1] == 1, "unsupported version"
+        ntok = int(header[2])
+        tokens = np.frombuffer(f.read(), dtype=np.uint16)
+    assert len(tokens) == ntok, "number of tokens read does not match header"
+    assert os.path.getsize(path) == 1024 + 2 * ntok
+    return tokens
+
+
+def modded_nanogpt_read_tokens(path: Path):
+    """The same, the way modded-nanogpt's loader reads a shard: torch.from_file for the header,
+    then readinto a uint16 tensor."""
+    import torch
+
+    header = torch.from_file(str(path), False, 256, dtype=torch.int32)
+    assert header[0] == 20240520 and header[1] == 1
+    num_tokens = int(header[2])
+    with open(path, "rb", buffering=0) as f:
+        tokens = torch.empty(num_tokens, dtype=torch.uint16)
+        f.seek(256 * 4)
+        nbytes = f.readinto(tokens.numpy())
+        assert nbytes == 2 * num_tokens
+    return tokens
+
+
+def test_llmc_readers_accept_our_uint16_shards(dataset):
+    shards = dataset.manifest["splits"]["train"]["shards"]
+    ours = np.concatenate([llmc_read_tokens(dataset.path / s["file"]) for s in shards])
+    np.testing.assert_array_equal(ours, dataset.tokens("train"))
+    theirs = modded_nanogpt_read_tokens(dataset.path / shards[0]["file"])
+    np.testing.assert_array_equal(theirs.numpy(), dataset.tokens("train", 0, shards[0]["tokens"]))
+
+
+def test_llmc_readers_refuse_our_uint32_shards(tmp_path, big_vocab):
+    write_shards(["some text"], tmp_path, big_vocab)
+    with pytest.raises(AssertionError, match="unsupported version"):
+        llmc_read_tokens(tmp_path / "train_000000.bin")
+
+
+def test_we_read_shards_written_as_llmc_writes_them(tmp_path):
+    tokens = np.array([50256, 15496, 11, 995, 0, 65535], dtype=np.uint16)
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = [20240520, 1, len(tokens)]
+    path = tmp_path / "fineweb_val_000000.bin"
+    with open(path, "wb") as f:  # as llm.c's write_datafile does
+        f.write(header.tobytes())
+        f.write(tokens.tobytes())
+    view = open_shard(path)
+    np.testing.assert_array_equal(view, tokens)
+    assert not view.flags.writeable and not view.flags.owndata
+
+
+# ---- the sampler ----------------------------------------------------------------------------
+
+sampler_args = {
+    "batch_size": st.integers(1, 6),
+    "seq_len": st.integers(1, 48),
+    "world_size": st.integers(1, 3),
+    "mode": st.sampled_from(["random", "sequential"]),
+    "seed": st.integers(0, 2**32),
+    "stride_frac": st.floats(0.25, 1.5),
+}
+hyp = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def make(ds, rank=0, **kw):
+    stride_frac = kw.pop("stride_frac", 1.0)
+    kw["stride"] = max(1, round(kw["seq_len"] * stride_frac))
+    return ds.sampler("train", rank=rank, **kw)
+
+
+@hyp
+@given(**sampler_args)
+def test_windows_stay_inside_one_shard(dataset, **kw):
+    bounds = shard_bounds(dataset)
+    s = make(dataset, **kw)
+    stride, row = s._kwargs["stride"], kw["seq_len"] + 1
+    for _ in range(8):
+        batch = s.next_batch()
+        assert batch.shape == (kw["batch_size"], row) and batch.dtype == np.uint16
+        for r, start in zip(batch, s.last_starts()):
+            shard = np.searchsorted(bounds, start, side="right") - 1
+            assert start + row <= bounds[shard + 1], "window crosses a shard end"
+            assert (start - bounds[shard]) % stride == 0, "window off the shard's tiling"
+            np.testing.assert_array_equal(r, dataset.tokens("train", start, start + row))
+
+
+@hyp
+@given(**sampler_args)
+def test_ranks_are_disjoint_and_an_epoch_covers_every_window_once(dataset, **kw):
+    kw["seq_len"] = max(kw["seq_len"], 16)  # keeps an epoch short
+    ranks = [make(dataset, rank=r, **kw) for r in range(kw["world_size"])]
+    per_epoch = ranks[0].batches_per_epoch
+    seen: list[int] = []
+    for _ in range(per_epoch):
+        for s in ranks:
+            s.next_batch()
+            seen.extend(s.last_starts().tolist())
+            assert s.epoch == 0
+    assert len(seen) == len(set(seen)), "a window was served twice in one epoch"
+    bounds, stride, row = shard_bounds(dataset), ranks[0]._kwargs["stride"], kw["seq_len"] + 1
+    shard_windows = [(n - row) // stride + 1 if n >= row else 0 for n in np.diff(bounds)]
+    global_batch = kw["batch_size"] * kw["world_size"]
+    if kw["mode"] == "random":
+        assert sum(shard_windows) - len(seen) < global_batch
+    else:  # llm.c: each shard's whole global batches, in order
+        expected = [
+            int(bounds[i]) + k * stride
+            for i, n in enumerate(shard_windows)
+            for k in range(n // global_batch * global_batch)
+        ]
+        assert sorted(seen) == expected
+    ranks[0].next_batch()
+    assert ranks[0].epoch == 1
+
+
+@hyp
+@given(k=st.integers(0, 30), packing=st.booleans(), **sampler_args)
+def test_resume_after_k_batches_equals_the_uninterrupted_stream(dataset, k, packing, **kw):
+    kw["packing"] = packing
+    kw["seq_len"] = max(kw["seq_len"], 8)
+    rank = kw["world_size"] - 1
+    a = make(dataset, rank=rank, **dict(kw))
+    for _ in range(k):
+        a.next_batch()
+    state = json.loads(json.dumps(a.state_dict()))
+    b = make(dataset, rank=rank, **dict(kw))
+    b.load_state_dict(state)
+    for _ in range(6):
+        np.testing.assert_array_equal(a.next_batch(), b.next_batch())
+
+
+def test_packed_rows_hold_whole_documents(dataset):
+    eot = dataset.eot_token
+    docs = {tuple(dataset.document(i).tolist()) for i in range(dataset.num_documents())}
+    for mode in ("sequential", "random"):
+        s = dataset.sampler(batch_size=4, seq_len=128, mode=mode, packing=True, seed=3)
+        for _ in range(40):
+            batch = s.next_batch()
+            for row, n, start in zip(batch, s.last_lengths(), s.last_starts()):
+                assert (row[n:] == eot).all()
+                if n < len(row):
+                    assert row[n - 1] == eot, "a padded row ends with a whole document"
+                parts = np.split(row[:n], np.flatnonzero(row[:n] == eot) + 1)
+                for part in parts[1:-1]:  # every document after the first is whole
+                    assert tuple(part[:-1].tolist()) in docs
+                if mode == "sequential":
+                    np.testing.assert_array_equal(row[:n], dataset.tokens("train", start, start + n))
+
+
+def test_sampler_errors(dataset):
+    with pytest.raises(ValueError, match="rank must be in"):
+        dataset.sampler(batch_size=2, seq_len=8, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="a global batch needs"):
+        dataset.sampler(batch_size=10_000, seq_len=1024)
+    with pytest.raises(ValueError, match="no split"):
+        dataset.sampler("test", batch_size=2, seq_len=8)
+    s = dataset.sampler(batch_size=2, seq_len=8)
+    other = dataset.sampler(batch_size=2, seq_len=8, seed=1)
+    with pytest.raises(ValueError, match="seed 1"):
+        s.load_state_dict(other.state_dict())
+    with pytest.raises(ValueError, match="shape"):
+        s.next_batch(out=np.zeros((2, 8), np.uint16))
+
+
+def test_next_batch_fills_out_in_place(dataset):
+    a = dataset.sampler(batch_size=3, seq_len=16, seed=5)
+    b = dataset.sampler(batch_size=3, seq_len=16, seed=5)
+    out = np.zeros((3, 17), np.uint16)
+    assert a.next_batch(out=out) is out
+    np.testing.assert_array_equal(out, b.next_batch())
+
+
+# ---- torch ----------------------------------------------------------------------------------
+
+
+def test_torch_batches_are_shifted_int64_pairs(dataset):
+    import torch
+
+    ref = dataset.sampler(batch_size=4, seq_len=32, seed=9)
+    it = iter(torch_batches(dataset.sampler(batch_size=4, seq_len=32, seed=9), num_batches=3))
+    for x, y in it:
+        batch = torch.from_numpy(ref.next_batch().astype(np.int64))
+        assert x.dtype == torch.int64 and x.is_contiguous() and y.is_contiguous()
+        assert torch.equal(x, batch[:, :-1]) and torch.equal(y, batch[:, 1:])
+    loader = torch.utils.data.DataLoader(
+        torch_batches(dataset.sampler(batch_size=4, seq_len=32, seed=9), num_batches=4),
+        batch_size=None,
+    )
+    assert len(list(loader)) == 4
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()")
+def test_torch_batches_on_cuda(dataset):  # pragma: no cover - needs a GPU
+    ref = dataset.sampler(batch_size=4, seq_len=32, seed=2)
+    for x, y in torch_batches(dataset.sampler(batch_size=4, seq_len=32, seed=2), device="cuda", num_batches=5):
+        batch = ref.next_batch().astype(np.int64)
+        assert x.is_cuda and (x.cpu().numpy() == batch[:, :-1]).all()
+
+
+def test_sliding_window_dataset_is_the_books(tmp_path, gpt2, paragraphs):
+    import torch
+
+    text = "".join(d.text + "\n" for d in paragraphs[:120])
+    write_shards([text], tmp_path, gpt2)  # one document, one shard
+    ds = ShardDataset(tmp_path)
+    ids = gpt2.encode(text, allowed_special="all") + [gpt2.eot_token]
+    max_length, stride = 16, 5
+    # Ch. 2's GPTDatasetV1, restated: windows every `stride` tokens, targets shifted by one.
+    ref = [(ids[i : i + max_length], ids[i + 1 : i + max_length + 1]) for i in range(0, len(ids) - max_length, stride)]
+    windows = sliding_window_dataset(ds, max_length=max_length, stride=stride)
+    assert len(windows) == len(ref)
+    for i in (0, 1, len(ref) // 2, len(ref) - 1):
+        assert windows[i][0].tolist() == ref[i][0] and windows[i][1].tolist() == ref[i][1]
+    loader = torch.utils.data.DataLoader(windows, batch_size=8, shuffle=False, drop_last=True)
+    s = ds.sampler(batch_size=8, seq_len=max_length, stride=stride, mode="sequential")
+    for x, y in loader:
+        batch = s.next_batch().astype(np.int64)
+        assert (x.numpy() == batch[:, :-1]).all() and (y.numpy() == batch[:, 1:]).all()
+    assert s.epoch == 0
+
+
+# ---- faults ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small(tmp_path, gpt2, paragraphs) -> Path:
+    write_shards(paragraphs[:200], tmp_path, gpt2, shard_size=2_000)
+    return tmp_path
+
+
+def test_truncated_shard(small):
+    path = small / "train_000001.bin"
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(ShardFormatError) as e:
+        ShardDataset(small)
+    msg = str(e.value)
+    assert "train_000001.bin" in msg and "header says 2000 tokens (int32 at byte 8)" in msg
+    assert "should be 5024 bytes, but it is 5021 bytes" in msg
+    with pytest.raises(ShardFormatError, match="header"):
+        (small / "train_000000.bin").write_bytes(b"\x00" * 10)
+        open_shard(small / "train_000000.bin")
+
+
+def test_flipped_byte_fails_the_checksum(small):
+    path = small / "train_000002.bin"
+    data = bytearray(path.read_bytes())
+    data[3000] ^= 0x10
+    path.write_bytes(bytes(data))
+    ds = ShardDataset(small)  # the header is intact: opening succeeds
+    with pytest.raises(ShardFormatError, match=r"train_000002.bin: checksum of bytes 1024..5024 is xxh3-64:\w+, expected"):
+        ds.verify()
+
+
+def test_wrong_magic_and_version(small):
+    path = small / "train_000000.bin"
+    data = bytearray(path.read_bytes())
+    data[0:4] = np.int32(20240801).tobytes()
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardFormatError, match="train_000000.bin: magic at byte 0 is 20240801, expected 20240520"):
+        ShardDataset(small)
+    data[0:4] = np.int32(20240520).tobytes()
+    data[4:8] = np.int32(7).tobytes()
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardFormatError, match=r"version at byte 4 is 7, expected 1 \(uint16\) or 2"):
+        ShardDataset(small)
+
+
+def test_manifest_that_disagrees_with_its_files(small):
+    m = json.loads((small / "manifest.json").read_text())
+    m["splits"]["train"]["shards"][0]["tokens"] += 1
+    m["splits"]["train"]["tokens"] += 1
+    (small / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ShardFormatError, match="lists 2001 tokens for .*train_000000.bin, the file holds 2000"):
+        ShardDataset(small)
+
+
+def test_tokenizer_mismatch(small, big_vocab):
+    ds = ShardDataset(small)
+    with pytest.raises(ShardFormatError, match="tokens were made by tokenizer 'gpt2'"):
+        ds.check_tokenizer(big_vocab)
+
+
+def test_rewriting_with_other_settings_is_refused(small, gpt2, paragraphs):
+    before = all_files(small)
+    assert write_shards(paragraphs[:200], small, gpt2, shard_size=2_000) == small / "manifest.json"
+    assert all_files(small) == before
+    with pytest.raises(ValueError, match="another shard_size"):
+        write_shards(paragraphs[:200], small, gpt2, shard_size=3_000)
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import itertools, os, signal, sys, time
+    import gristmill.shards as shards
+    from gristmill import Tokenizer
+    from gristmill.prep import read_documents
+
+    src, out, kill_at, delay = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    shards._BATCH_DOCS = 50
+
+    def docs():
+        for i, d in enumerate(itertools.islice(read_documents(src, txt_mode="paragraphs"), 4000)):
+            if i == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(delay)
+            yield d
+
+    shards.write_shards(docs(), out, Tokenizer.from_name("gpt2"), shard_size=3_000, val_fraction=0.1)
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["self-kill at doc 1234", "killed from outside"])
+def test_killed_writer_resumes_to_identical_bytes(tmp_path, gpt2, shared_data, how):
+    src = shared_data / "tinyshakespeare.txt"
+    docs = list(read_documents(src, txt_mode="paragraphs"))[:4000]
+    whole = tmp_path / "whole"
+    write_shards(docs, whole, gpt2, shard_size=3_000, val_fraction=0.1)
+
+    out = tmp_path / "killed"
+    script = tmp_path / "writer.py"
+    script.write_text(KILLED_WRITER)
+    if how.startswith("self"):
+        proc = subprocess.run([sys.executable, str(script), str(src), str(out), "1234", "0"], check=False)
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        proc = subprocess.Popen([sys.executable, str(script), str(src), str(out), "-1", "0.0005"])
+        deadline = time.monotonic() + 120
+        while not (out / "train_000005.bin").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "the writer made no progress"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+    assert not (out / "manifest.json").exists()
+    assert (out / "train_000002.bin").exists()
+    write_shards(docs, out, gpt2, shard_size=3_000, val_fraction=0.1)
+    assert all_files(out) == all_files(whole)

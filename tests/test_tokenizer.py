@@ -1,0 +1,289 @@
+"""Parity of gristmill's encoder with tiktoken itself, and the tokenizer file formats with HF."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import subprocess
+import sys
+
+import gristmill
+import numpy as np
+import pytest
+import tiktoken
+from gristmill import Tokenizer, TokenizerError
+from gristmill.tokenizer import ENDOFTEXT
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiktoken_ext import openai_public as _public  # noqa: E402
+
+
+def _tiktoken_pattern(name: str) -> str:
+    # The patterns as tiktoken spells them (taken from its source, not from gristmill).
+    import inspect
+    import re
+
+    src = inspect.getsource(_public)
+    if name == "gpt2":
+        return _public.r50k_pat_str
+    if name == "cl100k":
+        return re.search(r'"pat_str": r"""(.*?)""",', src.split("def cl100k_base")[1]).group(1)
+    body = src.split("def o200k_base")[1].split("return")[0]
+    parts = re.findall(r'r"""(.*?)"""', body)
+    return "|".join(parts)
+
+
+def _ranks(path) -> dict[bytes, int]:
+    out = {}
+    for line in path.read_bytes().splitlines():
+        if line:
+            tok, rank = line.split()
+            out[base64.b64decode(tok)] = int(rank)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gpt2_ranks(shared_data):
+    return _ranks(shared_data / "gpt2.tiktoken")
+
+
+@pytest.fixture(scope="module", params=["gpt2", "cl100k", "o200k"])
+def pair(request, gpt2_ranks):
+    """(gristmill, tiktoken) built from the same GPT-2 ranks with one of the three patterns."""
+    pat = _tiktoken_pattern(request.param)
+    specials = {ENDOFTEXT: 50256, "<|fim_prefix|>": 50257}
+    ours = Tokenizer.from_ranks(gpt2_ranks, pattern=pat, special_tokens=specials)
+    theirs = tiktoken.Encoding(request.param, pat_str=pat, mergeable_ranks=gpt2_ranks, special_tokens=specials)
+    return ours, theirs
+
+
+def test_known_patterns_use_hand_written_matchers():
+    for name in ("gpt2", "cl100k", "o200k"):
+        pat = _tiktoken_pattern(name)
+        assert gristmill.split_pieces("it's 123  x", pat) == gristmill.split_pieces("it's 123  x", name)
+
+
+def test_builtin_gpt2_matches_tiktoken_on_shared_texts(shared_data, gpt2_ranks):
+    tok = Tokenizer.from_name("gpt2")
+    tik = tiktoken.Encoding("gpt2", pat_str=_public.r50k_pat_str, mergeable_ranks=gpt2_ranks,
+                            special_tokens={ENDOFTEXT: 50256})
+    assert tok.n_vocab == tik.n_vocab == 50257
+    assert tok.eot_token == tik.eot_token == 50256
+    for name in ("tinyshakespeare.txt", "taylorswift.txt", "ldnoobw-en.txt"):
+        text = (shared_data / name).read_text("utf-8")
+        assert tok.encode(text) == tik.encode(text), name
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.encode((shared_data / "tinyshakespeare.txt").read_text())[:3] == [5962, 22307, 25]
+
+
+def test_parity_on_real_texts_every_pattern(pair, shared_data):
+    ours, theirs = pair
+    for name in ("taylorswift.txt", "tinyshakespeare.txt"):
+        text = (shared_data / name).read_text("utf-8")
+        assert ours.encode_ordinary(text) == theirs.encode_ordinary(text)
+    import io
+
+    import zstandard
+
+    with open(shared_data / "bench-en.jsonl.zst", "rb") as f:
+        lines = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8")
+        docs = [json.loads(next(lines))["text"] for _ in range(300)]
+    assert ours.encode_ordinary_batch(docs) == theirs.encode_ordinary_batch(docs)
+
+
+# Text built from the things pre-tokenizers are sensitive to.
+_fragments = st.sampled_from([
+    " ", "  ", "\n", "\r\n", "\t", "\u3000", "\u00a0", "'s", "'S", "'ll", "'LL", "'ve", "'re", "'d",
+    "'m", "'t", "'ſ", "don't", "I'M", "123", "4567890", "٣٤", "½", "hello", "World", "CamelCase",
+    "HTTPServer", "ǅ", "ʰ", "é", "e\u0301", "\u0301", "中文", "日本語", "Ωμέγα", "🎉", "👍🏽", "!!!",
+    "...", "\"", "(", ")", "/", "//", "<|endoftext|>", "<|endoftext", "|>", "<|fim_prefix|>",
+    "\x00", "\x7f", "\u2028", "ß", "İ", "ﬁ",
+])
+_texts = st.one_of(
+    st.lists(_fragments, max_size=30).map("".join),
+    st.text(max_size=60),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=40),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=_texts)
+def test_parity_hypothesis(pair, text):
+    ours, theirs = pair
+    assert ours.encode_ordinary(text) == theirs.encode_ordinary(text)
+    assert ours.encode(text, allowed_special="all") == theirs.encode(text, allowed_special="all")
+    assert ours.encode(text, disallowed_special=()) == theirs.encode(text, disallowed_special=())
+    assert ours.count(text, disallowed_special=()) == len(theirs.encode(text, disallowed_special=()))
+    assert ours.decode(ours.encode_ordinary(text)) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=40))
+def test_lone_surrogates_like_tiktoken(pair, text):
+    ours, theirs = pair
+    text = text + "\ud800" + text[:3] + "\udfff"
+    assert ours.encode(text) == theirs.encode(text)
+    assert ours.encode_ordinary(text) == theirs.encode_ordinary(text)
+
+
+def test_disallowed_special_raises_like_tiktoken():
+    tok = Tokenizer.from_name("gpt2")
+    with pytest.raises(ValueError, match="disallowed special token '<\\|endoftext\\|>'"):
+        tok.encode("a <|endoftext|> b")
+    assert tok.encode("a <|endoftext|> b", allowed_special={ENDOFTEXT}) == [64, 220, 50256, 275]
+    assert 50256 not in tok.encode("a <|endoftext|> b", disallowed_special=())
+    assert tok.encode_ordinary("<|endoftext|>") == tok.encode("<|endoftext|>", disallowed_special=())
+    assert tok.special_tokens_set == {ENDOFTEXT}
+
+
+def test_decode_api():
+    tok = Tokenizer.from_name("gpt2")
+    ids = tok.encode("héllo wörld 🎉")
+    assert tok.decode_bytes(ids) == "héllo wörld 🎉".encode()
+    assert b"".join(tok.decode_tokens_bytes(ids)) == "héllo wörld 🎉".encode()
+    assert tok.decode_single_token_bytes(31373) == b"hello"
+    assert tok.encode_single_token("hello") == 31373
+    assert tok.encode_single_token(ENDOFTEXT) == 50256
+    # A token that is half a character decodes with a replacement character by default.
+    partial = [i for i in ids if len(tok.decode_single_token_bytes(i)) == 1 and tok.decode_single_token_bytes(i)[0] > 127]
+    if partial:
+        assert "\ufffd" in tok.decode(partial[:1])
+    with pytest.raises(TokenizerError, match="not in the vocabulary"):
+        tok.decode([50257])
+    assert tok.decode(np.array(ids, dtype=np.uint16)) == "héllo wörld 🎉"
+
+
+def test_batch_numpy_and_count():
+    tok = Tokenizer.from_name("gpt2")
+    texts = ["hello world", "", "a b c", "x" * 1000]
+    toks, offs = tok.encode_batch_to_numpy(texts, append_eot=True)
+    assert toks.dtype == np.uint16 and offs.dtype == np.int64
+    assert offs.tolist()[0] == 0 and len(offs) == len(texts) + 1
+    for i, t in enumerate(texts):
+        assert toks[offs[i]:offs[i + 1]].tolist() == tok.encode(t) + [tok.eot_token]
+    toks32, _ = tok.encode_batch_to_numpy(texts, dtype=np.uint32)
+    assert toks32.dtype == np.uint32
+    assert tok.count_batch(texts) == [len(tok.encode(t)) for t in texts]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    with pytest.raises(ValueError, match="disallowed special"):
+        tok.encode_batch(["ok", "<|endoftext|>"])
+
+
+def test_long_pieces_are_fast_and_correct(gpt2_ranks):
+    tok = Tokenizer.from_name("gpt2")
+    tik = tiktoken.Encoding("gpt2", pat_str=_public.r50k_pat_str, mergeable_ranks=gpt2_ranks, special_tokens={})
+    for text in ("a" * 1_000_000, " " * 1_000_000, "\n" * 1_000_000):
+        ids = tok.encode_ordinary(text)
+        assert tok.decode(ids) == text
+    # tiktoken is quadratic on long pieces: compare on a size it finishes quickly.
+    rng = np.random.default_rng(0)
+    random_word = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyzé"), 20_000))
+    assert tok.encode_ordinary(random_word) == tik.encode_ordinary(random_word)
+    assert tok.encode_ordinary("a" * 20_000) == tik.encode_ordinary("a" * 20_000)
+    random_million = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 1_000_000))
+    assert tok.decode(tok.encode_ordinary(random_million)) == random_million
+
+
+def test_pickle_round_trip():
+    tok = Tokenizer.from_name("gpt2")
+    clone = pickle.loads(pickle.dumps(tok))
+    assert clone.encode("hello <|endoftext|>", allowed_special="all") == tok.encode(
+        "hello <|endoftext|>", allowed_special="all")
+    assert clone.fingerprint == tok.fingerprint and clone.name == "gpt2"
+
+
+def test_save_formats_load_in_tiktoken_and_hf(tmp_path, pair, shared_data):
+    import tokenizers
+
+    ours, theirs = pair
+    d = ours.save(tmp_path / "tok")
+    text = (shared_data / "taylorswift.txt").read_text("utf-8")[:50_000] + " <|endoftext|> x"
+    # tiktoken from the saved ranks
+    reread = _ranks(d / "tokenizer.tiktoken")
+    assert reread == theirs._mergeable_ranks
+    # HF tokenizers from the saved tokenizer.json
+    hf = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+    assert hf.encode(text, add_special_tokens=False).ids == ours.encode(text, allowed_special="all")
+    assert hf.decode(ours.encode_ordinary(text)) == text
+    # and back into gristmill, three ways
+    for again in (Tokenizer.load(d), Tokenizer.from_hf_json(d / "tokenizer.json")):
+        assert again.encode(text, allowed_special="all") == ours.encode(text, allowed_special="all")
+        assert again.fingerprint == ours.fingerprint
+
+
+def test_gpt2_encoder_json_and_vocab_bpe(tmp_path, gpt2_ranks):
+    # Write GPT-2's original file pair from the ranks, spelled through the byte-to-unicode table.
+    from gristmill import _core
+
+    tok = Tokenizer.from_name("gpt2")
+    byte_chars = {}
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    n = 0
+    for b in range(256):
+        if b in printable:
+            byte_chars[b] = chr(b)
+        else:
+            byte_chars[b] = chr(256 + n)
+            n += 1
+    spell = lambda bs: "".join(byte_chars[b] for b in bs)  # noqa: E731
+    encoder = {spell(b): r for b, r in gpt2_ranks.items()}
+    encoder[ENDOFTEXT] = 50256
+    (tmp_path / "encoder.json").write_text(json.dumps(encoder))
+    merges = ["#version: 0.2"] + [f"{spell(a)} {spell(b)}" for a, b in tok.merges()]
+    (tmp_path / "vocab.bpe").write_text("\n".join(merges) + "\n")
+    loaded = Tokenizer.from_gpt2_files(tmp_path / "encoder.json", tmp_path / "vocab.bpe")
+    assert loaded.special_tokens == {ENDOFTEXT: 50256}
+    assert loaded.fingerprint == tok.fingerprint
+    assert _core is not None
+
+
+def test_multilingual_ranks_file_loads_as_tiktoken_loads_it(shared_data):
+    path = shared_data / "multilingual.tiktoken"
+    theirs_ranks = tiktoken.load.load_tiktoken_bpe(str(path))
+    assert theirs_ranks[b""] == 50256  # the file's quirk: '=' is the empty token
+    ours = Tokenizer.from_tiktoken_file(path, pattern="gpt2", special_tokens={ENDOFTEXT: 50257})
+    assert ours.mergeable_ranks() == theirs_ranks
+    theirs = tiktoken.Encoding("ml", pat_str=_public.r50k_pat_str, mergeable_ranks=theirs_ranks,
+                               special_tokens={ENDOFTEXT: 50257})
+    text = "Ein Beispiel: 日本語のテキスト, русский текст, and English."
+    assert ours.encode(text) == theirs.encode(text)
+
+
+def test_bad_files_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.tiktoken"
+    bad.write_text("IQ== 0\nIg== x\n")
+    with pytest.raises(TokenizerError, match=r"bad.tiktoken: line 2: rank 'x'|bad.tiktoken: line 2: rank \"x\""):
+        Tokenizer.from_tiktoken_file(bad)
+    with pytest.raises(FileNotFoundError, match="nope.tiktoken"):
+        Tokenizer.from_tiktoken_file(tmp_path / "nope.tiktoken")
+    incomplete = tmp_path / "incomplete.tiktoken"
+    incomplete.write_text("IQ== 0\n")
+    with pytest.raises(TokenizerError, match="byte 0x00 is not a token"):
+        Tokenizer.from_tiktoken_file(incomplete)
+    with pytest.raises(TokenizerError, match="invalid pre-tokenizer pattern"):
+        Tokenizer.from_ranks({bytes([b]): b for b in range(256)}, pattern="(unclosed")
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        Tokenizer.from_name("nope")
+
+
+def test_custom_pattern_falls_back_to_regex(gpt2_ranks):
+    pat = r"\w+|[^\w\s]+|\s+"
+    ours = Tokenizer.from_ranks(gpt2_ranks, pattern=pat)
+    theirs = tiktoken.Encoding("x", pat_str=pat, mergeable_ranks=gpt2_ranks, special_tokens={})
+    text = "Custom patterns, too: it's 2026!"
+    assert ours.encode(text) == theirs.encode(text)
+
+
+def test_cli_encode(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("hello world")
+    out = subprocess.run([sys.executable, "-m", "gristmill", "encode", str(f)], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["31373", "995"]
+    out = subprocess.run([sys.executable, "-m", "gristmill", "encode", "--count", str(f)], capture_output=True, text=True)
+    assert out.stdout.startswith("2\t")
+    out = subprocess.run([sys.executable, "-m", "gristmill", "encode"], capture_output=True, text=True)
+    assert out.returncode == 0 and "338,025" in out.stdout and "MB/s" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "gristmill", "encode", str(tmp_path / "missing.txt")],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "missing.txt" in out.stderr and "Traceback" not in out.stderr
