@@ -102,11 +102,15 @@ def worker(contender: str, vocab_size: int, size: int) -> dict:
     texts = load_texts(size)
     train(texts[:20], 400)  # warm-up: thread pools, lazy tables
     base = current_rss_mib()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     merges = train(texts, vocab_size)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)  # all threads
+    peak = r1.ru_maxrss / 1024  # KiB on Linux
     return {"contender": contender, "vocab_size": vocab_size, "seconds": wall, "merges": merges,
+            "cpu_seconds": cpu,
             "peak_rss_mib": peak, "rss_before_mib": base,
             "bytes": sum(len(t.encode("utf-8")) for t in texts), "texts": len(texts)}
 
@@ -172,7 +176,7 @@ def main() -> int:
             results.append(best)
             print(f"  ... {contender} vocab {vocab_size}: {best['seconds']:.2f} s", file=sys.stderr)
 
-    header = (f"{'vocab':>6}  {'contender':<14} {'merges':>7} {'time s':>7} {'MB/s':>6} "
+    header = (f"{'vocab':>6}  {'contender':<14} {'merges':>7} {'time s':>7} {'CPU s':>6} {'MB/s':>6} "
               f"{'peak RSS MiB':>12} {'+training MiB':>13} {'time vs gristmill':>17} "
               f"{'peak vs gristmill':>17}")
     print(header)
@@ -185,10 +189,12 @@ def main() -> int:
             m_ratio = r["peak_rss_mib"] / ours["peak_rss_mib"] if ours else float("nan")
             r["time_vs_gristmill"], r["peak_rss_vs_gristmill"] = t_ratio, m_ratio
             print(f"{vocab_size:>6}  {r['contender']:<14} {r['merges']:>7} {r['seconds']:>7.2f} "
+                  f"{r['cpu_seconds']:>6.2f} "
                   f"{r['bytes'] / 1e6 / r['seconds']:>6.1f} {r['peak_rss_mib']:>12.0f} "
                   f"{r['peak_rss_mib'] - r['rss_before_mib']:>13.0f} {t_ratio:>16.2f}x "
                   f"{m_ratio:>16.2f}x")
-    print("(+training: peak RSS minus RSS after loading the texts and importing the library)")
+    print("(time: wall clock of the training call; CPU: user+system seconds of all its threads;\n"
+          " +training: peak RSS minus RSS after loading the texts and importing the library)")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

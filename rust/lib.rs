@@ -1145,6 +1145,7 @@ mod python {
     use crate::bpe::trainer::MAX_VOCAB;
     use crate::bpe::{ChunkCounter, Trainer};
     use pyo3::exceptions::PyTypeError;
+    use pyo3::types::{PyIterator, PyString};
 
     /// Texts are pulled from the iterator until a batch holds this many bytes per thread (or
     /// this many texts): enough to keep the threads busy, little enough to copy.
@@ -1207,6 +1208,68 @@ mod python {
         }
     }
 
+    /// Texts back to back in one buffer that is reused from batch to batch (one copy per
+    /// text, no allocation per text).
+    #[derive(Default)]
+    struct TextBatch {
+        buf: String,
+        ends: Vec<usize>,
+    }
+
+    impl TextBatch {
+        fn texts(&self) -> Vec<&str> {
+            let mut start = 0;
+            self.ends
+                .iter()
+                .map(|&end| {
+                    let t = &self.buf[start..end];
+                    start = end;
+                    t
+                })
+                .collect()
+        }
+    }
+
+    /// Fills `batch` with the next texts from `iter`, up to `max_bytes` of them (or
+    /// `TRAIN_BATCH_TEXTS` texts); it stays empty once `iter` is exhausted. Lone surrogates
+    /// become U+FFFD, as tiktoken does. `pulled` counts texts taken, for error messages.
+    fn pull_batch(
+        iter: &mut Bound<'_, PyIterator>,
+        max_bytes: usize,
+        pulled: &mut usize,
+        batch: &mut TextBatch,
+    ) -> PyResult<()> {
+        batch.buf.clear();
+        batch.ends.clear();
+        while batch.buf.len() < max_bytes && batch.ends.len() < TRAIN_BATCH_TEXTS {
+            let Some(item) = iter.next() else { break };
+            let item = item?;
+            let text = item.cast::<PyString>().map_err(|_| {
+                let kind = item.get_type().name().map(|n| n.to_string());
+                PyTypeError::new_err(format!(
+                    "text {pulled} is {}, expected str",
+                    kind.unwrap_or_default()
+                ))
+            })?;
+            match text.encode_utf8() {
+                Ok(bytes) => batch.buf.push_str(
+                    std::str::from_utf8(bytes.as_bytes())
+                        .map_err(|e| TokenizerError::new_err(format!("text {pulled}: {e}")))?,
+                ),
+                Err(_) => {
+                    // Lone surrogates: one U+FFFD each, through UTF-16 as tiktoken does.
+                    let fixed = text
+                        .call_method1("encode", ("utf-16", "surrogatepass"))?
+                        .call_method1("decode", ("utf-16", "replace"))?;
+                    batch.buf.push_str(&fixed.cast::<PyString>()?.to_cow()?);
+                }
+            }
+            batch.ends.push(batch.buf.len());
+            *pulled += 1;
+        }
+        Ok(())
+    }
+
     #[pymethods]
     impl BpeTrainer {
         /// A trainer for a vocabulary of `vocab_size` ids: 256 bytes, the merges, and the
@@ -1246,8 +1309,9 @@ mod python {
         }
 
         /// Counts the chunks of every text from `texts` (any iterable of str). Texts are
-        /// pulled in batches under the GIL and counted in parallel without it; `callback`,
-        /// if given, is called with (texts, bytes) counted so far after each batch.
+        /// pulled in batches under the GIL and counted in parallel without it, the next batch
+        /// being pulled while the last is counted; `callback`, if given, is called with
+        /// (texts, bytes) counted so far after each batch.
         #[pyo3(signature = (texts, callback = None))]
         fn count(
             &mut self,
@@ -1257,45 +1321,32 @@ mod python {
         ) -> PyResult<()> {
             self.counter()?;
             let mut iter = texts.try_iter()?;
-            let mut batch: Vec<String> = Vec::new();
-            let mut index = 0usize;
+            let mut pulled = 0usize;
             let batch_bytes = TRAIN_BATCH_BYTES_PER_THREAD * crate::parallel::num_threads();
-            loop {
-                batch.clear();
-                let mut bytes = 0;
-                let mut exhausted = false;
-                while bytes < batch_bytes && batch.len() < TRAIN_BATCH_TEXTS {
-                    let Some(item) = iter.next() else {
-                        exhausted = true;
-                        break;
-                    };
-                    let item = item?;
-                    let text: String = item.extract().map_err(|_| {
-                        PyTypeError::new_err(format!(
-                            "text {index} is {}, expected str",
-                            item.get_type()
-                                .name()
-                                .map(|n| n.to_string())
-                                .unwrap_or_default()
-                        ))
-                    })?;
-                    index += 1;
-                    bytes += text.len();
-                    batch.push(text);
+            let (mut current, mut next) = (TextBatch::default(), TextBatch::default());
+            pull_batch(&mut iter, batch_bytes, &mut pulled, &mut current)?;
+            while !current.ends.is_empty() {
+                py.check_signals()?;
+                let counter = self.counter()?;
+                // Python work (the iterator, str to UTF-8) overlaps the count of the batch
+                // before: a scoped thread hands that batch to the pool meanwhile.
+                let (counted, pulled_next) = std::thread::scope(|scope| {
+                    let texts = current.texts();
+                    let job = scope.spawn(move || counter.add_texts(&texts));
+                    let pulled_next = pull_batch(&mut iter, batch_bytes, &mut pulled, &mut next);
+                    (py.detach(|| job.join()), pulled_next)
+                });
+                counted
+                    .map_err(|_| TokenizerError::new_err("chunk counting failed"))?
+                    .map_err(bpe_err)?;
+                self.note_counts();
+                if let Some(cb) = callback {
+                    cb.call1((self.counted.0, self.counted.2))?;
                 }
-                if !batch.is_empty() {
-                    py.check_signals()?;
-                    let counter = self.counter()?;
-                    py.detach(|| counter.add_texts(&batch)).map_err(bpe_err)?;
-                    self.note_counts();
-                    if let Some(cb) = callback {
-                        cb.call1((self.counted.0, self.counted.2))?;
-                    }
-                }
-                if exhausted {
-                    return Ok(());
-                }
+                pulled_next?;
+                std::mem::swap(&mut current, &mut next);
             }
+            Ok(())
         }
 
         /// Counts the chunks of one UTF-8 text file (one document), streamed in blocks;
@@ -1310,25 +1361,22 @@ mod python {
             let (texts, before) = (self.counted.0 + 1, self.counted.2);
             let counter = self.counter()?;
             let mut failure: Option<PyErr> = None;
-            let finished = py
-                .detach(|| {
-                    counter.add_file(&path, |done| {
-                        // Back under the GIL for a moment: report, and stop on Ctrl-C.
-                        Python::attach(|py| {
-                            let r = py.check_signals().and_then(|_| match &callback {
-                                Some(cb) => cb.call1(py, (texts, before + done)).map(drop),
-                                None => Ok(()),
-                            });
-                            r.map_err(|e| failure = Some(e)).is_ok()
-                        })
+            py.detach(|| {
+                counter.add_file(&path, |done| {
+                    // Back under the GIL for a moment: report, and stop on Ctrl-C.
+                    Python::attach(|py| {
+                        let r = py.check_signals().and_then(|_| match &callback {
+                            Some(cb) => cb.call1(py, (texts, before + done)).map(drop),
+                            None => Ok(()),
+                        });
+                        r.map_err(|e| failure = Some(e)).is_ok()
                     })
                 })
-                .map_err(bpe_err)?;
+            })
+            .map_err(bpe_err)?;
             self.note_counts();
-            match failure {
-                Some(e) if !finished => Err(e),
-                _ => Ok(()),
-            }
+            // A failed callback (or Ctrl-C) stopped the count; the file is partly counted.
+            failure.map_or(Ok(()), Err)
         }
 
         /// Does up to `max_merges` merges (the first call ends counting); returns how many
@@ -1377,13 +1425,12 @@ mod python {
             build(py, ranks, specials, pattern)
         }
 
-        /// The merges so far as pairs of token bytes, in order.
-        fn merges<'py>(
-            &mut self,
-            py: Python<'py>,
-        ) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
-            let t = self.trainer(py)?;
-            Ok(t.merges()
+        /// The merges so far as pairs of token bytes, in order (none before `merge`).
+        fn merges<'py>(&self, py: Python<'py>) -> Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+            let TrainState::Merging(t) = &self.state else {
+                return Vec::new();
+            };
+            t.merges()
                 .iter()
                 .map(|m| {
                     (
@@ -1391,7 +1438,7 @@ mod python {
                         PyBytes::new(py, t.token_bytes(m.right)),
                     )
                 })
-                .collect())
+                .collect()
         }
 
         /// Whether merging has finished (target size reached, no pair left, or min_frequency).

@@ -244,6 +244,9 @@ def test_big_text_file_counts_like_the_text(tmp_path):
     reference.count([text])
     assert (trainer.n_chunks, trainer.n_unique, trainer.n_bytes) == (
         reference.n_chunks, reference.n_unique, reference.n_bytes)
+    trainer.merge(100)
+    reference.merge(100)
+    assert len(trainer.merges()) == 300 - 256
     assert trainer.merges() == reference.merges()
 
 
@@ -272,6 +275,12 @@ def test_bad_inputs_get_clear_errors(tmp_path):
         Tokenizer.train(["ok", 5], 1000)
     with pytest.raises(ValueError, match="min_frequency"):
         Tokenizer.train(["x"], 1000, min_frequency=0)
+
+
+def test_lone_surrogates_train_as_replacement_characters():
+    # As tiktoken encodes them: U+FFFD.
+    a = rust_merges(["x\ud800y " * 5, "zz"], 270)
+    assert a == rust_merges(["x\ufffdy " * 5, "zz"], 270)
 
 
 def test_empty_corpus_gives_the_byte_vocabulary():

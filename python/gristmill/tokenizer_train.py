@@ -176,9 +176,9 @@ def train_tokenizer(
         paths = True
     else:
         it = iter(texts_or_paths)
-        first = next(it, None)
-        paths = _is_path(first)
-        items = itertools.chain([] if first is None else [first], it)
+        head = list(itertools.islice(it, 1))
+        paths = bool(head) and _is_path(head[0])
+        items = itertools.chain(head, it)
 
     t0 = time.perf_counter()
     _count(trainer, items, paths, text_field, progress)

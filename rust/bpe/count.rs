@@ -5,12 +5,13 @@
 //! the corpus size. Special tokens are cut out of the text first: no chunk, and so no merge,
 //! ever spans or contains one.
 //!
-//! Work is split into units of about `UNIT_BYTES` and counted on the rayon pool, each unit
-//! into a small map keyed by borrowed `&str` (no allocation per chunk); those maps are then
-//! folded into the global map, which owns one copy of each distinct chunk. Big texts (a whole
-//! `.txt` file) are cut into units at places where the known pre-tokenizers always end a
-//! piece, so one text does not serialise the count; the cut never changes the pieces (see
-//! `safe_cut`, and the test that compares cut and uncut counts).
+//! Work is split into units of about `UNIT_BYTES`, grouped, and counted on the rayon pool,
+//! each group into a small local map (short chunks packed into a `u64` key, longer ones keyed by
+//! borrowed `&str`: no allocation per chunk). The local maps are then split by hash and folded,
+//! shard by shard and in parallel, into the global counts, which own one copy of each distinct
+//! chunk. Big texts (a whole `.txt` file) are cut into units at places where the known
+//! pre-tokenizers always end a piece, so one text does not serialise the count; the cut never
+//! changes the pieces (see `is_safe_cut`, and the tests that compare cut and uncut counts).
 
 use super::{BpeError, Pattern};
 use crate::parallel;
@@ -87,7 +88,7 @@ fn add_to<K: std::borrow::Borrow<[u8]> + std::hash::Hash + Eq + for<'a> From<&'a
 pub struct ChunkCounter {
     pattern: Pattern,
     specials: Option<AhoCorasick>,
-    /// Whether texts may be cut at `safe_cut` points: only for the hand-written patterns,
+    /// Whether texts may be cut at `is_safe_cut` points: only for the hand-written patterns,
     /// and only when no special token holds a newline (which a cut could split).
     cuttable: bool,
     shards: Vec<Counts<Box<[u8]>>>,
