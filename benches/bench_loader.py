@@ -9,6 +9,7 @@ GB/s counts the tokens delivered at their stored width (2 bytes): B * (T + 1) pe
 
 Tokenize, on bench-en.jsonl.zst (20 MB of English, 4173 documents):
   - the encoder's own batch throughput (texts already in memory, no I/O);
+  - ``write_shards`` on the same texts in memory (the writer's own cost: index, shards, fsync);
   - ``gristmill tokenize`` end to end (decompress, parse, encode, write shards);
   - tiktoken's ``encode_ordinary_batch`` writing the same shards the way llm.c's
     ``fineweb.py`` does (the .bin files are checked byte-identical).
@@ -124,6 +125,7 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
     import gristmill
     import zstandard
     from gristmill.cli import main as cli_main
+    from gristmill.shards import write_shards
 
     records = read_corpus(600 if size == "small" else None)
     src = work / "corpus.jsonl.zst"
@@ -161,6 +163,11 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
         shutil.rmtree(work / "tt", ignore_errors=True)
         tiktoken_write_shards(tik, src, work / "tt", shard_size)
 
+    def gristmill_write_shards_in_memory():
+        shutil.rmtree(work / "mem", ignore_errors=True)
+        write_shards(texts, work / "mem", tok, shard_size=shard_size)
+
+    t_mem = best(gristmill_write_shards_in_memory)
     t_gm = best(gristmill_tokenize)
     t_tt = best(tiktoken_tokenize)
     gm_bins = sorted(p.name for p in (work / "gm").glob("train_*.bin"))
@@ -171,6 +178,7 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
     n_tokens = json.loads((work / "gm" / "manifest.json").read_text())["splits"]["train"]["tokens"]
     rows = [
         {"task": "tokenize", "tool": "gristmill encoder, batch in memory (no I/O)", "seconds": t_encoder},
+        {"task": "tokenize", "tool": "gristmill write_shards(texts in memory)", "seconds": t_mem},
         {"task": "tokenize", "tool": "gristmill tokenize (read .zst, encode, write shards)", "seconds": t_gm},
         {"task": "tokenize", "tool": "tiktoken encode_ordinary_batch + llm.c-style writer", "seconds": t_tt},
     ]
@@ -179,6 +187,7 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
         r["Mtokens/s"] = n_tokens / r["seconds"] / 1e6
     ratios = {
         "tokenize_vs_encoder": t_encoder / t_gm,
+        "write_shards_in_memory_vs_encoder": t_encoder / t_mem,
         "tokenize_vs_tiktoken_writer": t_tt / t_gm,
     }
     return rows, {"corpus_mb": mb, "tokens": n_tokens, "shards": len(gm_bins), **ratios}
@@ -250,6 +259,7 @@ def main() -> None:
     for r in rows:
         print(" | ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)))
     print(f"\ngristmill tokenize / encoder's own batch throughput: {tok_meta['tokenize_vs_encoder']:.2f}")
+    print(f"write_shards(texts in memory) / encoder: {tok_meta['write_shards_in_memory_vs_encoder']:.2f}")
     print(f"gristmill tokenize / tiktoken writer: {tok_meta['tokenize_vs_tiktoken_writer']:.2f}x")
     meta = {
         "stage": "loader",
