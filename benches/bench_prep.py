@@ -118,10 +118,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["small", "full"], default="small")
     parser.add_argument("--out", default=str(ROOT / "bench-results" / "prep.json"))
+    parser.add_argument("--docs", type=int, help="use only the first N documents")
     parser.add_argument("--no-peer", action="store_true", help="time gristmill only")
     args = parser.parse_args(argv)
 
-    docs = load_docs(args.size)
+    docs = load_docs(args.size)[: args.docs]
     mb = sum(len(t.encode("utf-8")) for t in docs) / 1e6
     threads = _core.num_threads()
     peers = {} if args.no_peer else _try_datatrove()
@@ -162,6 +163,7 @@ def main(argv=None) -> int:
                 same_decisions=sum(a == b for a, b in zip(ours, theirs)),
             )
         rows.append(row)
+        print(f"  timed {name}", file=sys.stderr, flush=True)
 
     print(f"bench-en.jsonl.zst, {len(docs)} documents, {mb:.1f} MB; gristmill on {threads} thread(s)")
     print(f"{'filter':<20}{'gristmill MB/s':>16}{'docs/s':>10}{'peer MB/s':>12}{'docs/s':>10}"
