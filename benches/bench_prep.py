@@ -25,10 +25,9 @@ from pathlib import Path
 
 os.environ.setdefault("GRISTMILL_NUM_THREADS", "1")
 
-import zstandard  # noqa: E402
-
-from gristmill import _core  # noqa: E402
-from gristmill.prep import FilterPipeline, PrepConfig, _badwords_list  # noqa: E402
+import zstandard
+from gristmill import _core
+from gristmill.prep import FilterPipeline, PrepConfig, _badwords_list
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("GRISTMILL_SHARED_DATA", ROOT.parent / "shared" / "data"))

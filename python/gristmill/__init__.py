@@ -8,12 +8,9 @@ sub-command.
 import os as _os
 
 from gristmill import _core
-from gristmill._core import TokenizerError
-from gristmill.tokenizer import Tokenizer, split_pieces
-
-# prep
-from gristmill._core import FilterConfigError
+from gristmill._core import FilterConfigError, TokenizerError
 from gristmill.prep import InputFormatError, PrepConfig, prep, read_documents
+from gristmill.tokenizer import Tokenizer, split_pieces
 
 __version__ = "0.1.0"
 
