@@ -180,10 +180,12 @@ fn merge_special_phrases<'a>(text: &'a str, tokens: &mut Vec<Token<'a>>) {
 }
 
 /// Special cases as the token runs the affix rules make of them: first token → (tokens, key).
-fn phrases() -> &'static FxHashMap<String, Vec<(Vec<String>, String)>> {
-    static PHRASES: OnceLock<FxHashMap<String, Vec<(Vec<String>, String)>>> = OnceLock::new();
+type Phrases = FxHashMap<String, Vec<(Vec<String>, String)>>;
+
+fn phrases() -> &'static Phrases {
+    static PHRASES: OnceLock<Phrases> = OnceLock::new();
     PHRASES.get_or_init(|| {
-        let mut m: FxHashMap<String, Vec<(Vec<String>, String)>> = FxHashMap::default();
+        let mut m = Phrases::default();
         let mut keys: Vec<&String> = specials().keys().collect();
         keys.sort();
         for key in keys {
