@@ -70,9 +70,20 @@ def test_rerun_skips_up_to_date_stages(quickstart_dir, capsys):
     assert [s for s, r in report["stages"].items() if not r["skipped"]] == ["sample"]
 
 
-def _artefacts(out: Path) -> dict[str, bytes]:
+def _content(path: Path):
+    if path.suffix != ".safetensors":
+        return path.read_bytes()
+    # The safetensors header's metadata order varies from process to process (a hash map in
+    # the writer), so compare the metadata as a dict and the tensors bit for bit.
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata(), {k: f.get_tensor(k).numpy().tobytes() for k in f.keys()}
+
+
+def _artefacts(out: Path) -> dict:
     keep = ("docs-", "tokenizer.tiktoken", ".bin", "model.safetensors", "samples.txt")
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+    return {str(p.relative_to(out)): _content(p) for p in sorted(out.rglob("*"))
             if p.is_file() and any(k in p.name for k in keep)}
 
 
