@@ -622,3 +622,52 @@ def test_config_file_and_cli(tmp_path, shared_data):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["docs_out"] == 5
     assert main(["prep", str(src), "-o", str(tmp_path / "o2"), "--set", "c4", "--no-progress"]) == 1
+
+
+# ---- language identification ----------------------------------------------------------------
+
+FOREIGN = {
+    "deu": "Der Ausschuss traf sich am Dienstag, um den neuen Haushalt zu besprechen. Die meisten "
+           "Mitglieder waren sich einig, dass die Bibliothek abends länger geöffnet bleiben soll.",
+    "fra": "Le comité s'est réuni mardi pour discuter du nouveau budget. La plupart des membres "
+           "ont convenu que la bibliothèque devrait rester ouverte plus tard le soir.",
+    "spa": "El comité se reunió el martes para hablar del nuevo presupuesto. La mayoría de los "
+           "miembros estuvo de acuerdo en que la biblioteca debería abrir hasta más tarde.",
+    "rus": "Комитет собрался во вторник, чтобы обсудить новый бюджет. Большинство членов "
+           "согласились, что библиотека должна работать по вечерам дольше.",
+}
+
+
+def _language(**params) -> FilterPipeline:
+    return FilterPipeline(PrepConfig(filters=[{"type": "language", **params}]))
+
+
+def test_language_keeps_english_and_removes_other_languages(real_docs):
+    docs = real_docs[:200]
+    assert _language().apply(docs) == [None] * len(docs)
+    out = _language().apply(list(FOREIGN.values()))
+    assert out == [("language", "wrong_language")] * len(FOREIGN)
+    # Deterministic, and keeping a language keeps its documents.
+    assert _language().apply(list(FOREIGN.values())) == out
+    assert _language(languages=list(FOREIGN)).apply(list(FOREIGN.values())) == [None] * len(FOREIGN)
+
+
+def test_language_threshold():
+    mixed = "The cat sat on the mat with el perro."
+    assert _language(min_score=0.65).apply([mixed]) == [None]
+    assert _language(min_score=1.0).apply([mixed]) == [("language", "low_confidence")]
+    assert _language().apply(["1234 %%% ..."]) == [("language", "low_confidence")]
+    assert _language(min_score=0.0).apply(["1234 %%% ..."]) == [None]
+
+
+def test_language_config_errors_and_cli_params():
+    with pytest.raises(_core.FilterConfigError, match='unknown language code "english"'):
+        _language(languages=["english"])
+    with pytest.raises(_core.FilterConfigError, match="min_score"):
+        _language(min_score=2)
+    with pytest.raises(_core.FilterConfigError, match="min_scor"):
+        _language(min_scor=0.5)
+    config = PrepConfig(preset="fineweb", params={"language": {"languages": ["deu"]}})
+    assert config.filter_names()[0] == "language"
+    assert FilterPipeline(config).apply([FOREIGN["deu"]])[0] != ("language", "wrong_language")
+    assert PrepConfig(preset="fineweb", disable=["language"]).filter_names()[0] == "gopher_repetition"

@@ -391,7 +391,8 @@ def preset_filters(preset: str) -> list[dict[str, Any]]:
     - ``c4-datatrove``: datatrove's ``C4QualityFilter`` defaults (3 words per line, 5 sentences,
       ``'`` also ends a line, words counted before citations are removed).
     - ``gopher``: Gopher repetition then quality filters.
-    - ``fineweb``: the FineWeb recipe: Gopher repetition and quality, C4 rules without the
+    - ``fineweb``: the FineWeb recipe: English only (whatlang confidence >= 0.65, where FineWeb
+      used fastText score >= 0.65), Gopher repetition and quality, C4 rules without the
       terminal-punctuation rule, then the FineWeb filter.
     - ``none``: no filter.
 
@@ -418,6 +419,7 @@ def preset_filters(preset: str) -> list[dict[str, Any]]:
         ]
     if preset == "fineweb":
         return [
+            {"type": "language", "name": "language", "languages": ["eng"], "min_score": 0.65},
             {"type": "gopher_repetition", "name": "gopher_repetition"},
             {"type": "gopher_quality", "name": "gopher_quality"},
             {

@@ -1,4 +1,5 @@
-//! Document cleaning and quality filters: C4, bad words, Gopher, FineWeb, normalisation.
+//! Document cleaning and quality filters: C4, bad words, Gopher, FineWeb, language
+//! identification, normalisation.
 //!
 //! A [`Pipeline`] is a list of filters built from a JSON configuration. Each document goes
 //! through them in order: a filter keeps it, keeps a modified text (C4 drops lines,
@@ -15,6 +16,7 @@ pub mod c4;
 pub mod chars;
 pub mod fineweb;
 pub mod gopher;
+pub mod language;
 pub mod normalize;
 pub mod sentences;
 pub mod words;
@@ -119,6 +121,8 @@ pub enum FilterConfig {
     GopherQuality(gopher::GopherQualityConfig),
     GopherRepetition(gopher::GopherRepetitionConfig),
     Fineweb(fineweb::FineWebConfig),
+    /// Keep documents in the chosen languages (whatlang detection).
+    Language(language::LanguageConfig),
 }
 
 /// Parameters of the length rule.
@@ -142,6 +146,7 @@ enum Filter {
     GopherQuality(gopher::GopherQualityConfig),
     GopherRepetition(gopher::GopherRepetitionConfig),
     Fineweb(fineweb::FineWebConfig),
+    Language(language::LanguageFilter),
 }
 
 impl Filter {
@@ -164,6 +169,7 @@ impl Filter {
             Filter::GopherQuality(c) => gopher::quality(c, text),
             Filter::GopherRepetition(c) => gopher::repetition(c, text),
             Filter::Fineweb(c) => fineweb::apply(c, text),
+            Filter::Language(l) => l.apply(text),
         }
     }
 }
@@ -204,6 +210,7 @@ impl Pipeline {
                 FilterConfig::GopherQuality(c) => Filter::GopherQuality(c),
                 FilterConfig::GopherRepetition(c) => Filter::GopherRepetition(c),
                 FilterConfig::Fineweb(c) => Filter::Fineweb(c),
+                FilterConfig::Language(c) => Filter::Language(language::LanguageFilter::new(&c)?),
             });
         }
         Ok(Pipeline { names, filters })
