@@ -29,9 +29,12 @@ import shutil
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(__file__))
 from pathlib import Path
 
 import numpy as np
+from common import _fmt  # noqa: E402  (the table formatting shared by the benches)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("GRISTMILL_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -275,14 +278,6 @@ def main() -> None:
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, args.out)
     print(f"written: {args.out}")
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:,.2f}"
-    return str(v)
 
 
 if __name__ == "__main__":
