@@ -104,7 +104,7 @@ class RefGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
-def reference_tokens_per_s(cfg: GPTConfig, B, T, steps, warmup, device, use_compile) -> float:
+def reference_step_times(cfg: GPTConfig, B, T, steps, warmup, device, use_compile) -> list[float]:
     torch.manual_seed(0)
     model = RefGPT(cfg).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -128,23 +128,24 @@ def reference_tokens_per_s(cfg: GPTConfig, B, T, steps, warmup, device, use_comp
         loss.item()  # the same per-step sync gristmill's log makes
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return B * T / statistics.median(times)
+    return times
 
 
-def gristmill_tokens_per_s(preset, overrides, B, T, steps, warmup, device, use_compile, vocab):
+def gristmill_step_times(preset, overrides, B, T, steps, warmup, device, use_compile, vocab):
     with tempfile.TemporaryDirectory() as out:
         train(dataset=RandomTokens(vocab), out_dir=out, model=preset, batch_size=B, seq_len=T,
               max_steps=warmup + steps, eval_interval=10**9, eval_batches=1, warmup_steps=10,
               progress=False, plot=False, compile=use_compile, device=str(device), **overrides)
         log = [json.loads(line) for line in Path(out, "log.jsonl").read_text().splitlines()]
-    dts = [r["dt_ms"] for r in log if "loss" in r][warmup:]
-    return B * T / (statistics.median(dts) / 1e3)
+    return [r["dt_ms"] / 1e3 for r in log if "loss" in r][warmup:]
 
 
 def main() -> None:
     p = parser("train_step", __doc__)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--steps", type=int, default=None, help="timed steps (median reported)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="alternating rounds of both loops (default: 3 on CPU full, else 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args()
     if args.threads:
@@ -163,6 +164,8 @@ def main() -> None:
     else:
         preset, overrides, B, T = "gpt2", {"block_size": 256}, 1, 256
         steps, warmup = args.steps or 5, 2
+    if args.rounds is None:
+        args.rounds = 3 if args.size == "full" and device.type == "cpu" else 1
     cfg = GPTConfig.from_preset(preset, vocab_size=vocab, **overrides)
     with torch.device("meta"):
         flops_tok = GPT(cfg).flops_per_token(T)
@@ -171,30 +174,41 @@ def main() -> None:
         f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
     mode = ("bf16" if device.type == "cuda" else "fp32") + (" + compile" if use_compile else "")
 
+    # The two loops alternate (A B B A ...) for --rounds rounds, so that load on a shared
+    # machine drifting during the run weighs on both alike; each reports the median step.
+    runs = {
+        "gristmill train()": lambda: gristmill_step_times(preset, overrides, B, T, steps, warmup,
+                                                          device, use_compile, vocab),
+        "nanoGPT-style loop": lambda: reference_step_times(cfg, B, T, steps, warmup, device,
+                                                           use_compile),
+    }
+    times: dict[str, list[float]] = {tool: [] for tool in runs}
+    for r in range(args.rounds):
+        for tool in (list(runs) if r % 2 == 0 else list(reversed(runs))):
+            times[tool] += runs[tool]()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     rows = []
-    for tool, fn in [
-        ("gristmill train()", lambda: gristmill_tokens_per_s(preset, overrides, B, T, steps, warmup,
-                                                             device, use_compile, vocab)),
-        ("nanoGPT-style loop", lambda: reference_tokens_per_s(cfg, B, T, steps, warmup, device,
-                                                              use_compile)),
-    ]:
-        tok_s = fn()
+    for tool, dts in times.items():
+        tok_s = B * T / statistics.median(dts)
         mfu = flops_tok * tok_s / peak if peak else None
         rows.append({"tool": tool, "mode": mode, "tokens/s": tok_s,
-                     "MFU %": None if mfu is None else 100 * mfu})
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+                     "MFU %": None if mfu is None else 100 * mfu,
+                     "step ms (min/median/max)": f"{1e3 * min(dts):.0f}/"
+                     f"{1e3 * statistics.median(dts):.0f}/{1e3 * max(dts):.0f}"})
     ref = rows[1]["tokens/s"]
     for r in rows:
         r["vs reference"] = f"{r['tokens/s'] / ref:.2f}x"
     print(f"device: {name}; model {preset} ({cfg.n_layer}L, {cfg.n_embd}d), batch {B} x T {T}, "
-          f"{mode}, median of {steps} steps after {warmup} warm-up"
+          f"{mode}, median of {steps} steps after {warmup} warm-up, "
+          f"{args.rounds} alternating round(s)"
           + ("" if peak else "; MFU needs a known GPU peak") + "\n")
-    report("train_step", rows, ["tool", "mode", "tokens/s", "MFU %", "vs reference"], args.out,
+    report("train_step", rows, ["tool", "mode", "tokens/s", "MFU %", "step ms (min/median/max)",
+                                "vs reference"], args.out,
            {"device": name, "model": cfg.to_dict(), "batch_size": B, "seq_len": T,
             "flops_per_token": flops_tok, "peak_flops": peak,
             "torch": torch.__version__, "steps": steps, "warmup": warmup,
-            "compile": use_compile})
+            "compile": use_compile, "rounds": args.rounds})
 
 
 if __name__ == "__main__":

@@ -195,3 +195,15 @@ def test_cuda_bf16_compile_trains(small, tmp_path):
     assert result["losses"][-1] < result["losses"][0]
     meta = json.loads((Path(result["checkpoint"]) / "config.json").read_text())
     assert meta["train"]["compile"] and "_orig_mod" not in str(_weights(result["checkpoint"]))
+
+
+@pytest.mark.slow
+def test_compile_on_cpu_matches_eager_and_saves_plain_names(small, tmp_path):
+    # torch.compile (inductor, C++ on CPU) is the path CUDA runs too: same losses as eager
+    # within float tolerance, and checkpoints without the "_orig_mod." prefix.
+    settings = {**TINY, "max_steps": 3, "eval_interval": 3}
+    eager = train(dataset=small, out_dir=str(tmp_path / "eager"), **settings)
+    compiled = train(dataset=small, out_dir=str(tmp_path / "compiled"), compile=True, **settings)
+    np.testing.assert_allclose(compiled["losses"], eager["losses"], rtol=1e-4)
+    meta = json.loads((Path(compiled["checkpoint"]) / "config.json").read_text())
+    assert meta["train"]["compile"] and "_orig_mod" not in str(list(_weights(compiled["checkpoint"])))
