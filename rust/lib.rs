@@ -1118,15 +1118,6 @@ mod python {
         w.iter().map(str::to_string).collect()
     }
 
-    /// The sentences span dedup splits `text` into.
-    #[pyfunction]
-    fn dedup_sentences(text: &str) -> Vec<String> {
-        dedup::sentences::sentence_spans(text)
-            .into_iter()
-            .map(|(a, b)| text[a..b].to_string())
-            .collect()
-    }
-
     /// 1 - (1 - s^rows)^bands: the chance that documents of Jaccard similarity `s` share a band.
     #[pyfunction]
     fn lsh_collision_probability(s: f64, bands: usize, rows: usize) -> f64 {
@@ -1544,7 +1535,6 @@ mod python {
         m.add_function(wrap_pyfunction!(minhash_permutations, m)?)?;
         m.add_function(wrap_pyfunction!(shingle_hashes, m)?)?;
         m.add_function(wrap_pyfunction!(dedup_words, m)?)?;
-        m.add_function(wrap_pyfunction!(dedup_sentences, m)?)?;
         m.add_function(wrap_pyfunction!(lsh_collision_probability, m)?)?;
         m.add_function(wrap_pyfunction!(exact_hash, m)?)?;
         Ok(())

@@ -255,7 +255,7 @@ def test_spans_removed_from_later_documents(tmp_path):
     report, kept, removed = run(tmp_path, docs, minhash=False, spans=True)
     texts = {d.id: d.text for d in kept}
     assert texts["first"] == first
-    assert shared[0] not in texts["second"] and len(_core.dedup_sentences(texts["second"])) == 6
+    assert shared[0] not in texts["second"] and len(_core.split_sentences(texts["second"])) == 6
     assert [(d.id, d.metadata["dedup_method"], d.metadata["duplicate_of"]) for d in removed] == [
         ("third", "spans", "first")
     ]

@@ -8,11 +8,11 @@
 use super::lines::{self, cut};
 use super::resolve::{DecisionEntry, RemovalEntry, DECISIONS, REMOVALS, RESOLVE_MANIFEST};
 use super::scan::ScanManifest;
-use super::sentences::sentence_spans;
 use super::spans;
 use super::spill::RunReader;
 use super::store::IdStore;
 use super::{DedupConfig, DedupError, Key128, Method, Result};
+use crate::text::sentences::trimmed_sentences;
 use rayon::prelude::*;
 use rustc_hash::FxHashSet;
 use std::iter::Peekable;
@@ -208,7 +208,7 @@ fn decide(
     }
     let new_text = cut(text, &mut ranges).trim().to_string();
     let too_short = new_text.is_empty()
-        || sentence_spans(&new_text).len() < config.min_sentences
+        || trimmed_sentences(&new_text).len() < config.min_sentences
         || (sentences_cut > 0 && spans::word_count(&new_text) < config.min_words);
     let (lines_cut, sentences_cut) = (lines_cut as u32, sentences_cut as u32);
     if !too_short {

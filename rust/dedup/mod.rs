@@ -28,7 +28,6 @@ pub mod minhash;
 pub mod normalize;
 pub mod resolve;
 pub mod scan;
-pub mod sentences;
 pub mod spans;
 pub mod spill;
 pub mod store;

@@ -2,8 +2,8 @@
 //! than once in the data set" (the C4 paper), as datatrove's `SentenceDedup` implements it.
 //!
 //! Behaviour, following datatrove:
-//! - A document is split into sentences ([`sentences::sentence_spans`]); a document with fewer
-//!   than `n` sentences has no spans. Span `i` is sentences `i..i + n`, each normalised like
+//! - A document is split into sentences ([`trimmed_sentences`], the splitter the filters use);
+//!   a document with fewer than `n` sentences has no spans. Span `i` is sentences `i..i + n`, each normalised like
 //!   MinHash words ([`normalize::words`]), and is skipped when all of them normalise to
 //!   nothing (punctuation-only lines).
 //! - Sorted by (hash, document, sentence), the first occurrence of a span in input order is
@@ -13,19 +13,19 @@
 //!   result trimmed. A document that changed is dropped when it is empty, has fewer than
 //!   `min_words` words (datatrove: 50) or fewer than `min_sentences` sentences (3).
 //!
-//! Differences: datatrove splits sentences with spaCy's or NLTK's splitter (by language) and
-//! hashes 64 bits; here the rule-based splitter of [`sentences`] and 128-bit xxh3.
+//! Differences: datatrove hashes 64 bits, here 128-bit xxh3. Sentences split as spaCy's
+//! sentencizer does for English (datatrove's splitter for it): `crate::text::sentences`.
 
 use super::normalize::words;
-use super::sentences::sentence_spans;
 use super::spill::Record;
 use super::Key128;
+use crate::text::sentences::trimmed_sentences;
 use xxhash_rust::xxh3::xxh3_128;
 
 /// The hashes of the `n`-sentence spans of `text`, with the index of each span's first
 /// sentence.
 pub fn span_hashes(text: &str, n: usize, fold_numbers: bool) -> Vec<(Key128, u32)> {
-    let sents = sentence_spans(text);
+    let sents = trimmed_sentences(text);
     if n == 0 || sents.len() < n {
         return Vec::new();
     }
@@ -82,7 +82,7 @@ impl Record for SpanEntry {
 /// `n` sentences long; a cut sentence takes the whitespace before it. Returns the ranges and
 /// the number of sentences cut.
 pub fn cut_ranges(text: &str, starts: &[u32], n: usize) -> (Vec<(usize, usize)>, usize) {
-    let sents = sentence_spans(text);
+    let sents = trimmed_sentences(text);
     let mut removed = vec![false; sents.len()];
     for &s in starts {
         let s = s as usize;

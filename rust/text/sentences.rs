@@ -89,6 +89,31 @@ pub fn sentence_spans(text: &str) -> Vec<Range<usize>> {
     spans
 }
 
+/// The sentences of `text` as trimmed, non-empty byte ranges `(start, end)`, in order: the
+/// ranges of [`sentence_spans`] without their surrounding whitespace. Span dedup keys and cuts
+/// sentences with these, so it splits exactly as the filters count.
+///
+/// ```
+/// use gristmill::text::sentences::trimmed_sentences;
+/// let t = "Mr. Smith came. He left!  Did he?";
+/// let s: Vec<&str> = trimmed_sentences(t).iter().map(|&(a, b)| &t[a..b]).collect();
+/// assert_eq!(s, ["Mr. Smith came.", "He left!", "Did he?"]);
+/// ```
+pub fn trimmed_sentences(text: &str) -> Vec<(usize, usize)> {
+    sentence_spans(text)
+        .into_iter()
+        .filter_map(|r| {
+            let piece = &text[r.clone()];
+            let body = piece.trim();
+            if body.is_empty() {
+                return None;
+            }
+            let start = r.start + (piece.len() - piece.trim_start().len());
+            Some((start, start + body.len()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +148,8 @@ mod tests {
         // A capital initial keeps its dot, as in spaCy.
         assert_eq!(count_sentences("A. B. C."), 1);
         assert_eq!(sentences(""), [""]);
+        assert!(trimmed_sentences(" \n ").is_empty());
+        let t = "One.\n\nTwo?  ";
+        assert_eq!(trimmed_sentences(t), [(0, 4), (6, 10)]);
     }
 }
