@@ -109,15 +109,14 @@ def test_ray_matches_local(ray_cluster, corpus, local_run, tmp_path):
     assert ray_engine.prep([corpus], tmp_path / "ray", _config()) == report
 
 
-@pytest.mark.parametrize("mode", ["raise", "exit"])
-def test_a_task_failing_once_changes_nothing(ray_cluster, corpus, local_run, tmp_path, monkeypatch, mode):
-    """One filter or apply task fails (an exception, or its worker process dies); Ray retries
-    it, it overwrites its own shard, and the output is exactly the local output."""
-    marker = tmp_path / "failed-once"
-    monkeypatch.setenv(ray_engine.FAILURE_ENV, f"{mode}:{marker}")
+def test_tasks_failing_once_change_nothing(ray_cluster, corpus, local_run, tmp_path, monkeypatch):
+    """One task raises and one task's worker process dies; Ray retries them, each overwrites
+    its own shards, and the output and counts are exactly the local ones."""
+    markers = [tmp_path / "raised-once", tmp_path / "exited-once"]
+    monkeypatch.setenv(ray_engine.FAILURE_ENV, f"raise:{markers[0]},exit:{markers[1]}")
     local_out, local_report = local_run
     report = ray_engine.prep([corpus], tmp_path / "ray", _config())
-    assert marker.exists(), "the failure was not injected"
+    assert all(m.exists() for m in markers), "the failures were not injected"
     _assert_same(local_out, tmp_path / "ray", local_report, report)
 
 

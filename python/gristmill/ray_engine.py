@@ -30,9 +30,10 @@ Not on Ray (they raise ``NotImplementedError``): line and span dedup, MinHash wi
 as input. Inputs and outputs are paths every worker sees (local in one machine, a shared
 filesystem across many).
 
-Setting ``GRISTMILL_RAY_INJECT_FAILURE`` to ``raise:PATH`` or ``exit:PATH`` makes the first
-filter or apply task that creates the marker file ``PATH`` fail (an exception, or the worker
-process exiting): the tests use it to show a retried task changes nothing.
+Setting ``GRISTMILL_RAY_INJECT_FAILURE`` to ``raise:PATH`` or ``exit:PATH`` (or several,
+comma-separated) makes the first filter or apply task that creates the marker file ``PATH``
+fail (an exception, or the worker process exiting): the tests use it to show that a retried
+task changes nothing.
 
 >>> from gristmill.ray_engine import prep  # doctest: +SKIP
 >>> report = prep(["raw/"], "clean/", PrepConfig(dedup={"minhash": True}))  # doctest: +SKIP
@@ -72,7 +73,9 @@ __all__ = ["INSTALL_HINT", "dedup", "init", "prep", "require_ray"]
 INSTALL_HINT = "the Ray engine needs Ray: install it with: pip install 'gristmill[ray]'"
 FAILURE_ENV = "GRISTMILL_RAY_INJECT_FAILURE"
 _RECORD_BITS = 40  # records per file < 2**40; files < 2**23
-_RETRY = {"max_retries": 3, "retry_exceptions": True}
+# Ray retries a task whose worker died; errors raised in a task are retried too, through the
+# DataContext where Ray has it (2.60+), else through the task options (see _map).
+_RETRIES = 3
 
 
 def require_ray():
@@ -120,18 +123,20 @@ _CACHE: dict[str, Any] = {}
 
 
 def _maybe_fail(injection: str | None) -> None:
-    """Fails once per marker file: the first task to create it raises or exits."""
-    if not injection:
-        return
-    mode, _, marker = injection.partition(":")
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.close(fd)
-    if mode == "exit":
-        os._exit(1)
-    raise RuntimeError(f"injected failure ({FAILURE_ENV}={injection})")
+    """Fails once per marker file: the first task to create it raises or exits. ``injection``
+    is ``MODE:PATH[,MODE:PATH...]`` with MODE ``raise`` or ``exit``."""
+    for item in (injection or "").split(","):
+        mode, _, marker = item.partition(":")
+        if not marker:
+            continue
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        if mode == "exit":
+            os._exit(1)
+        raise RuntimeError(f"injected failure ({FAILURE_ENV}={item})")
 
 
 def _shard_name(ordinal: int) -> str:
@@ -242,21 +247,30 @@ def _hash_block(batch: dict[str, np.ndarray], *, config_json: str):
     }
 
 
-def _explode_bands(batch: dict[str, np.ndarray], *, partitions: int):
-    bands = batch["bands"][batch["has_sig"]]
-    ordinals = batch["ordinal"][batch["has_sig"]]
-    per_doc = bands.shape[1] // 2 if bands.ndim == 2 else 0
-    hi = bands[:, 0::2].reshape(-1)
-    return {
-        "key_hi": hi, "key_lo": bands[:, 1::2].reshape(-1),
-        "ordinal": np.repeat(ordinals, per_doc),
-        "part": (hi % np.uint64(partitions)).astype(np.int64),
-    }
+_EXACT, _BAND = 0, 1
 
 
-def _groups(hi: np.ndarray, lo: np.ndarray, ordinal: np.ndarray):
+def _key_rows(batch: dict[str, np.ndarray], *, partitions: int, exact: bool, minhash: bool):
+    """One row per exact key and per band key (``kind``, ``hi``, ``lo``, ``ordinal``, ``id``;
+    ids only on exact rows), with the partition of the key: the input of the shuffle."""
+    parts = []
+    if exact:
+        parts.append((np.full(len(batch["ordinal"]), _EXACT, np.int8), batch["exact_hi"],
+                      batch["exact_lo"], batch["ordinal"], np.asarray(batch["id"], dtype=object)))
+    if minhash:
+        bands = batch["bands"][batch["has_sig"]]
+        per_doc = bands.shape[1] // 2
+        n = bands.shape[0] * per_doc
+        parts.append((np.full(n, _BAND, np.int8), bands[:, 0::2].reshape(-1), bands[:, 1::2].reshape(-1),
+                      np.repeat(batch["ordinal"][batch["has_sig"]], per_doc), np.full(n, "", dtype=object)))
+    kind, hi, lo, ordinal, ids = (np.concatenate(c) for c in zip(*parts))
+    return {"kind": kind, "hi": hi, "lo": lo, "ordinal": ordinal, "id": ids,
+            "part": (hi % np.uint64(partitions)).astype(np.int64)}
+
+
+def _group_starts(hi: np.ndarray, lo: np.ndarray, ordinal: np.ndarray):
     """Sorts rows by (key, ordinal); returns the order, whether each row starts a group,
-    and the index of each row's group start."""
+    and the position of each row's group start."""
     order = np.lexsort((ordinal, lo, hi))
     hi, lo = hi[order], lo[order]
     start = np.ones(len(order), dtype=bool)
@@ -265,22 +279,31 @@ def _groups(hi: np.ndarray, lo: np.ndarray, ordinal: np.ndarray):
     return order, start, first
 
 
-def _exact_partition(group: dict[str, np.ndarray]):
-    """One partition of the exact keys: every later copy names the group's first document."""
-    order, start, first = _groups(group["exact_hi"], group["exact_lo"], group["ordinal"])
-    ordinal, ids = group["ordinal"][order], group["id"][order]
-    dup = ~start
-    return {"ordinal": ordinal[dup], "dup_of": ordinal[first[dup]], "dup_of_id": ids[first[dup]]}
+def _partition(group: dict[str, np.ndarray]):
+    """One hash partition of the keys, grouped by key; a group's first document (smallest
+    ordinal) is its original. Returns rows ``kind, a, b, id, opens``:
 
-
-def _bucket_partition(group: dict[str, np.ndarray]):
-    """One partition of the band keys: an edge (first member, member) for each later member of
-    a bucket; ``opens`` marks the first edge of each shared bucket."""
-    order, start, first = _groups(group["key_hi"], group["key_lo"], group["ordinal"])
-    ordinal = group["ordinal"][order]
-    dup = ~start
-    opens = dup & np.concatenate([[False], start[:-1]])
-    return {"a": ordinal[first[dup]], "b": ordinal[dup], "opens": opens[dup]}
+    - exact: ``b`` repeats ``a`` (its original), whose id is ``id``;
+    - band: an edge from the bucket's first member ``a`` to a later member ``b``; ``opens``
+      marks the first edge of each shared bucket.
+    """
+    out = {"kind": [], "a": [], "b": [], "id": [], "opens": []}
+    for kind in (_EXACT, _BAND):
+        rows = group["kind"] == kind
+        if not rows.any():
+            continue
+        order, start, first = _group_starts(group["hi"][rows], group["lo"][rows], group["ordinal"][rows])
+        ordinal, ids = group["ordinal"][rows][order], group["id"][rows][order]
+        later = ~start
+        out["kind"].append(np.full(int(later.sum()), kind, np.int8))
+        out["a"].append(ordinal[first[later]])
+        out["b"].append(ordinal[later])
+        out["id"].append(ids[first[later]])
+        out["opens"].append((later & np.concatenate([[False], start[:-1]]))[later])
+    if not out["kind"]:
+        return {"kind": np.zeros(0, np.int8), "a": np.zeros(0, np.int64), "b": np.zeros(0, np.int64),
+                "id": np.zeros(0, dtype=object), "opens": np.zeros(0, bool)}
+    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def _apply_block(batch: dict[str, np.ndarray], *, decisions_ref: list, out: str, fmt: str,
@@ -344,10 +367,29 @@ def _read(files: list[str], fields: dict, block_docs: int):
     # Reading asks for half a CPU: it is lighter than filtering, and different resources keep
     # Ray from fusing the read into the next task, so the blocks of one big file are
     # processed in parallel instead of in the task that reads it.
-    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
-        _read_files, batch_size=1, fn_kwargs={"fields": fields, "block_docs": block_docs},
-        num_cpus=0.5, **_RETRY,
-    )
+    items_ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    return _map(items_ds, _read_files, batch_size=1,
+                fn_kwargs={"fields": fields, "block_docs": block_docs}, num_cpus=0.5)
+
+
+def _configure(progress: bool) -> None:
+    """Progress bars, and retries of tasks that raise (Ray retries dead workers' tasks itself)."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    if hasattr(ctx, "max_map_retries"):
+        ctx.retried_map_errors = True
+        ctx.max_map_retries = max(ctx.max_map_retries, _RETRIES)
+
+
+def _map(ds, fn, **kwargs):
+    """``ds.map_batches(fn, ...)``, retrying a task that raises."""
+    import ray
+
+    if not hasattr(ray.data.DataContext.get_current(), "max_map_retries"):  # Ray < 2.60
+        kwargs.update(max_retries=_RETRIES, retry_exceptions=True)
+    return ds.map_batches(fn, **kwargs)
 
 
 def _counts(ds) -> list[dict[str, Any]]:
@@ -390,6 +432,7 @@ def dedup(
     id_field: str = "id",
     partitions: int | None = None,
     block_docs: int = 2000,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Exact and MinHash dedup on Ray; the same decisions and report counts as
     :func:`gristmill.dedup.dedup` (see the module docstring for how).
@@ -403,6 +446,7 @@ def dedup(
         partitions: hash partitions of the keys (default: from the cluster's CPUs and the
             number of keys, about 2M keys each).
         block_docs: documents per block (and per output shard at most).
+        progress: show Ray Data's progress bars.
 
     Returns:
         The report, with the keys of the local engine's.
@@ -421,6 +465,7 @@ def dedup(
     _check_dedup(cfg)
     ray = require_ray()
     init(address)
+    _configure(progress)
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -431,40 +476,37 @@ def dedup(
 
     # Keys: one pass over the documents in the core; kept in the object store (24 bytes per
     # key plus ids), spilled to disk by Ray when large.
-    keys = _read(files, fields, block_docs).map_batches(
-        _hash_block, batch_size=None, fn_kwargs={"config_json": cfg.core_json()}, **_RETRY,
-    ).materialize()
+    keys = _map(_read(files, fields, block_docs), _hash_block, batch_size=None,
+                fn_kwargs={"config_json": cfg.core_json()}).materialize()
     n_docs = keys.count()
     # Each partition is grouped in one task's memory: about 2M keys each.
     parts = partitions or max(2 * cpus, -(-n_docs * max(cfg.bands, 1) // 2_000_000))
+    # One shuffle for both methods: every key goes to the partition of its hash.
+    found = _map(keys, _key_rows, fn_kwargs={"partitions": parts, "exact": cfg.exact, "minhash": cfg.minhash})
+    found = found.groupby("part", num_partitions=parts).map_groups(_partition, batch_format="numpy")
+    found = found.to_pandas()
     removed: dict[int, tuple[str, int, str]] = {}
-    if cfg.exact:
-        dups = keys.map_batches(_exact_rows, fn_kwargs={"partitions": parts}).groupby(
-            "part").map_groups(_exact_partition, batch_format="numpy")
-        for r in dups.take_all():
-            removed[int(r["ordinal"])] = ("exact", int(r["dup_of"]), str(r["dup_of_id"]))
+    exact = found[found["kind"] == _EXACT] if len(found) else found
+    for dup, original_id in zip(exact["b"].tolist(), exact["id"].tolist()):
+        removed[int(dup)] = ("exact", 0, str(original_id))
     mh = {"clusters": 0, "clustered_documents": 0, "shared_buckets": 0, "candidate_pairs": 0, "rejected_pairs": 0}
     if cfg.minhash:
-        edges = keys.map_batches(_explode_bands, fn_kwargs={"partitions": parts}).groupby("part").map_groups(
-            _bucket_partition, batch_format="numpy").to_pandas()
-        a = edges["a"].to_numpy(np.uint64) if len(edges) else np.zeros(0, np.uint64)
-        b = edges["b"].to_numpy(np.uint64) if len(edges) else np.zeros(0, np.uint64)
+        edges = found[found["kind"] == _BAND] if len(found) else found
+        a, b = (edges[c].to_numpy(np.uint64) if len(edges) else np.zeros(0, np.uint64) for c in "ab")
         members, roots = _core.dedup_union_find(a, b)
         mh.update(clusters=int((members == roots).sum()), clustered_documents=len(members),
                   shared_buckets=int(edges["opens"].sum()) if len(edges) else 0, candidate_pairs=len(a))
         later = [(int(m), int(r)) for m, r in zip(members, roots) if m != r and int(m) not in removed]
-        wanted = np.unique(np.array([r for _, r in later], dtype=np.int64))
-        root_ids = _ids_of(keys, wanted)
+        root_ids = _ids_of(keys, np.unique(np.array([r for _, r in later], dtype=np.int64)))
         for m, r in later:
             removed[m] = ("minhash", r, root_ids[r])
     order = sorted(removed)
     decisions = (np.array(order, dtype=np.int64), np.array([removed[o][0] for o in order], dtype=object),
                  np.array([removed[o][2] for o in order], dtype=object))
     ref = ray.put(decisions)
-    applied = _counts(_read(files, fields, block_docs).map_batches(
-        _apply_block, batch_size=None,
+    applied = _counts(_map(
+        _read(files, fields, block_docs), _apply_block, batch_size=None,
         fn_kwargs={"decisions_ref": [ref], "out": str(out), "fmt": cfg.fmt, "injection": injection},
-        **_RETRY,
     ))
     kept_files = sorted(f for c in applied for f in c["files"] if f)
     removed_files = sorted(f for c in applied for f in c["removed_files"] if f)
@@ -494,12 +536,6 @@ def dedup(
         raise RuntimeError(f"Ray dedup lost documents: {n_docs} in, {kept} kept, {report['documents_removed']} removed")
     _write_json_atomic(out / REPORT_NAME, report)
     return report
-
-
-def _exact_rows(batch: dict[str, np.ndarray], *, partitions: int):
-    hi = batch["exact_hi"]
-    return {"exact_hi": hi, "exact_lo": batch["exact_lo"], "ordinal": batch["ordinal"], "id": batch["id"],
-            "part": (hi % np.uint64(partitions)).astype(np.int64)}
 
 
 def _select_ids(batch: dict[str, np.ndarray], *, wanted: np.ndarray):
@@ -556,7 +592,7 @@ def prep(
     dedup_cfg = DedupConfig(**{"fmt": config.output_format, **config.dedup}) if config.dedup else None
     if dedup_cfg is not None:
         _check_dedup(dedup_cfg)
-    ray = require_ray()
+    require_ray()
     files = _input_files(inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -565,14 +601,14 @@ def prep(
     if run.state["complete"] and (out / "report.json").exists():
         return json.loads((out / "report.json").read_text("utf-8"))
     init(address)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
+    _configure(progress)
     started = time.perf_counter()
     fields = {"text_field": config.text_field, "id_field": config.id_field,
               "txt_mode": config.txt_mode, "skip_bad": config.skip_bad}
     injection = os.environ.get(FAILURE_ENV) or None
-    results = _counts(_read(files, fields, config.batch_size).map_batches(
-        _filter_block, batch_size=None,
-        fn_kwargs={"config": config, "out": str(out), "injection": injection}, **_RETRY,
+    results = _counts(_map(
+        _read(files, fields, config.batch_size), _filter_block, batch_size=None,
+        fn_kwargs={"config": config, "out": str(out), "injection": injection},
     ))
     fmt = config.output_format
     _remove_unreported(out, "docs", fmt, {f for c in results for f in c["files"] if f})
@@ -595,7 +631,8 @@ def prep(
     dedup_report = None
     if dedup_cfg is not None:
         shards = sorted(out.glob(f"docs-*.{fmt}"))
-        dedup_report = dedup(shards, out / "deduped", dedup_cfg, block_docs=config.batch_size)
+        dedup_report = dedup(shards, out / "deduped", dedup_cfg, block_docs=config.batch_size,
+                             progress=progress)
     report = _report(st, pipeline, config, out, removed_dir if config.keep_removed else None,
                      time.perf_counter() - started)
     if dedup_report is not None:
