@@ -11,8 +11,8 @@ default) and how many decisions agree.
     python benches/bench_prep.py --size full --out bench-results/prep.json
 
 A second table times the whole ``prep`` (C4 filters, then exact + MinHash dedup, writing
-shards) on the local engine and on the Ray engine (local Ray clusters of 1 and 2 CPUs, the
-input split into 8 files), in documents/s, and checks that both keep the same documents.
+shards) on the local engine and on the Ray engine (local Ray clusters of 1 and 2 CPUs, only 2
+with --size small; the input split into 8 files), in documents/s, and checks that both keep the same documents.
 It is skipped when Ray is not installed (``pip install 'gristmill[ray]'``) or with --no-ray.
 """
 
@@ -124,6 +124,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench-results" / "prep.json"))
     parser.add_argument("--no-peer", action="store_true", help="time gristmill only")
     parser.add_argument("--no-ray", action="store_true", help="skip the local vs Ray engine table")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="engine table: the corpus this many times (copies are exact duplicates)")
     args = parser.parse_args(argv)
 
     docs = load_docs(args.size)
@@ -178,7 +180,7 @@ def main(argv=None) -> int:
             if "peer_s" in r else ""
         )
         print(f"{r['filter']:<20}{r['gristmill_mb_s_per_core']:>16.1f}{r['gristmill_docs_s']:>10.0f}{peer}")
-    engines = [] if args.no_ray else bench_engines(docs)
+    engines = [] if args.no_ray else bench_engines(docs * args.repeat, workers=(2,) if args.size == "small" else (1, 2))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
@@ -194,9 +196,9 @@ def main(argv=None) -> int:
 # ---- engines: the whole prep, local vs Ray ---------------------------------------------------------
 
 
-def bench_engines(docs: list[str], files: int = 8) -> list[dict]:
+def bench_engines(docs: list[str], files: int = 8, workers: tuple = (1, 2)) -> list[dict]:
     """Times ``prep`` (c4 preset, exact + MinHash dedup) on the local engine and on local Ray
-    clusters of 1 and 2 CPUs over the same input; returns one row per run."""
+    clusters of each size in ``workers`` over the same input; returns one row per run."""
     try:
         import ray
         import ray.data  # noqa: F401
@@ -227,7 +229,7 @@ def bench_engines(docs: list[str], files: int = 8) -> list[dict]:
         rows.append({"engine": "local", "workers": 1, "seconds": round(seconds, 3),
                      "docs_s": round(local["docs_in"] / seconds, 1), "same_output": True})
         expected = kept(Path(tmp) / "local")
-        for cpus in (1, 2):
+        for cpus in workers:
             t_start = time.perf_counter()
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": {"GRISTMILL_NUM_THREADS": "1"}})

@@ -134,6 +134,20 @@ def test_standalone_dedup_matches_local(ray_cluster, local_run, tmp_path):
     assert _records(tmp_path / "ray", "removed-*") == _records(tmp_path / "local", "removed-*")
 
 
+def test_pipeline_prep_stage_on_ray(ray_cluster, corpus, local_run, tmp_path):
+    from gristmill.pipeline import _check, _stage_prep
+
+    cfg = {"inputs": [str(corpus)], "out_dir": str(tmp_path), "engine": "ray"}
+    _check(cfg)
+    settings = {"preset": "c4", "skip_bad": True, "batch_size": 40, "dedup": {"exact": True, "minhash": True}}
+    summary = _stage_prep(settings, cfg, tmp_path / "prep", {}, False)
+    _, local_report = local_run
+    assert summary["docs_final"] == local_report["docs_final"]
+    assert summary["docs_out"] == local_report["docs_out"]
+    with pytest.raises(ValueError, match="engine must be"):
+        _check({**cfg, "engine": "spark"})
+
+
 def test_what_ray_does_not_do_is_refused(tmp_path, corpus):
     with pytest.raises(NotImplementedError, match="line and span dedup"):
         ray_engine.prep([corpus], tmp_path, PrepConfig(dedup={"lines": True}))
@@ -141,7 +155,11 @@ def test_what_ray_does_not_do_is_refused(tmp_path, corpus):
         ray_engine.dedup([corpus], tmp_path, DedupConfig(threshold=0.8))
 
 
-def test_missing_ray_says_how_to_install(monkeypatch):
+def test_missing_ray_says_how_to_install(monkeypatch, capsys, corpus, tmp_path):
+    from gristmill.cli import main
+
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"pip install 'gristmill\[ray\]'"):
         ray_engine.require_ray()
+    assert main(["prep", str(corpus), "-o", str(tmp_path), "--engine", "ray"]) == 2
+    assert "install it with: pip install 'gristmill[ray]'" in capsys.readouterr().err

@@ -4,6 +4,7 @@ A pipeline config (TOML) names the inputs and the settings of each stage::
 
     out_dir = "runs/shakespeare"
     inputs = ["data/shakespeare.txt"]
+    engine = "local"    # or "ray": prep on Ray Data, same result (address = "..." to join a cluster)
 
     [prep]        # gristmill.prep.PrepConfig fields (filters, dedup)
     [tokenizer]   # vocab_size, pattern, special_tokens

@@ -73,8 +73,8 @@ __all__ = ["INSTALL_HINT", "dedup", "init", "prep", "require_ray"]
 INSTALL_HINT = "the Ray engine needs Ray: install it with: pip install 'gristmill[ray]'"
 FAILURE_ENV = "GRISTMILL_RAY_INJECT_FAILURE"
 _RECORD_BITS = 40  # records per file < 2**40; files < 2**23
-# Ray retries a task whose worker died; errors raised in a task are retried too, through the
-# DataContext where Ray has it (2.60+), else through the task options (see _map).
+# Ray retries a task whose worker died; errors raised in a task are retried too (the
+# DataContext's map retries, Ray 2.60+; see _configure).
 _RETRIES = 3
 
 
@@ -368,8 +368,8 @@ def _read(files: list[str], fields: dict, block_docs: int):
     # Ray from fusing the read into the next task, so the blocks of one big file are
     # processed in parallel instead of in the task that reads it.
     items_ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    return _map(items_ds, _read_files, batch_size=1,
-                fn_kwargs={"fields": fields, "block_docs": block_docs}, num_cpus=0.5)
+    return items_ds.map_batches(_read_files, batch_size=1, num_cpus=0.5,
+                                fn_kwargs={"fields": fields, "block_docs": block_docs})
 
 
 def _configure(progress: bool) -> None:
@@ -378,18 +378,8 @@ def _configure(progress: bool) -> None:
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
-    if hasattr(ctx, "max_map_retries"):
-        ctx.retried_map_errors = True
-        ctx.max_map_retries = max(ctx.max_map_retries, _RETRIES)
-
-
-def _map(ds, fn, **kwargs):
-    """``ds.map_batches(fn, ...)``, retrying a task that raises."""
-    import ray
-
-    if not hasattr(ray.data.DataContext.get_current(), "max_map_retries"):  # Ray < 2.60
-        kwargs.update(max_retries=_RETRIES, retry_exceptions=True)
-    return ds.map_batches(fn, **kwargs)
+    ctx.retried_map_errors = True
+    ctx.max_map_retries = max(ctx.max_map_retries, _RETRIES)
 
 
 def _counts(ds) -> list[dict[str, Any]]:
@@ -459,7 +449,7 @@ def dedup(
     {'exact': 12, 'minhash': 40, 'lines': 0, 'spans': 0}
     """
     from gristmill import _core
-    from gristmill.dedup import REPORT_NAME, DedupConfig, parse_size
+    from gristmill.dedup import REPORT_NAME, DedupConfig, DedupError, parse_size
 
     cfg = config or DedupConfig()
     _check_dedup(cfg)
@@ -469,6 +459,12 @@ def dedup(
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / REPORT_NAME).exists():  # finished earlier, as the local engine does
+        report = json.loads((out / REPORT_NAME).read_text("utf-8"))
+        if report.get("config") == cfg.core_dict():
+            return report
+        raise DedupError(f"{out / REPORT_NAME}: {out} holds the result of a run with another "
+                         "configuration; use another output directory or remove it")
     files = _input_files(inputs)
     injection = os.environ.get(FAILURE_ENV) or None
     fields = {"text_field": text_field, "id_field": id_field}
@@ -476,36 +472,38 @@ def dedup(
 
     # Keys: one pass over the documents in the core; kept in the object store (24 bytes per
     # key plus ids), spilled to disk by Ray when large.
-    keys = _map(_read(files, fields, block_docs), _hash_block, batch_size=None,
-                fn_kwargs={"config_json": cfg.core_json()}).materialize()
+    keys = _read(files, fields, block_docs).map_batches(
+        _hash_block, batch_size=None, fn_kwargs={"config_json": cfg.core_json()}).materialize()
     n_docs = keys.count()
     # Each partition is grouped in one task's memory: about 2M keys each.
     parts = partitions or max(2 * cpus, -(-n_docs * max(cfg.bands, 1) // 2_000_000))
     # One shuffle for both methods: every key goes to the partition of its hash.
-    found = _map(keys, _key_rows, fn_kwargs={"partitions": parts, "exact": cfg.exact, "minhash": cfg.minhash})
+    found = keys.map_batches(_key_rows, fn_kwargs={"partitions": parts, "exact": cfg.exact,
+                                                   "minhash": cfg.minhash})
     found = found.groupby("part", num_partitions=parts).map_groups(_partition, batch_format="numpy")
-    found = found.to_pandas()
-    removed: dict[int, tuple[str, int, str]] = {}
-    exact = found[found["kind"] == _EXACT] if len(found) else found
-    for dup, original_id in zip(exact["b"].tolist(), exact["id"].tolist()):
-        removed[int(dup)] = ("exact", 0, str(original_id))
+    table = found.to_pandas()  # rows for duplicates only: exact copies and candidate edges
+    empty = {"kind": np.int8, "a": np.uint64, "b": np.uint64, "id": object, "opens": bool}
+    col = {c: table[c].to_numpy() if c in table else np.zeros(0, t) for c, t in empty.items()}
+    removed: dict[int, tuple[str, str]] = {}  # ordinal -> (method, id of the original)
+    is_exact = col["kind"] == _EXACT
+    for dup, original_id in zip(col["b"][is_exact].tolist(), col["id"][is_exact].tolist()):
+        removed[int(dup)] = ("exact", str(original_id))
     mh = {"clusters": 0, "clustered_documents": 0, "shared_buckets": 0, "candidate_pairs": 0, "rejected_pairs": 0}
     if cfg.minhash:
-        edges = found[found["kind"] == _BAND] if len(found) else found
-        a, b = (edges[c].to_numpy(np.uint64) if len(edges) else np.zeros(0, np.uint64) for c in "ab")
+        a, b = (col[c][~is_exact].astype(np.uint64) for c in "ab")
         members, roots = _core.dedup_union_find(a, b)
         mh.update(clusters=int((members == roots).sum()), clustered_documents=len(members),
-                  shared_buckets=int(edges["opens"].sum()) if len(edges) else 0, candidate_pairs=len(a))
+                  shared_buckets=int(col["opens"][~is_exact].sum()), candidate_pairs=len(a))
         later = [(int(m), int(r)) for m, r in zip(members, roots) if m != r and int(m) not in removed]
         root_ids = _ids_of(keys, np.unique(np.array([r for _, r in later], dtype=np.int64)))
         for m, r in later:
-            removed[m] = ("minhash", r, root_ids[r])
+            removed[m] = ("minhash", root_ids[r])
     order = sorted(removed)
     decisions = (np.array(order, dtype=np.int64), np.array([removed[o][0] for o in order], dtype=object),
-                 np.array([removed[o][2] for o in order], dtype=object))
+                 np.array([removed[o][1] for o in order], dtype=object))
     ref = ray.put(decisions)
-    applied = _counts(_map(
-        _read(files, fields, block_docs), _apply_block, batch_size=None,
+    applied = _counts(_read(files, fields, block_docs).map_batches(
+        _apply_block, batch_size=None,
         fn_kwargs={"decisions_ref": [ref], "out": str(out), "fmt": cfg.fmt, "injection": injection},
     ))
     kept_files = sorted(f for c in applied for f in c["files"] if f)
@@ -606,8 +604,8 @@ def prep(
     fields = {"text_field": config.text_field, "id_field": config.id_field,
               "txt_mode": config.txt_mode, "skip_bad": config.skip_bad}
     injection = os.environ.get(FAILURE_ENV) or None
-    results = _counts(_map(
-        _read(files, fields, config.batch_size), _filter_block, batch_size=None,
+    results = _counts(_read(files, fields, config.batch_size).map_batches(
+        _filter_block, batch_size=None,
         fn_kwargs={"config": config, "out": str(out), "injection": injection},
     ))
     fmt = config.output_format
