@@ -12,14 +12,15 @@ so the result is the local result: the same documents kept and removed, the same
   the block's first ordinal and returns its counts. Shards sort in input order.
 - **Dedup** reads the filtered shards again, and tasks compute each document's exact hash
   and LSH band keys in the core (``_core.dedup_hash_keys``). Exact groups and LSH buckets
-  are found by a groupby on a partition of the hash key (a hash shuffle: the only stage whose
-  data crosses the network, 24 bytes per key); inside a partition, rows are sorted by key and
+  are found in one groupby on a partition of the hash key (a hash shuffle: the only
+  all-to-all stage, about 37 bytes per band key and 33 plus the id per exact key); inside a
+  partition, rows are sorted by key and
   each group's smallest ordinal is its original. Buckets yield candidate edges
   (first member, other member); **union-find runs on the driver over the edges only**
   (``_core.dedup_union_find``, the core's union-find: the root of a cluster is its smallest
   ordinal, as in the local engine). A last map over the shards writes kept and removed
-  documents, with the decisions broadcast to the tasks (17 bytes per removed document plus
-  the originals' ids).
+  documents, with the decisions broadcast to the tasks (an ordinal, a method and the
+  original's id per removed document). Root ids come from one lookup map over the keys.
 - **Fault tolerance.** Output names depend only on the block's first ordinal and are written
   under a temporary name then renamed, so a retried task (Ray retries tasks whose worker died,
   and here application errors too) overwrites its own shard; counts come from the successful
