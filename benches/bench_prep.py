@@ -9,6 +9,11 @@ default) and how many decisions agree.
 
     python benches/bench_prep.py --size small          # 120 documents, well under a minute
     python benches/bench_prep.py --size full --out bench-results/prep.json
+
+A second table times the whole ``prep`` (C4 filters, then exact + MinHash dedup, writing
+shards) on the local engine and on the Ray engine (local Ray clusters of 1 and 2 CPUs, only 2
+with --size small; the input split into 8 files), in documents/s, and checks that both keep the same documents.
+It is skipped when Ray is not installed (``pip install 'gristmill[ray]'``) or with --no-ray.
 """
 
 from __future__ import annotations
@@ -118,6 +123,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", choices=["small", "full"], default="small")
     parser.add_argument("--out", default=str(ROOT / "bench-results" / "prep.json"))
     parser.add_argument("--no-peer", action="store_true", help="time gristmill only")
+    parser.add_argument("--no-ray", action="store_true", help="skip the local vs Ray engine table")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="engine table: the corpus this many times (copies are exact duplicates)")
     args = parser.parse_args(argv)
 
     docs = load_docs(args.size)
@@ -172,16 +180,79 @@ def main(argv=None) -> int:
             if "peer_s" in r else ""
         )
         print(f"{r['filter']:<20}{r['gristmill_mb_s_per_core']:>16.1f}{r['gristmill_docs_s']:>10.0f}{peer}")
+    engines = [] if args.no_ray else bench_engines(docs * args.repeat, workers=(2,) if args.size == "small" else (1, 2))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": "prep", "size": args.size, "documents": len(docs), "mb": round(mb, 3),
         "python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count(),
-        "rows": rows,
+        "rows": rows, "engines": engines,
     }
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+# ---- engines: the whole prep, local vs Ray ---------------------------------------------------------
+
+
+def bench_engines(docs: list[str], files: int = 8, workers: tuple = (1, 2)) -> list[dict]:
+    """Times ``prep`` (c4 preset, exact + MinHash dedup) on the local engine and on local Ray
+    clusters of each size in ``workers`` over the same input; returns one row per run."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        print("Ray is not installed (pip install 'gristmill[ray]'): no engine table", file=sys.stderr)
+        return []
+    import tempfile
+
+    from gristmill import ray_engine
+    from gristmill.prep import prep, read_documents
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    config = dict(preset="c4", dedup={"exact": True, "minhash": True}, batch_size=max(len(docs) // (4 * files), 10))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in"
+        src.mkdir()
+        for k in range(files):
+            lines = (json.dumps({"id": str(i), "text": t}) for i, t in enumerate(docs) if i % files == k)
+            (src / f"part-{k}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+        def kept(out: Path) -> list:
+            return [(d.id, d.text) for d in read_documents(out / "deduped")]
+
+        t0 = time.perf_counter()
+        local = prep([src], Path(tmp) / "local", PrepConfig(**config))
+        seconds = time.perf_counter() - t0
+        rows.append({"engine": "local", "workers": 1, "seconds": round(seconds, 3),
+                     "docs_s": round(local["docs_in"] / seconds, 1), "same_output": True})
+        expected = kept(Path(tmp) / "local")
+        for cpus in workers:
+            t_start = time.perf_counter()
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"GRISTMILL_NUM_THREADS": "1"}})
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            start_s = time.perf_counter() - t_start
+            try:
+                out = Path(tmp) / f"ray-{cpus}"
+                t0 = time.perf_counter()
+                report = ray_engine.prep([src], out, PrepConfig(**config))
+                seconds = time.perf_counter() - t0
+            finally:
+                ray.shutdown()
+            rows.append({"engine": "ray", "workers": cpus, "seconds": round(seconds, 3),
+                         "cluster_start_s": round(start_s, 2),
+                         "docs_s": round(report["docs_in"] / seconds, 1),
+                         "same_output": kept(out) == expected and report["docs_final"] == local["docs_final"]})
+    print(f"\nprep (c4 + exact + MinHash dedup), {len(docs)} documents in {files} files; "
+          "Ray times exclude starting the cluster")
+    print(f"{'engine':<10}{'workers':>8}{'seconds':>10}{'docs/s':>10}{'vs local':>10}  same output")
+    for r in rows:
+        print(f"{r['engine']:<10}{r['workers']:>8}{r['seconds']:>10.2f}{r['docs_s']:>10.0f}"
+              f"{r['docs_s'] / rows[0]['docs_s']:>9.2f}x  {r['same_output']}")
+    return rows
 
 
 def _try_datatrove():

@@ -1131,6 +1131,95 @@ mod python {
         dedup::exact::doc_hash(text, bits)
     }
 
+    /// The dedup keys of each text, for engines that group by them (Ray): the exact hash as
+    /// `(n, 2)` uint64 `[hi, lo]`, the LSH band keys as `(n, 2 * bands)` uint64 `[hi, lo]` per
+    /// band, and whether the text has a MinHash signature (a text with fewer words than one
+    /// shingle has none, and no band keys: it takes part in no bucket).
+    #[pyfunction]
+    fn dedup_hash_keys<'py>(
+        py: Python<'py>,
+        texts: Vec<String>,
+        config_json: &str,
+    ) -> PyResult<DedupKeys<'py>> {
+        let config = dedup_config(config_json)?;
+        let hasher = if config.minhash {
+            Some(MinHasher::from_config(&config).map_err(dedup_err)?)
+        } else {
+            None
+        };
+        let (bands, rows) = (config.bands, config.rows);
+        let (exact, band_keys, has_sig) = py.detach(|| {
+            use rayon::prelude::*;
+            let per_doc: Vec<(u128, Option<Vec<dedup::Key128>>)> = crate::parallel::install(|| {
+                texts
+                    .par_iter()
+                    .map(|t| {
+                        let exact = if config.exact {
+                            dedup::exact::doc_hash(t, config.exact_hash_bits)
+                        } else {
+                            0
+                        };
+                        let keys = hasher
+                            .as_ref()
+                            .and_then(|h| h.signature(t))
+                            .map(|s| dedup::lsh::band_keys(&s, bands, rows));
+                        (exact, keys)
+                    })
+                    .collect()
+            });
+            let width = if config.minhash { 2 * bands } else { 0 };
+            let mut exact = Vec::with_capacity(2 * per_doc.len());
+            let mut band_keys = Vec::with_capacity(width * per_doc.len());
+            let mut has_sig = Vec::with_capacity(per_doc.len());
+            for (e, keys) in per_doc {
+                exact.extend([(e >> 64) as u64, e as u64]);
+                has_sig.push(keys.is_some());
+                match keys {
+                    Some(keys) => band_keys.extend(keys.iter().flat_map(|k| [k.hi, k.lo])),
+                    None => band_keys.extend(std::iter::repeat_n(0, width)),
+                }
+            }
+            (exact, band_keys, has_sig)
+        });
+        let n = has_sig.len();
+        let width = band_keys.len().checked_div(n).unwrap_or(0);
+        Ok((
+            exact.into_pyarray(py).reshape([n, 2])?,
+            band_keys.into_pyarray(py).reshape([n, width])?,
+            has_sig.into_pyarray(py),
+        ))
+    }
+
+    type DedupKeys<'py> = (
+        Bound<'py, PyArray2<u64>>,
+        Bound<'py, PyArray2<u64>>,
+        Bound<'py, PyArray1<bool>>,
+    );
+
+    /// Clusters candidate pairs `(a[i], b[i])` with the core's union-find: returns the united
+    /// documents (ascending) and the root of each, the smallest document of its cluster.
+    #[pyfunction]
+    fn dedup_union_find<'py>(py: Python<'py>, a: Vec<u64>, b: Vec<u64>) -> PyResult<U64Pair<'py>> {
+        if a.len() != b.len() {
+            return Err(DedupError::new_err(format!(
+                "dedup_union_find: expected pairs, found {} left and {} right documents",
+                a.len(),
+                b.len()
+            )));
+        }
+        let (members, roots) = py.detach(|| {
+            let mut uf = dedup::unionfind::UnionFind::new();
+            for (&x, &y) in a.iter().zip(&b) {
+                uf.union(x, y);
+            }
+            let mut members: Vec<u64> = uf.members().collect();
+            members.sort_unstable();
+            let roots: Vec<u64> = members.iter().map(|&m| uf.find(m)).collect();
+            (members, roots)
+        });
+        Ok((members.into_pyarray(py), roots.into_pyarray(py)))
+    }
+
     // ==== bpe trainer ====
 
     use crate::bpe::trainer::MAX_VOCAB;
@@ -1537,6 +1626,8 @@ mod python {
         m.add_function(wrap_pyfunction!(dedup_words, m)?)?;
         m.add_function(wrap_pyfunction!(lsh_collision_probability, m)?)?;
         m.add_function(wrap_pyfunction!(exact_hash, m)?)?;
+        m.add_function(wrap_pyfunction!(dedup_hash_keys, m)?)?;
+        m.add_function(wrap_pyfunction!(dedup_union_find, m)?)?;
         Ok(())
     }
 }

@@ -221,7 +221,16 @@ def _add_prep(sub) -> None:
                    help="skip bad records (counted in the report) instead of stopping")
     p.add_argument("--overwrite", action="store_true", help="replace the output of a different run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_engine_args(p)
     p.set_defaults(func=_run_prep)
+
+
+def _add_engine_args(p) -> None:
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (default), or ray: the same result computed with Ray Data "
+                   "(needs pip install 'gristmill[ray]')")
+    p.add_argument("--address", metavar="ADDR",
+                   help="with --engine ray: the Ray cluster to join (default: start a local one)")
 
 
 def _run_prep(args) -> int:
@@ -241,8 +250,19 @@ def _run_prep(args) -> int:
             raise ValueError(f"--set {item!r}: expected FILTER.PARAM=VALUE")
         config.params.setdefault(name, {})[param] = _parse_value(value)
     config.disable.extend(args.disable)
-    report = prep(args.inputs, args.output, config, progress=not args.no_progress,
-                  overwrite=args.overwrite)
+    if args.engine == "ray":
+        from gristmill import ray_engine
+
+        try:
+            ray_engine.require_ray()
+        except ImportError as e:
+            print(f"gristmill prep: {e}", file=sys.stderr)
+            return 2
+        report = ray_engine.prep(args.inputs, args.output, config, address=args.address,
+                                 progress=not args.no_progress, overwrite=args.overwrite)
+    else:
+        report = prep(args.inputs, args.output, config, progress=not args.no_progress,
+                      overwrite=args.overwrite)
     print(format_report(report))
     print(f"wrote {len(report['shards'])} shard(s), report.json and report.html to {args.output}")
     return 0
@@ -280,6 +300,7 @@ def _add_dedup(sub) -> None:
     p.add_argument("--text-field", default="text")
     p.add_argument("--id-field", default="id")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_engine_args(p)
     p.set_defaults(func=_run_dedup)
 
 
@@ -293,10 +314,21 @@ def _run_dedup(args) -> int:
         **methods, bands=args.bands, rows=args.rows, ngram=args.ngram, seed=args.seed,
         threshold=args.threshold, memory_limit=args.memory_limit, fmt=args.format,
     )
-    report = dedup(
-        args.inputs, args.output, config, work_dir=args.work_dir, progress=not args.no_progress,
-        text_field=args.text_field, id_field=args.id_field,
-    )
+    if args.engine == "ray":
+        from gristmill import ray_engine
+
+        try:
+            ray_engine.require_ray()
+        except ImportError as e:
+            print(f"gristmill dedup: {e}", file=sys.stderr)
+            return 2
+        report = ray_engine.dedup(args.inputs, args.output, config, address=args.address,
+                                  text_field=args.text_field, id_field=args.id_field)
+    else:
+        report = dedup(
+            args.inputs, args.output, config, work_dir=args.work_dir, progress=not args.no_progress,
+            text_field=args.text_field, id_field=args.id_field,
+        )
     removed = ", ".join(f"{k} {v:,}" for k, v in report["removed"].items() if v) or "none"
     print(f"documents:  {report['documents_in']:,} in, {report['documents_kept']:,} kept")
     print(f"removed:    {report['documents_removed']:,} ({removed})")

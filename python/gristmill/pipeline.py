@@ -4,6 +4,7 @@ A pipeline config (TOML) names the inputs and the settings of each stage::
 
     out_dir = "runs/shakespeare"
     inputs = ["data/shakespeare.txt"]
+    engine = "local"    # or "ray": prep on Ray Data, same result (address = "..." to join a cluster)
 
     [prep]        # gristmill.prep.PrepConfig fields (filters, dedup)
     [tokenizer]   # vocab_size, pattern, special_tokens
@@ -56,9 +57,14 @@ def load_config(path: PathLike) -> dict:
 
 
 def _check(cfg: dict) -> None:
-    unknown = set(cfg) - {"out_dir", "inputs", *STAGES}
+    unknown = set(cfg) - {"out_dir", "inputs", "engine", "address", *STAGES}
     if unknown:
-        raise ValueError(f"unknown pipeline keys {sorted(unknown)}; expected out_dir, inputs, {', '.join(STAGES)}")
+        raise ValueError(
+            f"unknown pipeline keys {sorted(unknown)}; expected out_dir, inputs, engine, address, "
+            f"{', '.join(STAGES)}"
+        )
+    if cfg.get("engine", "local") not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', not {cfg['engine']!r}")
     if not cfg.get("inputs"):
         raise ValueError("the pipeline needs 'inputs': a list of files or folders")
     if not cfg.get("out_dir"):
@@ -118,7 +124,13 @@ def _write_record(stage_dir: Path, record: dict) -> None:
 def _stage_prep(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> dict:
     from gristmill.prep import PrepConfig, prep
 
-    report = prep(cfg["inputs"], out, PrepConfig.from_dict(s), progress=progress)
+    if cfg.get("engine", "local") == "ray":  # the same result, computed on a Ray cluster
+        from gristmill import ray_engine
+
+        report = ray_engine.prep(cfg["inputs"], out, PrepConfig.from_dict(s), address=cfg.get("address"),
+                                 progress=progress)
+    else:
+        report = prep(cfg["inputs"], out, PrepConfig.from_dict(s), progress=progress)
     keys = ("docs_in", "docs_out", "docs_final", "bytes_in", "bytes_out", "seconds")
     return {k: report[k] for k in keys if k in report}
 

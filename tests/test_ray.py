@@ -1,0 +1,165 @@
+"""The Ray engine gives the local engine's result: same documents kept and removed, same
+dedup clusters (``duplicate_of``), same report counts; also when a task fails once."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+from gristmill.dedup import DedupConfig
+from gristmill.prep import PrepConfig, read_documents
+from gristmill.prep import prep as local_prep
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'gristmill[ray]')")
+pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'gristmill[ray]')")
+
+from gristmill import ray_engine  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"GRISTMILL_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}})
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shared_data) -> Path:
+    """Three files of real English with exact copies (case and spacing changed), near copies
+    (a word changed), a short document and a bad record, spread across the files."""
+    docs = []
+    for d in read_documents(shared_data / "bench-en.jsonl.zst"):
+        docs.append({"id": d.id, "text": d.text, "source": d.metadata.get("source")})
+        if len(docs) == 240:
+            break
+    rng = random.Random(7)
+    extra = []
+    for i, d in enumerate(rng.sample(docs, 40)):
+        text = d["text"]
+        if i % 2:
+            text = text.upper().replace(" ", "  ")  # an exact duplicate after normalisation
+        else:
+            words = text.split(" ")
+            words[len(words) // 2] = "zebra"  # a near duplicate
+            text = " ".join(words)
+        extra.append({"id": f"copy-{i}", "text": text, "source": "copies"})
+    extra.append({"id": "short", "text": "Too short.", "source": "copies"})
+    everything = docs + extra
+    rng.shuffle(everything)
+    root = tmp_path_factory.mktemp("corpus")
+    for k in range(3):
+        lines = [json.dumps(r) for r in everything[k::3]]
+        if k == 1:
+            lines.insert(5, "{not json")
+        (root / f"part-{k}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def _config(**kw) -> PrepConfig:
+    return PrepConfig(preset="c4", keep_removed=True, skip_bad=True, batch_size=40,
+                      dedup={"exact": True, "minhash": True}, **kw)
+
+
+def _records(directory: Path, pattern: str) -> list[dict]:
+    rows = []
+    for path in sorted(directory.glob(pattern)):
+        for d in read_documents(path, id_field="id"):
+            rows.append({"id": d.id, "text": d.text, **d.metadata})
+    return rows
+
+
+def _assert_same(local: Path, distributed: Path, local_report: dict, ray_report: dict) -> None:
+    # The same documents, in the same (input) order, with the same fields.
+    assert _records(distributed, "docs-*") == _records(local, "docs-*")
+    assert _records(distributed / "removed", "removed-*") == _records(local / "removed", "removed-*")
+    assert _records(distributed / "deduped", "docs-*") == _records(local / "deduped", "docs-*")
+    # The same removals, each naming the same original (the same clusters).
+    assert _records(distributed / "deduped", "removed-*") == _records(local / "deduped", "removed-*")
+    for key in ("docs_in", "bytes_in", "docs_out", "bytes_out", "docs_removed", "bad_records",
+                "bad_record_messages", "filters", "examples", "filter_specs", "docs_final"):
+        assert ray_report[key] == local_report[key], key
+    assert set(ray_report) == set(local_report)
+    ld, rd = local_report["dedup"], ray_report["dedup"]
+    for key in ("documents_in", "documents_kept", "documents_removed", "removed", "minhash", "config"):
+        assert rd[key] == ld[key], key
+    assert rd["documents_kept"] + rd["documents_removed"] == rd["documents_in"] == ray_report["docs_out"]
+
+
+@pytest.fixture(scope="module")
+def local_run(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local")
+    report = local_prep([corpus], out, _config())
+    assert report["dedup"]["removed"]["exact"] > 0 and report["dedup"]["removed"]["minhash"] > 0
+    assert report["bad_records"] == 1 and report["docs_removed"] > 0
+    return out, report
+
+
+def test_ray_matches_local(ray_cluster, corpus, local_run, tmp_path):
+    local_out, local_report = local_run
+    report = ray_engine.prep([corpus], tmp_path / "ray", _config())
+    _assert_same(local_out, tmp_path / "ray", local_report, report)
+    # A finished directory returns its report without running again.
+    assert ray_engine.prep([corpus], tmp_path / "ray", _config()) == report
+
+
+def test_tasks_failing_once_change_nothing(ray_cluster, corpus, local_run, tmp_path, monkeypatch):
+    """One task raises and one task's worker process dies; Ray retries them, each overwrites
+    its own shards, and the output and counts are exactly the local ones."""
+    markers = [tmp_path / "raised-once", tmp_path / "exited-once"]
+    monkeypatch.setenv(ray_engine.FAILURE_ENV, f"raise:{markers[0]},exit:{markers[1]}")
+    local_out, local_report = local_run
+    report = ray_engine.prep([corpus], tmp_path / "ray", _config())
+    assert all(m.exists() for m in markers), "the failures were not injected"
+    _assert_same(local_out, tmp_path / "ray", local_report, report)
+
+
+def test_standalone_dedup_matches_local(ray_cluster, local_run, tmp_path):
+    from gristmill.dedup import dedup as local_dedup
+
+    local_out, _ = local_run
+    shards = sorted(local_out.glob("docs-*"))
+    cfg = DedupConfig(exact=True, minhash=True, bands=20, rows=5)
+    expected = local_dedup(shards, tmp_path / "local", cfg)
+    got = ray_engine.dedup(shards, tmp_path / "ray", cfg, block_docs=25)
+    for key in ("documents_in", "documents_kept", "removed", "minhash"):
+        assert got[key] == expected[key], key
+    assert _records(tmp_path / "ray", "docs-*") == _records(tmp_path / "local", "docs-*")
+    assert _records(tmp_path / "ray", "removed-*") == _records(tmp_path / "local", "removed-*")
+
+
+def test_pipeline_prep_stage_on_ray(ray_cluster, corpus, local_run, tmp_path):
+    from gristmill.pipeline import _check, _stage_prep
+
+    cfg = {"inputs": [str(corpus)], "out_dir": str(tmp_path), "engine": "ray"}
+    _check(cfg)
+    settings = {"preset": "c4", "skip_bad": True, "batch_size": 40, "dedup": {"exact": True, "minhash": True}}
+    summary = _stage_prep(settings, cfg, tmp_path / "prep", {}, False)
+    _, local_report = local_run
+    assert summary["docs_final"] == local_report["docs_final"]
+    assert summary["docs_out"] == local_report["docs_out"]
+    with pytest.raises(ValueError, match="engine must be"):
+        _check({**cfg, "engine": "spark"})
+
+
+def test_what_ray_does_not_do_is_refused(tmp_path, corpus):
+    with pytest.raises(NotImplementedError, match="line and span dedup"):
+        ray_engine.prep([corpus], tmp_path, PrepConfig(dedup={"lines": True}))
+    with pytest.raises(NotImplementedError, match="threshold"):
+        ray_engine.dedup([corpus], tmp_path, DedupConfig(threshold=0.8))
+
+
+def test_missing_ray_says_how_to_install(monkeypatch, capsys, corpus, tmp_path):
+    from gristmill.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r"pip install 'gristmill\[ray\]'"):
+        ray_engine.require_ray()
+    assert main(["prep", str(corpus), "-o", str(tmp_path), "--engine", "ray"]) == 2
+    assert "install it with: pip install 'gristmill[ray]'" in capsys.readouterr().err
