@@ -446,6 +446,39 @@ def test_torch_batches_on_cuda(dataset):  # pragma: no cover - needs a GPU
         assert x.is_cuda and (x.cpu().numpy() == batch[:, :-1]).all()
 
 
+def test_torch_loader_resumes_exactly_with_workers(dataset):
+    import torch
+
+    kw = dict(batch_size=2, seq_len=16, seed=3)
+    stream = iter(torch_batches(dataset.sampler(**kw)))
+    want = [next(stream) for _ in range(7)]
+    loader = dataset.sampler(**kw).torch_loader(num_workers=2)
+    batches = iter(loader)
+    got = [next(batches) for _ in range(3)]
+    state = loader.state_dict()
+    del batches  # shuts the workers down
+    again = dataset.sampler(**kw).torch_loader(num_workers=2)
+    again.load_state_dict(state)
+    batches = iter(again)
+    got += [next(batches) for _ in range(4)]
+    del batches
+    assert len(got) == len(want)
+    for (x, y), (wx, wy) in zip(got, want):
+        assert torch.equal(x, wx) and torch.equal(y, wy)
+
+
+def test_sampler_state_after_dataloader_workers_is_refused(dataset):
+    import torch
+
+    sampler = dataset.sampler(batch_size=2, seq_len=16, seed=3)
+    loader = torch.utils.data.DataLoader(torch_batches(sampler), batch_size=None, num_workers=2)
+    batches = iter(loader)
+    next(batches)
+    del batches
+    with pytest.raises(RuntimeError, match="DataLoader workers.*torch_loader"):
+        sampler.state_dict()
+
+
 def test_sliding_window_dataset_is_the_books(tmp_path, gpt2, paragraphs):
     import torch
 

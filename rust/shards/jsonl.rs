@@ -7,7 +7,7 @@
 //!
 //! Records mean what `gristmill.prep.read_documents` makes of them: blank lines are skipped,
 //! a record without an id gets `"<file name>:<line>"`, a non-string id is written as Python's
-//! `str()` of it, lone surrogates in `\u` escapes become U+FFFD, and a bad line stops the read
+//! `str()` of it (list and object ids excepted: they get a placeholder), lone surrogates in `\u` escapes become U+FFFD, and a bad line stops the read
 //! with an error naming the file and line.
 
 use super::ShardError;
@@ -241,9 +241,9 @@ fn parse_block(
 
 /// Streams the records of a JSON-lines file in batches of at most `max_docs` documents or
 /// about `max_bytes` of text, after skipping the first `skip` records (a resumed run), calling
-/// `sink` with each. Decompression and line cutting run on a reader thread, parsing on the
-/// rayon pool, so neither waits for `sink` (the encoder). Memory is bounded by a few blocks and
-/// one batch. Returns the number of records in the file, skipped ones included.
+/// `sink` with each. Decompression and line cutting run on a reader thread that keeps up to two
+/// blocks ready while `sink` (the encoder) works; each block's lines are parsed on the rayon
+/// pool. Memory is bounded by a few blocks and one batch. Returns the number of records in the file, skipped ones included.
 ///
 /// Errors: a missing or unreadable file; a line that is not UTF-8, not JSON, or not an object
 /// with a string text field (naming the file and line); an empty file.

@@ -422,9 +422,13 @@ impl Sampler {
 
     /// Advances by one batch without copying tokens.
     pub fn skip(&mut self) -> Result<(), ShardError> {
-        let starts = self.starts.clone(); // `last_starts` stays the last batch served
-        self.plan()?;
-        self.starts = starts;
+        if self.cfg.packing {
+            self.plan()?;
+        } else {
+            let starts = self.starts.clone(); // `last_starts` stays the last batch served
+            self.plan_windows()?;
+            self.starts = starts;
+        }
         self.state.batches += 1;
         Ok(())
     }
