@@ -50,9 +50,10 @@ MANIFEST_NAME = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 
 # Documents are encoded in batches of at most this many documents or bytes of text: large
-# enough to keep every core busy, small enough that memory stays flat.
-_BATCH_DOCS = 1024
-_BATCH_BYTES = 2 << 20
+# enough to keep every core busy to the end of each batch (2 MB batches left a core idle behind
+# the longest document often enough to cost ~10%), small enough that memory stays flat.
+_BATCH_DOCS = 4096
+_BATCH_BYTES = 8 << 20
 
 
 # ---- writing --------------------------------------------------------------------------------

@@ -164,13 +164,16 @@ fn parse_line(
     if line.chars().all(py_space) {
         return Ok(None);
     }
-    let record = match parse_record(line, fields, false) {
+    let record = match parse_record(line, fields) {
         Ok(r) => r,
-        // serde_json refuses lone surrogates in strings; bytes take them (as WTF-8).
-        Err(e) if line.contains("\\u") => {
-            parse_record(line, fields, true).map_err(|_| json_error(path, line_no, &e))?
-        }
-        Err(e) => return Err(json_error(path, line_no, &e)),
+        // serde_json refuses lone surrogates, which Python's json reads (and the tokenizer
+        // then replaces with U+FFFD): replace them first.
+        Err(e) => match replace_lone_surrogates(line) {
+            Some(fixed) => {
+                parse_record(&fixed, fields).map_err(|_| json_error(path, line_no, &e))?
+            }
+            None => return Err(json_error(path, line_no, &e)),
+        },
     };
     let Record::Object { text, id } = record else {
         return Err(input_error(
@@ -379,20 +382,45 @@ fn py_float_repr(f: f64) -> String {
     }
 }
 
-/// Lone surrogates (WTF-8 `ED A0..BF xx`) become U+FFFD, as `gristmill.Tokenizer` does.
-fn from_wtf8(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == 0xED && i + 2 < bytes.len() && (0xA0..=0xBF).contains(&bytes[i + 1]) {
-            out.extend_from_slice("\u{FFFD}".as_bytes());
-            i += 3;
-        } else {
-            out.push(bytes[i]);
+/// `line` with every `\\u` escape of a lone surrogate replaced by `\\ufffd`, or `None` when
+/// it has none.
+fn replace_lone_surrogates(line: &str) -> Option<String> {
+    let b = line.as_bytes();
+    let hex = |i: usize| -> Option<u32> {
+        let h = line.get(i..i + 4)?;
+        u32::from_str_radix(h, 16).ok()
+    };
+    let (mut out, mut copied, mut i, mut changed) = (String::new(), 0, 0, false);
+    while i + 1 < b.len() {
+        if b[i] != b'\\' {
             i += 1;
+            continue;
+        }
+        if b[i + 1] != b'u' {
+            i += 2; // another escape, perhaps an escaped backslash
+            continue;
+        }
+        let Some(u) = hex(i + 2) else {
+            i += 2;
+            continue;
+        };
+        let paired = (0xD800..0xDC00).contains(&u)
+            && b.get(i + 6) == Some(&b'\\')
+            && b.get(i + 7) == Some(&b'u')
+            && hex(i + 8).is_some_and(|l| (0xDC00..0xE000).contains(&l));
+        if paired {
+            i += 12;
+        } else if (0xD800..0xE000).contains(&u) {
+            out.push_str(&line[copied..i]);
+            out.push_str("\\ufffd");
+            i += 6;
+            copied = i;
+            changed = true;
+        } else {
+            i += 6;
         }
     }
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    changed.then(|| out + &line[copied..])
 }
 
 enum Record {
@@ -403,20 +431,15 @@ enum Record {
     NotObject,
 }
 
-fn parse_record(
-    line: &str,
-    fields: &JsonlFields,
-    bytes: bool,
-) -> Result<Record, serde_json::Error> {
+fn parse_record(line: &str, fields: &JsonlFields) -> Result<Record, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(line);
-    let record = RecordSeed { fields, bytes }.deserialize(&mut de)?;
+    let record = RecordSeed { fields }.deserialize(&mut de)?;
     de.end()?;
     Ok(record)
 }
 
 struct RecordSeed<'a> {
     fields: &'a JsonlFields,
-    bytes: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
@@ -435,8 +458,8 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         let (mut text, mut id) = (None, None);
         while let Some(key) = map.next_key_seed(KeySeed(self.fields))? {
             match key {
-                Key::Text => text = Some(map.next_value_seed(ValueSeed { bytes: self.bytes })?),
-                Key::Id => id = Some(map.next_value_seed(ValueSeed { bytes: self.bytes })?),
+                Key::Text => text = Some(map.next_value_seed(ValueSeed)?),
+                Key::Id => id = Some(map.next_value_seed(ValueSeed)?),
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -499,19 +522,12 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 }
 
-struct ValueSeed {
-    /// Read strings as bytes (lone surrogates allowed, as WTF-8).
-    bytes: bool,
-}
+struct ValueSeed;
 
 impl<'de> DeserializeSeed<'de> for ValueSeed {
     type Value = Value;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        if self.bytes {
-            d.deserialize_bytes(self)
-        } else {
-            d.deserialize_any(self)
-        }
+        d.deserialize_any(self)
     }
 }
 
@@ -525,9 +541,6 @@ impl<'de> Visitor<'de> for ValueSeed {
     }
     fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
         Ok(Value::Str(v))
-    }
-    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Value, E> {
-        Ok(Value::Str(from_wtf8(v)))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
         Ok(Value::Int(v.to_string()))
@@ -633,6 +646,18 @@ mod tests {
             assert!(err.contains(&format!("bad{i}.jsonl")), "{err}");
             assert!(err.contains(want), "{err} lacks {want}");
         }
+    }
+
+    #[test]
+    fn lone_surrogates_are_replaced_pairs_kept() {
+        let r = |s: &str| replace_lone_surrogates(s);
+        assert_eq!(r(r#""a\ud800b""#).as_deref(), Some(r#""a\ufffdb""#));
+        assert_eq!(
+            r(r#""\ud83d\ude00 \udfff""#).as_deref(),
+            Some(r#""\ud83d\ude00 \ufffd""#)
+        );
+        assert_eq!(r(r#""\\ud800 é""#), None); // an escaped backslash, then "ud800"
+        assert_eq!(r(r#""\u00e9""#), None);
     }
 
     #[test]
