@@ -496,6 +496,62 @@ mod python {
                 .map_err(shard_err)
         }
 
+        /// Reads a JSON-lines file (`.jsonl`/`.json`/`.ndjson`, optionally `.zst`) in the core,
+        /// skipping its first `skip` records, and encodes and writes the rest; decompression
+        /// and parsing overlap encoding. `progress(docs, text_bytes, tokens)` is called after
+        /// each batch. Returns the records in the file. A bad line raises
+        /// `gristmill.prep.InputFormatError` naming the file and line.
+        #[allow(clippy::too_many_arguments)]
+        #[pyo3(signature = (encoder, path, *, text_field, id_field, skip, max_docs, max_bytes,
+                            progress = None))]
+        fn add_jsonl(
+            &mut self,
+            py: Python<'_>,
+            encoder: &CoreBPE,
+            path: PathBuf,
+            text_field: String,
+            id_field: String,
+            skip: u64,
+            max_docs: usize,
+            max_bytes: usize,
+            progress: Option<Py<PyAny>>,
+        ) -> PyResult<u64> {
+            use crate::shards::jsonl::{read_jsonl_batches, JsonlFields};
+            let w = self.writer()?;
+            let fields = JsonlFields {
+                text: text_field,
+                id: id_field,
+            };
+            let mut py_error: Option<PyErr> = None;
+            let result = py.detach(|| {
+                read_jsonl_batches(&path, &fields, skip, max_docs, max_bytes, |batch| {
+                    let tokens = w.add_texts(&encoder.inner, &batch.texts, &batch.ids)?;
+                    // Between batches: let Ctrl-C through and report progress.
+                    Python::attach(|py| {
+                        let r = py.check_signals().and_then(|()| match &progress {
+                            Some(cb) => cb
+                                .call1(py, (batch.texts.len(), batch.bytes, tokens))
+                                .map(drop),
+                            None => Ok(()),
+                        });
+                        r.map_err(|e| {
+                            py_error = Some(e);
+                            ShardError::Settings("interrupted".into())
+                        })
+                    })
+                })
+            });
+            match result {
+                Ok(n) => Ok(n),
+                Err(_) if py_error.is_some() => Err(py_error.take().unwrap()),
+                Err(e @ ShardError::Input { .. }) => {
+                    let cls = py.import("gristmill.prep")?.getattr("InputFormatError")?;
+                    Err(PyErr::from_value(cls.call1((e.to_string(),))?))
+                }
+                Err(e) => Err(shard_err(e)),
+            }
+        }
+
         /// Closes the last shards and writes the manifest; returns its path.
         fn finish(&mut self, py: Python<'_>) -> PyResult<PathBuf> {
             let w = self

@@ -165,6 +165,78 @@ def test_cli_tokenize_writes_the_same_dataset(tmp_path, gpt2, shared_data, capsy
     assert all_files(tmp_path / "cli") == all_files(tmp_path / "api")
 
 
+def _awkward_jsonl_lines(paragraphs) -> list[str]:
+    """Records the core's JSON-lines reader must read as gristmill.prep does."""
+    lines = [json.dumps({"id": d.id, "text": d.text, "meta": {"n": [1, 2.5, None]}}) for d in paragraphs]
+    lines[3] = json.dumps({"text": paragraphs[3].text})  # no id: "<file>:<line>"
+    lines[5] = json.dumps({"id": 17, "text": "int id"})
+    lines[6] = json.dumps({"id": 1e20, "text": "float id"})
+    lines[7] = json.dumps({"id": 0.5, "text": "float id", "id2": True})
+    lines[8] = json.dumps({"id": None, "text": "null id"})
+    lines[9] = '{"text": "lone \\ud800 surrogate and a pair \\ud83d\\ude00", "id": "sur\\udfff"}'
+    lines[10] = json.dumps({"text": "caf\u00e9 \u4e2d\u6587 <|endoftext|>", "id": "x"}, ensure_ascii=False)
+    lines[11] = json.dumps({"text": "", "id": "empty"})
+    lines.insert(12, "")
+    lines.insert(13, "   \t")
+    return lines
+
+
+def test_core_jsonl_reader_matches_read_documents(tmp_path, gpt2, paragraphs):
+    import zstandard
+
+    lines = _awkward_jsonl_lines(paragraphs[:300])
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.jsonl").write_text("\n".join(lines[:150]) + "\n", "utf-8")
+    (src / "b.txt").write_text("a text file in between", "utf-8")
+    body = ("\n".join(lines[150:]) + "\r\n").encode()  # no trailing "\n" issue, CRLF end
+    (src / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(body))
+    write_shards(src, tmp_path / "core", gpt2, shard_size=2_000, val_fraction=0.1)
+    write_shards(read_documents(src), tmp_path / "python", gpt2, shard_size=2_000, val_fraction=0.1)
+    assert all_files(tmp_path / "core") == all_files(tmp_path / "python")
+    ds = ShardDataset(tmp_path / "core")
+    ids = [ds.document_id(i, split) for split in ds.splits for i in range(ds.num_documents(split))]
+    assert {"17", "1e+20", "0.5", "a.jsonl:4", "a.jsonl:9", "sur\ufffd"} <= set(ids)
+
+
+def test_core_jsonl_reader_resumes_a_killed_run(tmp_path, gpt2, paragraphs):
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(_awkward_jsonl_lines(paragraphs[:400])) + "\n", "utf-8")
+    write_shards(src, tmp_path / "whole", gpt2, shard_size=1_500, val_fraction=0.1)
+
+    def dying():
+        for i, d in enumerate(read_documents(src)):
+            if i == 250:
+                raise KeyboardInterrupt
+            yield d
+
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(dying(), tmp_path / "killed", gpt2, shard_size=1_500, val_fraction=0.1)
+    assert not (tmp_path / "killed" / "manifest.json").exists()
+    write_shards(src, tmp_path / "killed", gpt2, shard_size=1_500, val_fraction=0.1)
+    assert all_files(tmp_path / "killed") == all_files(tmp_path / "whole")
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "what"),
+    [
+        (b'{"text": "a"}\n\n{"text": 5}\n', 3, "found int"),
+        (b'{"text": "a"}\n{"text": "a"\n', 2, "invalid JSON"),
+        (b'{"text": "\xff"}\n', 1, "invalid UTF-8 at byte 10"),
+        (b"", 1, "empty file"),
+    ],
+)
+def test_core_jsonl_reader_names_file_and_line(tmp_path, gpt2, body, line, what):
+    from gristmill.prep import InputFormatError
+
+    src = tmp_path / "bad.jsonl"
+    src.write_bytes(body)
+    with pytest.raises(InputFormatError, match=rf"bad\.jsonl: line {line}: .*{what}"):
+        write_shards(src, tmp_path / "out", gpt2)
+    with pytest.raises(InputFormatError, match=rf"bad\.jsonl: line {line}: .*{what}"):
+        write_shards(read_documents(src), tmp_path / "out2", gpt2)
+
+
 # ---- llm.c compatibility --------------------------------------------------------------------
 
 
@@ -372,6 +444,39 @@ def test_torch_batches_on_cuda(dataset):  # pragma: no cover - needs a GPU
     for x, y in torch_batches(dataset.sampler(batch_size=4, seq_len=32, seed=2), device="cuda", num_batches=5):
         batch = ref.next_batch().astype(np.int64)
         assert x.is_cuda and (x.cpu().numpy() == batch[:, :-1]).all()
+
+
+def test_torch_loader_resumes_exactly_with_workers(dataset):
+    import torch
+
+    kw = dict(batch_size=2, seq_len=16, seed=3)
+    stream = iter(torch_batches(dataset.sampler(**kw)))
+    want = [next(stream) for _ in range(7)]
+    loader = dataset.sampler(**kw).torch_loader(num_workers=2)
+    batches = iter(loader)
+    got = [next(batches) for _ in range(3)]
+    state = loader.state_dict()
+    del batches  # shuts the workers down
+    again = dataset.sampler(**kw).torch_loader(num_workers=2)
+    again.load_state_dict(state)
+    batches = iter(again)
+    got += [next(batches) for _ in range(4)]
+    del batches
+    assert len(got) == len(want)
+    for (x, y), (wx, wy) in zip(got, want):
+        assert torch.equal(x, wx) and torch.equal(y, wy)
+
+
+def test_sampler_state_after_dataloader_workers_is_refused(dataset):
+    import torch
+
+    sampler = dataset.sampler(batch_size=2, seq_len=16, seed=3)
+    loader = torch.utils.data.DataLoader(torch_batches(sampler), batch_size=None, num_workers=2)
+    batches = iter(loader)
+    next(batches)
+    del batches
+    with pytest.raises(RuntimeError, match="DataLoader workers.*torch_loader"):
+        sampler.state_dict()
 
 
 def test_sliding_window_dataset_is_the_books(tmp_path, gpt2, paragraphs):

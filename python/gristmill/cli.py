@@ -156,16 +156,15 @@ def _add_tokenize(sub) -> None:
 def _run_tokenize(args) -> int:
     import json
 
-    from gristmill.prep import read_documents
     from gristmill.shards import write_shards
 
     tok = _load_tokenizer(args.tokenizer)
-    docs = read_documents(args.inputs, text_field=args.text_field, txt_mode=args.txt_mode)
     t0 = time.perf_counter()
+    # Paths, not documents: JSON lines are then read and parsed by the core beside the encoder.
     manifest = write_shards(
-        docs, args.output, tok,
+        [Path(p) for p in args.inputs], args.output, tok,
         shard_size=args.shard_size, val_fraction=args.val_fraction, val_docs=args.val_docs,
-        eot=args.eot, text_field=args.text_field, progress=not args.quiet,
+        eot=args.eot, text_field=args.text_field, txt_mode=args.txt_mode, progress=not args.quiet,
     )
     dt = time.perf_counter() - t0
     m = json.loads(Path(manifest).read_text("utf-8"))

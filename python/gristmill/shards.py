@@ -20,8 +20,10 @@ array([31373,   995, 50256, 11274, 16390, 50256], dtype=uint16)
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import mmap
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -32,7 +34,7 @@ from typing import Any, Union
 import numpy as np
 
 from gristmill import _core
-from gristmill.prep import Document, read_documents
+from gristmill.prep import Document, _document_files, read_documents
 from gristmill.tokenizer import Tokenizer, _fix_surrogates
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -48,9 +50,10 @@ MANIFEST_NAME = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 
 # Documents are encoded in batches of at most this many documents or bytes of text: large
-# enough to keep every core busy, small enough that memory stays flat.
-_BATCH_DOCS = 1024
-_BATCH_BYTES = 2 << 20
+# enough to keep every core busy to the end of each batch (2 MB batches left a core idle behind
+# the longest document often enough to cost ~10%), small enough that memory stays flat.
+_BATCH_DOCS = 4096
+_BATCH_BYTES = 8 << 20
 
 
 # ---- writing --------------------------------------------------------------------------------
@@ -122,6 +125,7 @@ def write_shards(
     val_docs: int | None = None,
     eot: str = "append",
     text_field: str = "text",
+    txt_mode: str = "file",
     progress: bool = False,
 ) -> Path:
     """Tokenizes documents in parallel into fixed-size token shards; resumes a killed run.
@@ -149,6 +153,7 @@ def write_shards(
         val_docs: instead, the first ``val_docs`` documents go to ``val``.
         eot: ``"append"`` or ``"prepend"`` the end-of-text token.
         text_field: the text's key in dict records, jsonl and parquet files.
+        txt_mode: ``.txt`` inputs: ``"file"`` (one document each) or ``"paragraphs"``.
         progress: show a tqdm progress bar (tokens/s).
 
     Returns:
@@ -183,8 +188,77 @@ def write_shards(
     if writer.is_complete:
         return writer.finish()
     start = writer.next_position
-    records = itertools.islice(_records(documents, text_field), start, None)
     bar = _progress_bar(progress, start)
+    # The tokenizer's copy is written on the side (its ranks and settings are all that
+    # ShardDataset.tokenizer() reads; the HF tokenizer.json is left out: building it costs
+    # more than encoding a small corpus).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gristmill-save") as saver:
+        saved = None
+        if not (out / TOKENIZER_DIR / "tokenizer_config.json").exists():
+            saved = saver.submit(tok.save, out / TOKENIZER_DIR, hf_json=False)
+        seen = 0  # input documents read so far, skipped ones included
+        units = _units(documents, text_field, txt_mode)
+        for core_file, group in itertools.groupby(units, key=lambda u: u[0] is not None):
+            if core_file:
+                for path, _ in group:
+                    seen += writer.add_jsonl(
+                        tok._core, os.fspath(path), text_field=text_field, id_field="id",
+                        skip=max(0, start - seen), max_docs=_BATCH_DOCS, max_bytes=_BATCH_BYTES,
+                        progress=None if bar is None else functools.partial(_bar_update, bar),
+                    )
+            else:
+                seen = _add_records(writer, tok, (r for _, r in group), seen, start, bar)
+        if saved is not None:
+            saved.result()
+    if bar is not None:
+        bar.close()
+    return writer.finish()
+
+
+def _core_reads(path: Path) -> bool:
+    """JSON lines (optionally zstd-compressed): read, decompressed and parsed by the core."""
+    name = path.name.lower().removesuffix(".zst")
+    return name.endswith((".jsonl", ".json", ".ndjson"))
+
+
+def _units(documents: Any, text_field: str, txt_mode: str) -> Iterator[tuple[Path | None, Any]]:
+    """``(path, None)`` for each JSON-lines file the core reads itself, ``(None, (id, text))``
+    for every other input document, in input order, streamed."""
+    if isinstance(documents, (str, os.PathLike)):
+        documents = [Path(documents)]
+    if _is_hf_dataset(documents):
+        documents = [documents]
+    for item in documents:
+        if isinstance(item, str):
+            yield None, (None, item)
+            continue
+        if not isinstance(item, os.PathLike):
+            yield from ((None, r) for r in _records(item if _is_hf_dataset(item) else [item], text_field))
+            continue
+        path = Path(item)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or directory")
+        for f in _document_files(path) if path.is_dir() else [path]:
+            if _core_reads(f):
+                yield f, None
+            else:
+                for d in read_documents([f], text_field=text_field, txt_mode=txt_mode):
+                    yield None, (d.id, d.text)
+
+
+def _add_records(writer, tok: Tokenizer, records: Iterator, seen: int, start: int, bar) -> int:
+    """Encodes records read in Python; one batch is encoded (GIL released) while the next is
+    read. Returns ``seen`` plus the records consumed."""
+    consumed = 0
+
+    def counted():
+        nonlocal consumed
+        for r in records:
+            consumed += 1
+            yield r
+
+    skip = max(0, start - seen)
+    todo = itertools.islice(counted(), skip, None)
 
     def add(texts: list[str], ids: list[str]) -> int:
         try:
@@ -194,26 +268,16 @@ def write_shards(
                 tok._core, [_fix_surrogates(t) for t in texts], [_fix_surrogates(i) for i in ids]
             )
 
-    # One batch is encoded (GIL released) while the next is read; the tokenizer's copy is
-    # written on the side.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gristmill-tokenize") as pool, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="gristmill-save") as saver:
-        saved = None
-        if not (out / TOKENIZER_DIR / "tokenizer_config.json").exists():
-            saved = saver.submit(tok.save, out / TOKENIZER_DIR)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gristmill-tokenize") as pool:
         pending = None
-        for texts, ids, size in _batches(records, start):
+        for texts, ids, size in _batches(todo, seen + skip):
             job = pool.submit(add, texts, ids)
             if pending is not None:
                 _advance(bar, pending)
             pending = (job, len(texts), size)
         if pending is not None:
             _advance(bar, pending)
-        if saved is not None:
-            saved.result()
-    if bar is not None:
-        bar.close()
-    return writer.finish()
+    return seen + consumed
 
 
 def _progress_bar(progress: bool, skipped: int):
@@ -233,11 +297,15 @@ def _advance(bar, pending) -> None:
     job, n_docs, size = pending
     tokens = job.result()
     if bar is not None:
-        bar._gm_docs += n_docs
-        bar._gm_bytes += size
-        mb_s = bar._gm_bytes / 1e6 / max(time.perf_counter() - bar._gm_t0, 1e-9)
-        bar.set_postfix(docs=bar._gm_docs, MB_s=f"{mb_s:.1f}", refresh=False)
-        bar.update(tokens)
+        _bar_update(bar, n_docs, size, tokens)
+
+
+def _bar_update(bar, n_docs: int, size: int, tokens: int) -> None:
+    bar._gm_docs += n_docs
+    bar._gm_bytes += size
+    mb_s = bar._gm_bytes / 1e6 / max(time.perf_counter() - bar._gm_t0, 1e-9)
+    bar.set_postfix(docs=bar._gm_docs, MB_s=f"{mb_s:.1f}", refresh=False)
+    bar.update(tokens)
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -442,10 +510,20 @@ class BatchSampler:
         self.rank: int = kwargs["rank"]
         self.world_size: int = kwargs["world_size"]
         self.dtype = dataset.dtype
+        # Set (in shared memory, so a forked DataLoader worker can set it) once this sampler's
+        # batches are drawn in another process: its state here then no longer follows them.
+        self._workers_flag: mmap.mmap | None = None
 
     def __reduce__(self):
         # Pickles as (dataset path, arguments, state): DataLoader workers can be spawned.
-        return (_restore_sampler, (self.dataset, self.split, self._kwargs, self.state_dict()))
+        return (_restore_sampler, (self.dataset, self.split, self._kwargs, self._state()))
+
+    def _state(self) -> dict:
+        return json.loads(self._core.state_json())
+
+    def _mark_in_workers(self) -> None:
+        if self._workers_flag is not None:
+            self._workers_flag[0] = 1
 
     def __iter__(self) -> Iterator[np.ndarray]:
         while True:
@@ -464,8 +542,20 @@ class BatchSampler:
         self._core.skip(int(n))
 
     def state_dict(self) -> dict:
-        """Where the sampler is, JSON-serialisable (the same on every rank)."""
-        return json.loads(self._core.state_json())
+        """Where the sampler is, JSON-serialisable (the same on every rank).
+
+        Raises:
+            RuntimeError: if :func:`torch_batches` of this sampler was iterated in DataLoader
+                workers, whose copies of the sampler moved on while this one did not (use
+                :meth:`torch_loader`, whose ``state_dict()`` is exact with workers).
+        """
+        if self._workers_flag is not None and self._workers_flag[0]:
+            raise RuntimeError(
+                "this sampler's batches were drawn in DataLoader workers (num_workers > 0), so "
+                "its state here does not follow them; use sampler.torch_loader(num_workers=...) "
+                "and that loader's state_dict(), which is exact with workers"
+            )
+        return self._state()
 
     def load_state_dict(self, state: dict) -> None:
         """Continues from ``state``.
@@ -496,6 +586,11 @@ class BatchSampler:
         """A torch ``IterableDataset`` of ``(x, y)`` int64 tensor pairs; see :func:`torch_batches`."""
         return torch_batches(self, device=device, num_batches=num_batches)
 
+    def torch_loader(self, *, num_workers: int = 0, device: Any = None, **kwargs):
+        """A torch ``DataLoader`` of this sampler's ``(x, y)`` batches whose ``state_dict()`` /
+        ``load_state_dict()`` resume exactly, with any ``num_workers``; see :func:`torch_loader`."""
+        return torch_loader(self, num_workers=num_workers, device=device, **kwargs)
+
 
 # ---- torch ----------------------------------------------------------------------------------
 
@@ -522,16 +617,26 @@ def torch_batches(sampler: BatchSampler, *, device: Any = None, num_batches: int
     """
     import torch
 
+    if sampler._workers_flag is None:
+        sampler._workers_flag = mmap.mmap(-1, 1)  # anonymous, shared with forked children
+
     class _TokenBatches(torch.utils.data.IterableDataset):
         def __init__(self):
             super().__init__()
             self.sampler, self.num_batches = sampler, num_batches
             self.device = torch.device(device) if device is not None else torch.device("cpu")
 
+        def __getstate__(self):
+            # Pickled for a spawned worker: from now on the batches are drawn elsewhere.
+            self.sampler._mark_in_workers()
+            return self.__dict__
+
         def __iter__(self):
             info = torch.utils.data.get_worker_info()
             worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
             s = self.sampler
+            if info is not None:
+                s._mark_in_workers()  # a forked worker: seen by the parent through shared memory
             if workers > 1:
                 s.skip(worker)
             cuda = self.device.type == "cuda"
@@ -566,6 +671,54 @@ def torch_batches(sampler: BatchSampler, *, device: Any = None, num_batches: int
                     s.skip(workers - 1)
 
     return _TokenBatches()
+
+
+def torch_loader(sampler: BatchSampler, *, num_workers: int = 0, device: Any = None, **kwargs):
+    """A ``torch.utils.data.DataLoader`` over :func:`torch_batches` of ``sampler`` whose
+    ``state_dict()`` says exactly where the batches taken from it end, with any
+    ``num_workers`` (worker ``w`` of ``K`` draws batches ``w, w + K, ...``, so the stream is
+    the single-process one and ``n`` batches taken put the sampler ``n`` batches on).
+
+    It draws from its own copy of ``sampler``; ``sampler`` itself does not move.
+
+    Args:
+        sampler: from :meth:`ShardDataset.sampler`.
+        num_workers: DataLoader worker processes.
+        device: where tensors go (default CPU).
+        kwargs: other ``DataLoader`` arguments (``batch_size`` is fixed to ``None``).
+
+    >>> loader = ds.sampler(batch_size=4, seq_len=8).torch_loader(num_workers=2)  # doctest: +SKIP
+    >>> batches = iter(loader); _ = next(batches); state = loader.state_dict()  # doctest: +SKIP
+    >>> loader2 = ds.sampler(batch_size=4, seq_len=8).torch_loader(num_workers=2)  # doctest: +SKIP
+    >>> loader2.load_state_dict(state)  # the next batch is the second  # doctest: +SKIP
+    """
+    import torch
+
+    class TokenLoader(torch.utils.data.DataLoader):
+        def __init__(self, start: dict):
+            self._start, self._taken = start, 0
+            mine = _restore_sampler(sampler.dataset, sampler.split, sampler._kwargs, start)
+            super().__init__(
+                torch_batches(mine, device=device), batch_size=None, num_workers=num_workers, **kwargs
+            )
+
+        def __iter__(self):
+            for batch in super().__iter__():
+                self._taken += 1
+                yield batch
+
+        def state_dict(self) -> dict:
+            """The state of a sampler that has served the batches taken so far."""
+            s = _restore_sampler(sampler.dataset, sampler.split, sampler._kwargs, self._start)
+            s.skip(self._taken)
+            return s.state_dict()
+
+        def load_state_dict(self, state: dict) -> None:
+            """Continues from ``state`` (call before iterating)."""
+            self.dataset.sampler.load_state_dict(state)
+            self._start, self._taken = state, 0
+
+    return TokenLoader(sampler._state())
 
 
 def sliding_window_dataset(dataset: ShardDataset, *, max_length: int, stride: int, split: str = "train"):
@@ -604,5 +757,6 @@ __all__ = [
     "open_shard",
     "sliding_window_dataset",
     "torch_batches",
+    "torch_loader",
     "write_shards",
 ]

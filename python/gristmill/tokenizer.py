@@ -241,11 +241,13 @@ class Tokenizer:
         """Writes a HF ``tokenizer.json`` that ``tokenizers.Tokenizer.from_file`` encodes identically."""
         _atomic_write_text(Path(path), self._core.to_hf_json())
 
-    def save(self, directory: PathLike) -> Path:
-        """Writes ``tokenizer.tiktoken``, ``tokenizer.json`` and ``tokenizer_config.json``."""
+    def save(self, directory: PathLike, *, hf_json: bool = True) -> Path:
+        """Writes ``tokenizer.tiktoken``, ``tokenizer.json`` (unless ``hf_json=False``; :meth:`load`
+        does not need it) and ``tokenizer_config.json``."""
         d = Path(directory)
         self.save_tiktoken(d / "tokenizer.tiktoken")
-        self.save_hf_json(d / "tokenizer.json")
+        if hf_json:
+            self.save_hf_json(d / "tokenizer.json")
         meta = {
             "name": self.name,
             "pattern": self.pattern,

@@ -5,6 +5,7 @@
 //! shards `train_000000.bin` with a document index `train_000000.idx` beside each.
 
 pub mod format;
+pub mod jsonl;
 pub mod manifest;
 pub mod reader;
 pub mod sampler;
@@ -65,6 +66,13 @@ pub enum ShardError {
     /// A manifest that is unreadable or disagrees with the files it lists.
     #[error("{}: {message}", path.display())]
     Manifest { path: PathBuf, message: String },
+    /// A bad input record (JSON lines read by the core).
+    #[error("{}: line {line}: {message}", path.display())]
+    Input {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
     /// Bad arguments (sampler settings, writer settings, a state from another configuration).
     #[error("{0}")]
     Settings(String),

@@ -92,14 +92,32 @@ struct Saved {
 
 const STATE_FORMAT: &str = "gristmill-sampler-1";
 
-/// Batches at least this large are copied on all threads.
-const PARALLEL_COPY_BYTES: usize = 64 << 10;
+/// Batches at least this large are copied on all threads (smaller ones copy faster on the
+/// calling thread than the pool wakes up).
+const PARALLEL_COPY_BYTES: usize = 4 << 20;
 
 fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+/// Hints the CPU to start loading the first cache lines of `data`.
+#[inline]
+fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = std::mem::size_of_val(data);
+        let p = data.as_ptr().cast::<i8>();
+        for offset in (0..bytes.min(256)).step_by(64) {
+            // SAFETY: a prefetch never faults, and the address lies inside `data`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 /// A seeded bijection of `0..n`, evaluated one index at a time: a balanced Feistel network
@@ -302,19 +320,34 @@ impl Sampler {
         if self.cfg.packing {
             return self.plan_packed();
         }
+        self.plan_windows()?;
+        let len = self.row_len();
+        Ok(self
+            .starts
+            .iter()
+            .map(|&start| vec![Piece { start, len }])
+            .collect())
+    }
+
+    /// Advances by one global batch of windows and puts this rank's row starts in
+    /// `self.starts` (no allocation).
+    fn plan_windows(&mut self) -> Result<(), ShardError> {
         let global = self.global();
         // Index (in the epoch's window order) of this rank's first row.
         let first = self.state.cursor + self.cfg.rank * self.cfg.batch_size;
         let rows = first..first + self.cfg.batch_size;
-        let starts: Vec<u64> = match self.cfg.mode {
+        let mut starts = std::mem::take(&mut self.starts);
+        starts.clear();
+        match self.cfg.mode {
             Mode::Random => {
                 if self.state.cursor + global > self.num_windows() {
                     self.state.epoch += 1;
                     self.state.cursor = 0;
-                    return self.plan();
+                    self.starts = starts;
+                    return self.plan_windows();
                 }
                 let perm = self.permutation(self.num_windows());
-                rows.map(|i| self.window_start(perm.apply(i))).collect()
+                starts.extend(rows.map(|i| self.window_start(perm.apply(i))));
             }
             Mode::Sequential => {
                 let shard = self.state.shard as usize;
@@ -327,18 +360,16 @@ impl Sampler {
                         self.state.shard = 0;
                         self.state.epoch += 1;
                     }
-                    return self.plan();
+                    self.starts = starts;
+                    return self.plan_windows();
                 }
                 let base = self.window_base[shard];
-                rows.map(|w| self.window_start(base + w)).collect()
+                starts.extend(rows.map(|w| self.window_start(base + w)));
             }
-        };
+        }
+        self.starts = starts;
         self.state.cursor += global;
-        let len = self.row_len();
-        Ok(starts
-            .into_iter()
-            .map(|start| vec![Piece { start, len }])
-            .collect())
+        Ok(())
     }
 
     /// Packs whole documents into the next global batch's rows; returns this rank's.
@@ -408,7 +439,13 @@ impl Sampler {
 
     /// Advances by one batch without copying tokens.
     pub fn skip(&mut self) -> Result<(), ShardError> {
-        self.plan()?;
+        if self.cfg.packing {
+            self.plan()?;
+        } else {
+            let starts = self.starts.clone(); // `last_starts` stays the last batch served
+            self.plan_windows()?;
+            self.starts = starts;
+        }
         self.state.batches += 1;
         Ok(())
     }
@@ -429,6 +466,9 @@ impl Sampler {
                 T::DTYPE.name(),
                 self.split.dtype().name()
             )));
+        }
+        if !self.cfg.packing {
+            return self.next_windows_into(out);
         }
         let saved = self.state.clone();
         let rows = self.plan()?;
@@ -472,6 +512,51 @@ impl Sampler {
         }
         for (start, pieces) in self.starts.iter_mut().zip(&rows) {
             *start = pieces[0].start;
+        }
+        self.state.batches += 1;
+        Ok(())
+    }
+
+    /// `next_into` for whole windows: one copy per row from the map, no allocation. A batch of
+    /// training size (B=64, T=1024: 131 KB) is copied on the calling thread: waking the pool
+    /// costs more than the copy, and on a busy machine much more.
+    fn next_windows_into<T: Token>(&mut self, out: &mut [T]) -> Result<(), ShardError> {
+        let row = self.row_len() as usize;
+        let (saved, saved_starts) = (self.state.clone(), self.starts.clone());
+        self.plan_windows()?;
+        let split = &*self.split;
+        // Rows start at random places in maps far larger than the cache: ask for every row's
+        // first lines before copying any, so their misses overlap instead of queueing (the
+        // hardware prefetcher streams the rest of each row).
+        for &start in &self.starts {
+            if let Ok(Some(src)) = split.slice::<T>(start, start + row as u64) {
+                prefetch(src);
+            }
+        }
+        let copy = |(&start, dst): (&u64, &mut [T])| split.copy_range(start, dst);
+        let result = if std::mem::size_of_val(out) >= PARALLEL_COPY_BYTES
+            && crate::parallel::num_threads() > 1
+        {
+            crate::parallel::install(|| {
+                self.starts
+                    .par_iter()
+                    .zip(out.par_chunks_exact_mut(row))
+                    .with_min_len(4)
+                    .try_for_each(copy)
+            })
+        } else {
+            self.starts
+                .iter()
+                .zip(out.chunks_exact_mut(row))
+                .try_for_each(copy)
+        };
+        if let Err(e) = result {
+            (self.state, self.starts) = (saved, saved_starts);
+            return Err(e);
+        }
+        // Whole windows: every row is real.
+        if self.lengths.iter().any(|&l| l != row as u64) {
+            self.lengths.fill(row as u64);
         }
         self.state.batches += 1;
         Ok(())
