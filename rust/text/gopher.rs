@@ -10,8 +10,9 @@ use super::chars::{
 };
 use super::words::{split_words, tokenize};
 use super::Verdict;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
 
 fn on<T: PartialOrd + Default + Copy>(v: Option<T>) -> Option<T> {
     v.filter(|&x| x > T::default())
@@ -270,33 +271,62 @@ impl WordRuns {
     fn new<'a>(words: impl IntoIterator<Item = &'a str>) -> Self {
         let words = words.into_iter();
         let cap = words.size_hint().0 + 1;
-        let mut index: FxHashMap<&str, u32> =
-            FxHashMap::with_capacity_and_hasher(cap, Default::default());
-        // Per distinct word: (hash of its bytes, BASE^bytes, characters).
-        let mut distinct: Vec<(u64, u64, usize)> = Vec::new();
+        // Distinct words, found through an open-addressing table of (id + 1), 0 when empty,
+        // probed by an xxh3 hash and confirmed by comparing the words themselves.
+        let slots_len = (cap * 2).next_power_of_two().max(16);
+        let shift = 64 - slots_len.trailing_zeros();
+        let mut slots = vec![0u32; slots_len];
+        struct Distinct<'a> {
+            word: &'a str,
+            fast: u64,
+            /// Polynomial hash of its bytes, BASE^bytes, characters.
+            hash: u64,
+            pow: u64,
+            chars: usize,
+        }
+        let mut distinct: Vec<Distinct<'a>> = Vec::new();
         let mut ids = Vec::with_capacity(cap);
         let mut chars = Vec::with_capacity(cap);
         let mut concat_at = Vec::with_capacity(cap);
         let mut concat = Vec::with_capacity(cap);
         let (mut c, mut b, mut h) = (0usize, 0usize, 0u64);
         for w in words {
-            let id = *index.entry(w).or_insert_with(|| {
-                let (mut wh, mut wp) = (0u64, 1u64);
-                for &byte in w.as_bytes() {
-                    wh = addmod(mulmod(wh, BASE), byte as u64 + 1);
-                    wp = mulmod(wp, BASE);
+            let fast = xxh3_64(w.as_bytes());
+            let mut slot = (fast >> shift) as usize;
+            let id = loop {
+                match slots[slot] {
+                    0 => {
+                        let (mut wh, mut wp) = (0u64, 1u64);
+                        for &byte in w.as_bytes() {
+                            wh = addmod(mulmod(wh, BASE), byte as u64 + 1);
+                            wp = mulmod(wp, BASE);
+                        }
+                        distinct.push(Distinct {
+                            word: w,
+                            fast,
+                            hash: wh,
+                            pow: wp,
+                            chars: py_len(w),
+                        });
+                        slots[slot] = distinct.len() as u32;
+                        break distinct.len() - 1;
+                    }
+                    k if distinct[k as usize - 1].fast == fast
+                        && distinct[k as usize - 1].word == w =>
+                    {
+                        break k as usize - 1
+                    }
+                    _ => slot = (slot + 1) & (slots_len - 1),
                 }
-                distinct.push((wh, wp, py_len(w)));
-                (distinct.len() - 1) as u32
-            });
-            let (wh, wp, wc) = distinct[id as usize];
-            ids.push(id);
+            };
+            let d = &distinct[id];
+            ids.push(id as u32);
             chars.push(c);
             concat_at.push(b);
             concat.push(h);
-            c += wc;
+            c += d.chars;
             b += w.len();
-            h = addmod(mulmod(h, wp), wh);
+            h = addmod(mulmod(h, d.pow), d.hash);
         }
         chars.push(c);
         concat_at.push(b);
@@ -650,7 +680,7 @@ mod tests {
         let mut tables = NGramTables::default();
         for n in [2, 5, 6, 9, 3, 1] {
             let grams: Vec<String> = words.windows(n).map(|w| w.join(" ")).collect();
-            let mut counts: FxHashMap<&str, usize> = FxHashMap::default();
+            let mut counts: rustc_hash::FxHashMap<&str, usize> = Default::default();
             for g in &grams {
                 *counts.entry(g).or_default() += 1;
             }
