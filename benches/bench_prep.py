@@ -1,11 +1,18 @@
 """Benchmark: gristmill's document filters vs datatrove's, on the same documents, one run.
 
 Times C4 (datatrove's C4QualityFilter defaults, the `c4-datatrove` preset), Gopher quality,
-Gopher repetition, FineWeb, the first three chained, and the C4 bad-words rule (against the
-same regex in Python `re`, as datatrove's C4BadWordsFilter downloads its list at run time).
-Each filter runs over the same documents in gristmill and in the peer, in this process; the
-table gives documents/s and MB/s per core (gristmill on GRISTMILL_NUM_THREADS threads, 1 by
-default) and how many decisions agree.
+Gopher repetition, FineWeb, the first three chained, the C4 bad-words rule (against the
+same regex in Python `re`, as datatrove's C4BadWordsFilter downloads its list at run time),
+and language identification (whatlang; no peer figure: datatrove's LanguageFilter needs
+fastText's lid.176 model, which it downloads at run time, and nothing can be downloaded here).
+Each filter runs in gristmill and in the peer, in this process; the table gives documents/s
+and MB/s per core (gristmill on GRISTMILL_NUM_THREADS threads, 1 by default), the ratio of
+the two MB/s per core, and how many decisions agree.
+
+`--size small` runs both sides on the first 120 documents. `--size full` runs gristmill on the
+whole corpus (20 MB) and the peers on a fixed sample, the first documents up to
+`--peer-mb` MB (4 by default): datatrove runs at 0.3 to 0.7 MB/s, so the whole corpus
+would take it over ten minutes per filter. Decisions are compared on the sample.
 
     python benches/bench_prep.py --size small          # 120 documents, well under a minute
     python benches/bench_prep.py --size full --out bench-results/prep.json
@@ -109,7 +116,22 @@ GRISTMILL = {
         {"type": "gopher_quality", "name": "gopher_quality"},
         {"type": "gopher_repetition", "name": "gopher_repetition"},
     ],
+    "language": [{"type": "language", "name": "language"}],
 }
+NO_PEER = {
+    "language": "none: datatrove's LanguageFilter needs fastText's lid.176 model, downloaded at run time",
+}
+
+
+def peer_sample(docs: list[str], max_mb: float) -> list[str]:
+    """The first documents of ``docs`` holding at least ``max_mb`` MB (UTF-8), or all of them."""
+    out, total = [], 0
+    for text in docs:
+        if total >= max_mb * 1e6:
+            break
+        out.append(text)
+        total += len(text.encode("utf-8"))
+    return out
 
 
 def timed(fn, *args):
@@ -126,10 +148,14 @@ def main(argv=None) -> int:
     parser.add_argument("--no-ray", action="store_true", help="skip the local vs Ray engine table")
     parser.add_argument("--repeat", type=int, default=1,
                         help="engine table: the corpus this many times (copies are exact duplicates)")
+    parser.add_argument("--peer-mb", type=float, default=4.0,
+                        help="with --size full: MB of the corpus (from its start) the peers run on")
     args = parser.parse_args(argv)
 
     docs = load_docs(args.size)
     mb = sum(len(t.encode("utf-8")) for t in docs) / 1e6
+    sample = docs if args.size == "small" else peer_sample(docs, args.peer_mb)
+    sample_mb = sum(len(t.encode("utf-8")) for t in sample) / 1e6
     threads = _core.num_threads()
     peers = {} if args.no_peer else _try_datatrove()
     words = _badwords_list(None)
@@ -146,45 +172,52 @@ def main(argv=None) -> int:
     for name, specs in cases.items():
         pipe = FilterPipeline(PrepConfig(filters=specs))
         ours, t_ours = timed(pipe.apply, docs)
+        ours_mb_s = mb / t_ours / threads
         row = {
             "filter": name, "docs": len(docs), "mb": round(mb, 3), "gristmill_threads": threads,
             "gristmill_s": round(t_ours, 4),
-            "gristmill_mb_s_per_core": round(mb / t_ours / threads, 2),
-            "gristmill_docs_s": round(len(docs) / t_ours, 1),
+            "gristmill_mb_s_per_core": round(ours_mb_s, 2),
+            "gristmill_docs_s_per_core": round(len(docs) / t_ours / threads, 1),
         }
-        if name == "badwords":
-            theirs, t_theirs = timed(run_python_badwords, words, docs)
+        theirs = None
+        if name in NO_PEER:
+            row["peer"] = NO_PEER[name]
+        elif name == "badwords":
+            theirs, t_theirs = timed(run_python_badwords, words, sample)
             row["peer"] = "python re"
         elif peers:
-            theirs, t_theirs = timed(run_datatrove, peers[name], docs)
+            theirs, t_theirs = timed(run_datatrove, peers[name], sample)
             row["peer"] = "datatrove " + _datatrove_version()
-        else:
-            theirs = None
         if theirs is not None:
+            peer_mb_s = sample_mb / t_theirs
             row.update(
+                peer_docs=len(sample), peer_mb=round(sample_mb, 3),
                 peer_s=round(t_theirs, 4),
-                peer_mb_s_per_core=round(mb / t_theirs, 3),
-                peer_docs_s=round(len(docs) / t_theirs, 1),
-                speedup_per_core=round(t_theirs / (t_ours * threads), 1),
+                peer_mb_s_per_core=round(peer_mb_s, 3),
+                peer_docs_s_per_core=round(len(sample) / t_theirs, 1),
+                speedup_per_core=round(ours_mb_s / peer_mb_s, 1),
                 same_decisions=sum(a == b for a, b in zip(ours, theirs)),
             )
         rows.append(row)
 
-    print(f"bench-en.jsonl.zst, {len(docs)} documents, {mb:.1f} MB; gristmill on {threads} thread(s)")
+    print(f"bench-en.jsonl.zst: gristmill on {len(docs)} documents ({mb:.1f} MB, {threads} thread(s)), "
+          f"peers on the first {len(sample)} ({sample_mb:.1f} MB); rates per core")
     print(f"{'filter':<20}{'gristmill MB/s':>16}{'docs/s':>10}{'peer MB/s':>12}{'docs/s':>10}"
-          f"{'ratio/core':>12}{'same':>12}  peer")
+          f"{'ratio':>9}{'same':>13}  peer")
     for r in rows:
         peer = (
-            f"{r['peer_mb_s_per_core']:>12.2f}{r['peer_docs_s']:>10.0f}{r['speedup_per_core']:>11.0f}x"
-            f"{r['same_decisions']:>7}/{r['docs']:<4}  {r['peer']}"
-            if "peer_s" in r else ""
+            f"{r['peer_mb_s_per_core']:>12.2f}{r['peer_docs_s_per_core']:>10.0f}{r['speedup_per_core']:>8.0f}x"
+            f"{r['same_decisions']:>7}/{r['peer_docs']:<5}  {r['peer']}"
+            if "peer_s" in r else f"{'':>53}  {r.get('peer', '')}"
         )
-        print(f"{r['filter']:<20}{r['gristmill_mb_s_per_core']:>16.1f}{r['gristmill_docs_s']:>10.0f}{peer}")
+        print(f"{r['filter']:<20}{r['gristmill_mb_s_per_core']:>16.1f}{r['gristmill_docs_s_per_core']:>10.0f}{peer}")
     engines = [] if args.no_ray else bench_engines(docs * args.repeat, workers=(2,) if args.size == "small" else (1, 2))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": "prep", "size": args.size, "documents": len(docs), "mb": round(mb, 3),
+        "peer_documents": len(sample), "peer_mb": round(sample_mb, 3),
+        "ratio": "gristmill MB/s per core / peer MB/s per core (peer on the first peer_mb MB)",
         "python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count(),
         "rows": rows, "engines": engines,
     }

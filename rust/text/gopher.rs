@@ -8,11 +8,11 @@ use super::chars::{
     is_alpha, is_gopher_punctuation, py_count, py_len, py_lstrip, py_rstrip, py_splitlines,
     py_strip,
 };
-use super::words::split_words;
+use super::words::{split_words, tokenize};
 use super::Verdict;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
+use xxhash_rust::xxh3::xxh3_64;
 
 fn on<T: PartialOrd + Default + Copy>(v: Option<T>) -> Option<T> {
     v.filter(|&x| x > T::default())
@@ -216,13 +216,7 @@ fn split_newline_runs(s: &str, min_run: usize) -> Vec<&str> {
     out
 }
 
-/// Polynomial hashes of byte strings modulo the Mersenne prime 2^61 - 1, over prefixes, so
-/// that the hash of any substring (here: a run of consecutive words) costs O(1).
-struct PrefixHash {
-    prefix: Vec<u64>,
-    power: Vec<u64>,
-}
-
+/// Polynomial hashes modulo the Mersenne prime 2^61 - 1.
 const MOD: u64 = (1 << 61) - 1;
 const BASE: u64 = 0x1234_5678_9abc_def1 % MOD;
 
@@ -236,117 +230,284 @@ fn mulmod(a: u64, b: u64) -> u64 {
     }
 }
 
-impl PrefixHash {
-    fn new(bytes: impl Iterator<Item = u8>, len: usize) -> Self {
-        let mut prefix = Vec::with_capacity(len + 1);
-        let mut power = Vec::with_capacity(len + 1);
-        prefix.push(0);
-        power.push(1);
-        for b in bytes {
-            let h = (mulmod(*prefix.last().expect("non-empty"), BASE) + b as u64 + 1) % MOD;
-            prefix.push(h);
-            power.push(mulmod(*power.last().expect("non-empty"), BASE));
-        }
-        PrefixHash { prefix, power }
-    }
-
-    /// (hash, length) of bytes [start, end): equal strings give equal keys.
-    fn key(&self, start: usize, end: usize) -> (u64, usize) {
-        let h =
-            (self.prefix[end] + MOD - mulmod(self.prefix[start], self.power[end - start])) % MOD;
-        (h, end - start)
+fn addmod(a: u64, b: u64) -> u64 {
+    let r = a + b;
+    if r >= MOD {
+        r - MOD
+    } else {
+        r
     }
 }
 
-/// The words of a text with what the n-gram rules need to key and measure runs of them.
-struct WordRuns<'a> {
-    words: Vec<Cow<'a, str>>,
+/// `BASE^0 ..= BASE^max`.
+fn powers(max: usize) -> Vec<u64> {
+    let mut p = Vec::with_capacity(max + 1);
+    p.push(1);
+    for _ in 0..max {
+        p.push(mulmod(*p.last().expect("non-empty"), BASE));
+    }
+    p
+}
+
+/// The words of a text as what the n-gram rules need, computed once per document:
+///
+/// - `ids`: each distinct word gets a number. Words hold no whitespace, so two runs of words
+///   joined by spaces (the top n-gram rule's strings) are equal exactly when their ids are.
+/// - `concat`: polynomial hashes of the concatenated words' bytes, at word boundaries only;
+///   each distinct word's bytes are hashed once. The duplicate n-gram rule joins words with
+///   no separator, so `"a"+"bc"` equals `"ab"+"c"`: its keys are (hash, byte length) of the
+///   concatenation, found in O(1) per n-gram from these prefix sums.
+struct WordRuns {
+    ids: Vec<u32>,
     /// Character length prefix sums.
     chars: Vec<usize>,
-    /// Byte offsets of each word in the words joined by " " (one past the end at the end).
-    joined_at: Vec<usize>,
-    joined: PrefixHash,
-    /// Byte offsets of each word in the words concatenated.
+    /// Byte offsets of each word in the words concatenated (one past the end at the end).
     concat_at: Vec<usize>,
-    concat: PrefixHash,
+    /// Hash of the concatenated bytes before each word.
+    concat: Vec<u64>,
 }
 
-impl<'a> WordRuns<'a> {
-    fn new(words: Vec<Cow<'a, str>>) -> Self {
-        let mut chars = vec![0];
-        let mut joined_at = Vec::with_capacity(words.len() + 1);
-        let mut concat_at = Vec::with_capacity(words.len() + 1);
-        let (mut j, mut c) = (0, 0);
-        for w in &words {
-            chars.push(chars.last().expect("non-empty") + py_len(w));
-            joined_at.push(j);
-            concat_at.push(c);
-            j += w.len() + 1;
-            c += w.len();
+impl WordRuns {
+    fn new<'a>(words: impl IntoIterator<Item = &'a str>) -> Self {
+        let words = words.into_iter();
+        let cap = words.size_hint().0 + 1;
+        // Distinct words, found through an open-addressing table of (id + 1), 0 when empty,
+        // probed by an xxh3 hash and confirmed by comparing the words themselves.
+        let slots_len = (cap * 2).next_power_of_two().max(16);
+        let shift = 64 - slots_len.trailing_zeros();
+        let mut slots = vec![0u32; slots_len];
+        struct Distinct<'a> {
+            word: &'a str,
+            fast: u64,
+            /// Polynomial hash of its bytes, BASE^bytes, characters.
+            hash: u64,
+            pow: u64,
+            chars: usize,
         }
-        joined_at.push(j);
-        concat_at.push(c);
-        let joined_bytes = words.iter().enumerate().flat_map(|(i, w)| {
-            let sep: &[u8] = if i == 0 { b"" } else { b" " };
-            sep.iter().chain(w.as_bytes()).copied()
-        });
-        let joined = PrefixHash::new(joined_bytes, j);
-        let concat = PrefixHash::new(words.iter().flat_map(|w| w.bytes()), c);
+        let mut distinct: Vec<Distinct<'a>> = Vec::new();
+        let mut ids = Vec::with_capacity(cap);
+        let mut chars = Vec::with_capacity(cap);
+        let mut concat_at = Vec::with_capacity(cap);
+        let mut concat = Vec::with_capacity(cap);
+        let (mut c, mut b, mut h) = (0usize, 0usize, 0u64);
+        for w in words {
+            let fast = xxh3_64(w.as_bytes());
+            let mut slot = (fast >> shift) as usize;
+            let id = loop {
+                match slots[slot] {
+                    0 => {
+                        let (mut wh, mut wp) = (0u64, 1u64);
+                        for &byte in w.as_bytes() {
+                            wh = addmod(mulmod(wh, BASE), byte as u64 + 1);
+                            wp = mulmod(wp, BASE);
+                        }
+                        distinct.push(Distinct {
+                            word: w,
+                            fast,
+                            hash: wh,
+                            pow: wp,
+                            chars: py_len(w),
+                        });
+                        slots[slot] = distinct.len() as u32;
+                        break distinct.len() - 1;
+                    }
+                    k if distinct[k as usize - 1].fast == fast
+                        && distinct[k as usize - 1].word == w =>
+                    {
+                        break k as usize - 1
+                    }
+                    _ => slot = (slot + 1) & (slots_len - 1),
+                }
+            };
+            let d = &distinct[id];
+            ids.push(id as u32);
+            chars.push(c);
+            concat_at.push(b);
+            concat.push(h);
+            c += d.chars;
+            b += w.len();
+            h = addmod(mulmod(h, d.pow), d.hash);
+        }
+        chars.push(c);
+        concat_at.push(b);
+        concat.push(h);
         WordRuns {
-            words,
+            ids,
             chars,
-            joined_at,
-            joined,
             concat_at,
             concat,
         }
     }
 
-    /// Key of `" ".join(words[i..i + n])`.
-    fn joined_key(&self, i: usize, n: usize) -> (u64, usize) {
-        // joined_at[k + 1] is one past the space that follows word k.
-        self.joined
-            .key(self.joined_at[i], self.joined_at[i + n] - 1)
-    }
-
-    /// Key of `"".join(words[i..i + n])`.
-    fn concat_key(&self, i: usize, n: usize) -> (u64, usize) {
-        self.concat.key(self.concat_at[i], self.concat_at[i + n])
+    fn len(&self) -> usize {
+        self.ids.len()
     }
 
     fn chars(&self, i: usize, n: usize) -> usize {
         self.chars[i + n] - self.chars[i]
     }
-}
 
-/// Characters in the most frequent n-gram times its count (ties: the one seen first).
-fn top_n_gram_chars(runs: &WordRuns<'_>, n: usize) -> Option<usize> {
-    let count = runs.words.len().checked_sub(n)? + 1;
-    let mut counts: FxHashMap<(u64, usize), (usize, usize)> =
-        FxHashMap::with_capacity_and_hasher(count, Default::default());
-    for i in 0..count {
-        counts.entry(runs.joined_key(i, n)).or_insert((0, i)).0 += 1;
+    /// Most bytes in any `n` consecutive words concatenated.
+    fn longest_concat(&self, n: usize) -> usize {
+        self.concat_at
+            .iter()
+            .zip(self.concat_at.iter().skip(n))
+            .map(|(a, b)| b - a)
+            .max()
+            .unwrap_or(0)
     }
-    let (&_, &(c, first)) = counts
-        .iter()
-        .max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.1 .1.cmp(&a.1 .1)))?;
-    Some((runs.chars(first, n) + n - 1) * c)
+
+    /// Key of `"".join(words[i..i + n])`: its hash mixed with its byte length, never
+    /// `u64::MAX`; `pow` holds BASE^0 up to at least that length.
+    fn concat_key(&self, pow: &[u64], i: usize, n: usize) -> u64 {
+        let len = self.concat_at[i + n] - self.concat_at[i];
+        let h = addmod(self.concat[i + n], MOD - mulmod(self.concat[i], pow[len]));
+        let key = h ^ (len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        key.min(EMPTY - 1)
+    }
 }
 
-/// Characters in n-grams (words concatenated) already seen, skipping past each repeat.
-fn duplicate_n_gram_chars(runs: &WordRuns<'_>, n: usize) -> usize {
-    let len = runs.words.len();
-    let mut seen: FxHashSet<(u64, usize)> =
-        FxHashSet::with_capacity_and_hasher(len.saturating_sub(n) + 1, Default::default());
+/// A table from u64 keys to dense ids (0, 1, 2, ... in first-insertion order): open
+/// addressing with linear probing, reused across the n-gram passes of a document (resetting
+/// keeps its memory). `u64::MAX` marks an empty slot and is never a key.
+#[derive(Default)]
+struct DenseIds {
+    keys: Vec<u64>,
+    ids: Vec<u32>,
+    shift: u32,
+    len: u32,
+}
+
+const EMPTY: u64 = u64::MAX;
+
+impl DenseIds {
+    /// Empties the table, sized for up to `max_keys` keys; `with_ids`: ready for [`Self::id`],
+    /// else only for [`Self::insert`] (less memory to touch).
+    fn reset(&mut self, max_keys: usize, with_ids: bool) {
+        let cap = (max_keys * 2).next_power_of_two().max(16);
+        self.keys.clear();
+        self.keys.resize(cap, EMPTY);
+        if with_ids {
+            self.ids.resize(cap, 0);
+        }
+        self.shift = 64 - cap.trailing_zeros();
+        self.len = 0;
+    }
+
+    /// The id of `key` (not `u64::MAX`), and whether it is new.
+    fn id(&mut self, key: u64) -> (u32, bool) {
+        debug_assert_ne!(key, EMPTY);
+        let mask = self.keys.len() - 1;
+        let mut slot = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize;
+        loop {
+            match self.keys[slot] {
+                EMPTY => {
+                    self.keys[slot] = key;
+                    self.ids[slot] = self.len;
+                    self.len += 1;
+                    return (self.len - 1, true);
+                }
+                k if k == key => return (self.ids[slot], false),
+                _ => slot = (slot + 1) & mask,
+            }
+        }
+    }
+
+    /// Adds `key` (not `u64::MAX`); whether it is new.
+    fn insert(&mut self, key: u64) -> bool {
+        debug_assert_ne!(key, EMPTY);
+        let mask = self.keys.len() - 1;
+        let mut slot = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize;
+        loop {
+            match self.keys[slot] {
+                EMPTY => {
+                    self.keys[slot] = key;
+                    return true;
+                }
+                k if k == key => return false,
+                _ => slot = (slot + 1) & mask,
+            }
+        }
+    }
+}
+
+/// Buffers for the n-gram rules of one document (the levels belong to its words).
+#[derive(Default)]
+struct NGramTables {
+    table: DenseIds,
+    /// Ids of the n-grams (words joined by spaces) at each position, for n = `level`:
+    /// equal ids, equal strings. Level n + 1 numbers the pairs (n-gram at i, word i + n).
+    gram_ids: Vec<u32>,
+    level: usize,
+    distinct: usize,
+    counts: Vec<u32>,
+}
+
+/// Characters in the most frequent n-gram (words joined by spaces) times its count; of
+/// n-grams seen equally often, the one seen first (Python's `Counter.most_common(1)`).
+fn top_n_gram_chars(runs: &WordRuns, n: usize, t: &mut NGramTables) -> Option<usize> {
+    let count = runs.len().checked_sub(n)? + 1;
+    if t.level == 0 || t.level > n {
+        t.gram_ids.clear();
+        t.gram_ids.extend_from_slice(&runs.ids);
+        t.distinct = runs
+            .ids
+            .iter()
+            .map(|&id| id as usize + 1)
+            .max()
+            .unwrap_or(0);
+        t.level = 1;
+    }
+    while t.level < n {
+        let next = runs.len() - t.level;
+        t.table.reset(next, true);
+        for i in 0..next {
+            let key = (t.gram_ids[i] as u64) << 32 | runs.ids[i + t.level] as u64;
+            t.gram_ids[i] = t.table.id(key).0;
+        }
+        t.gram_ids.truncate(next);
+        t.distinct = t.table.len as usize;
+        t.level += 1;
+    }
+    t.counts.clear();
+    t.counts.resize(t.distinct, 0);
+    for &id in &t.gram_ids[..count] {
+        t.counts[id as usize] += 1;
+    }
+    // Ids follow first appearance, so the first maximum is the n-gram seen first.
+    let (best_id, &best) = t
+        .counts
+        .iter()
+        .enumerate()
+        .rev()
+        .max_by_key(|&(_, c)| c)
+        .expect("at least one n-gram");
+    let first = t.gram_ids.iter().position(|&id| id as usize == best_id)?;
+    Some((runs.chars(first, n) + n - 1) * best as usize)
+}
+
+/// Characters in n-grams (words concatenated) already seen, skipping past each repeat;
+/// counting stops once `repeated / text_chars > frac` (more repeats cannot change the rule's
+/// decision then).
+fn duplicate_n_gram_chars(
+    runs: &WordRuns,
+    n: usize,
+    pow: &[u64],
+    (text_chars, frac): (f64, f64),
+    t: &mut NGramTables,
+) -> usize {
+    let len = runs.len();
+    t.table.reset((len + 1).saturating_sub(n), false);
     let (mut repeated, mut i) = (0, 0);
     while i + n <= len {
-        let key = runs.concat_key(i, n);
-        if seen.contains(&key) {
-            repeated += runs.chars(i, n);
-            i += n;
-        } else {
-            seen.insert(key);
+        if t.table.insert(runs.concat_key(pow, i, n)) {
             i += 1;
+        } else {
+            repeated += runs.chars(i, n);
+            if repeated as f64 / text_chars > frac {
+                break;
+            }
+            i += n;
         }
     }
     repeated
@@ -377,22 +538,39 @@ pub fn repetition(cfg: &GopherRepetitionConfig, text: &str) -> Verdict {
     if cfg.top_n_grams.is_empty() && cfg.dup_n_grams.is_empty() {
         return Verdict::Keep;
     }
-    let runs = WordRuns::new(split_words(text));
+    let tokens = tokenize(text);
+    let words: Vec<&str> = tokens
+        .iter()
+        .filter(|t| !t.space)
+        .map(|t| t.text.as_ref())
+        .collect();
+    let runs = WordRuns::new(words.iter().copied());
+    let mut tables = NGramTables::default();
     for &(n, frac) in &cfg.top_n_grams {
         if n == 0 {
             continue;
         }
-        if let Some(top) = top_n_gram_chars(&runs, n) {
+        if let Some(top) = top_n_gram_chars(&runs, n, &mut tables) {
             if top as f64 / text_chars > frac {
                 return Verdict::Remove(format!("top_{n}_gram").into());
             }
         }
     }
+    // BASE powers up to the longest run of words any duplicate n-gram key spans.
+    let pow = powers(
+        cfg.dup_n_grams
+            .iter()
+            .filter(|&&(n, _)| n > 0 && n <= runs.len())
+            .map(|&(n, _)| runs.longest_concat(n))
+            .max()
+            .unwrap_or(0),
+    );
     for &(n, frac) in &cfg.dup_n_grams {
         if n == 0 {
             continue;
         }
-        if duplicate_n_gram_chars(&runs, n) as f64 / text_chars > frac {
+        let repeated = duplicate_n_gram_chars(&runs, n, &pow, (text_chars, frac), &mut tables);
+        if repeated as f64 / text_chars > frac {
             return Verdict::Remove(format!("duplicated_{n}_n_grams").into());
         }
     }
@@ -472,13 +650,47 @@ mod tests {
 
     #[test]
     fn n_gram_keys_follow_the_joined_strings() {
+        let mut tables = NGramTables::default();
+        let never = (1.0, f64::INFINITY);
         // "a b" and "ab" differ when joined by spaces, but are equal when concatenated.
-        let runs = WordRuns::new(["a", "bc", "ab", "c"].map(Cow::from).to_vec());
-        assert_ne!(runs.joined_key(0, 2), runs.joined_key(2, 2));
-        assert_eq!(runs.concat_key(0, 2), runs.concat_key(2, 2));
-        assert_eq!(duplicate_n_gram_chars(&runs, 2), 3);
-        let runs = WordRuns::new(["x", "y", "x", "y", "z"].map(Cow::from).to_vec());
-        assert_eq!(top_n_gram_chars(&runs, 2), Some(6));
+        let runs = WordRuns::new(["a", "bc", "ab", "c"]);
+        let pow = powers(runs.longest_concat(2));
+        assert_ne!(runs.ids[0..2], runs.ids[2..4]);
+        assert_eq!(runs.concat_key(&pow, 0, 2), runs.concat_key(&pow, 2, 2));
+        assert_ne!(runs.concat_key(&pow, 0, 2), runs.concat_key(&pow, 1, 2));
+        assert_eq!(
+            duplicate_n_gram_chars(&runs, 2, &pow, never, &mut tables),
+            3
+        );
+        let runs = WordRuns::new(["x", "y", "x", "y", "z"]);
+        let mut tables = NGramTables::default();
+        assert_eq!(top_n_gram_chars(&runs, 2, &mut tables), Some(6));
+        // Ties go to the n-gram seen first: "aa b" (4 chars) before "c dd".
+        let runs = WordRuns::new(["aa", "b", "c", "dd", "aa", "b", "c", "dd"]);
+        let mut tables = NGramTables::default();
+        assert_eq!(top_n_gram_chars(&runs, 2, &mut tables), Some(8));
+        assert_eq!(top_n_gram_chars(&runs, 9, &mut tables), None);
+    }
+
+    #[test]
+    fn top_n_grams_agree_with_recounting() {
+        // Levels are built up from the last n asked for, or from scratch for a smaller n.
+        let words: Vec<String> = (0..300).map(|i| format!("w{}", (i * 7) % 23)).collect();
+        let runs = WordRuns::new(words.iter().map(String::as_str));
+        let mut tables = NGramTables::default();
+        for n in [2, 5, 6, 9, 3, 1] {
+            let grams: Vec<String> = words.windows(n).map(|w| w.join(" ")).collect();
+            let mut counts: rustc_hash::FxHashMap<&str, usize> = Default::default();
+            for g in &grams {
+                *counts.entry(g).or_default() += 1;
+            }
+            let best = counts.values().max().unwrap();
+            let first = grams.iter().find(|g| counts[g.as_str()] == *best).unwrap();
+            assert_eq!(
+                top_n_gram_chars(&runs, n, &mut tables),
+                Some(py_len(first) * best)
+            );
+        }
     }
 
     #[test]

@@ -104,7 +104,13 @@ fn merge_special_phrases<'a>(text: &'a str, tokens: &mut Vec<Token<'a>>) {
     let phrases = phrases();
     let mut matches: Vec<(usize, usize, &'static str)> = Vec::new();
     for i in 0..tokens.len() {
-        if tokens[i].space {
+        // A phrase is at least two tokens with nothing between them: most words are followed
+        // by whitespace and need no look-up.
+        if tokens[i].space
+            || tokens
+                .get(i + 1)
+                .is_none_or(|next| next.start != tokens[i].end)
+        {
             continue;
         }
         let Some(candidates) = phrases.get(tokens[i].text.as_ref()) else {
