@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 STAGES = ["encode", "tokenizer_train", "prep", "dedup", "loader", "train_step", "sample"]
 # The column each stage's chart shows, higher is better unless noted.
-HEADLINE = ["MB/s", "docs_per_s", "docs/s", "batches/s", "tokens/s", "seconds"]
+HEADLINE = ["MB/s", "docs_per_s", "docs/s", "batches/s", "tokens/s", "speedup_per_core", "seconds"]
 
 
 def _run(stage: str, size: str, out: Path) -> dict:
