@@ -163,6 +163,8 @@ def test_missing_ray_says_how_to_install(monkeypatch, capsys, corpus, tmp_path):
         ray_engine.require_ray()
     assert main(["prep", str(corpus), "-o", str(tmp_path), "--engine", "ray"]) == 2
     assert "install it with: pip install 'gristmill[ray]'" in capsys.readouterr().err
+    assert main(["tokenize", str(corpus), "-o", str(tmp_path / "tok"), "--engine", "ray"]) == 2
+    assert "install it with: pip install 'gristmill[ray]'" in capsys.readouterr().err
 
 
 # ---- tokenize ---------------------------------------------------------------------------------
@@ -268,3 +270,21 @@ def test_ray_tokenize_cli_and_pipeline(ray_cluster, token_corpus, local_tokenize
         cfg = {"inputs": [], "out_dir": str(tmp_path), "engine": engine}
         _stage_tokenize({"shard_size": 4096}, cfg, tmp_path / engine, dirs, False)
     assert _dataset_files(tmp_path / "ray") == _dataset_files(tmp_path / "local")
+
+
+def test_add_encoded_checks_its_input(tmp_path):
+    import numpy as np
+    from gristmill import Tokenizer, _core
+
+    tok = Tokenizer.from_name("gpt2")
+    w = _core.ShardWriter(str(tmp_path), tokenizer_name="gpt2", fingerprint=tok.fingerprint,
+                          n_vocab=tok.n_vocab, eot_token=tok.eot_token, tokenizer_path=None,
+                          eot="append", shard_size=100, val_fraction=0.0, val_docs=None, text_field="text")
+    tokens, offsets = tok.encode_batch_to_numpy(["hello world", "bye"])
+    with pytest.raises(ValueError, match="3 offsets for 1 documents"):
+        w.add_encoded(["a"], tokens, offsets)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        w.add_encoded(["a", "b"], np.array([1, 60000, 2], dtype=np.uint32), offsets)
+    with pytest.raises(TypeError, match="uint16 or uint32"):
+        w.add_encoded(["a", "b"], tokens.astype(np.int64), offsets)
+    assert w.add_encoded(["a", "b"], tokens, offsets) == len(tokens) + 2
