@@ -726,6 +726,41 @@ def _add_block(writer, ids: list[str], tokens: np.ndarray, offsets: np.ndarray) 
     return writer.add_encoded(ids, tokens, offsets)
 
 
+def _tokenize_blocks(writer, tok, files: list[str], fields: dict, block_docs: int, progress: bool):
+    """Encodes the input from the writer's ``next_position`` on, in Ray tasks, and appends
+    the blocks to ``writer`` in input order; returns the progress bar (or None)."""
+    import ray
+
+    from gristmill.shards import _bar_update, _progress_bar
+
+    start = writer.next_position
+    first_file, first_skip = _locate(files, fields, start) if start else (0, 0)
+    bar = _progress_bar(progress, start)
+    if first_file >= len(files):
+        return bar
+    # Ray merges a read task's small outputs into one big block; cut them again so that
+    # the documents of one big file are encoded by many tasks.
+    blocks = _read(files, fields, block_docs, first_file, first_skip).repartition(
+        target_num_rows_per_block=block_docs).map_batches(
+        _encode_block, batch_size=None,
+        fn_kwargs={"tokenizer_ref": [ray.put(tok)], "injection": os.environ.get(FAILURE_ENV) or None},
+    )
+    last = -1
+    for batch in blocks.iter_batches(batch_size=None, batch_format="numpy"):
+        for k in range(len(batch["ordinal"])):
+            ordinal = int(batch["ordinal"][k])
+            if ordinal <= last:  # preserve_order guarantees it; positions depend on it
+                raise RuntimeError(f"Ray returned block {ordinal} after block {last}")
+            last = ordinal
+            ids = json.loads(batch["ids"][k])
+            tokens = np.frombuffer(batch["tokens"][k], dtype=np.dtype(str(batch["dtype"][k])))
+            offsets = np.frombuffer(batch["offsets"][k], dtype=np.int64)
+            written = _add_block(writer, ids, tokens, offsets)
+            if bar is not None:
+                _bar_update(bar, len(ids), int(batch["text_bytes"][k]), written)
+    return bar
+
+
 def tokenize(
     inputs: Any,
     out_dir: PathLike,
@@ -774,7 +809,7 @@ def tokenize(
     PosixPath('data/manifest.json')
     """
     from gristmill import _core
-    from gristmill.shards import TOKENIZER_DIR, _as_tokenizer, _bar_update, _progress_bar
+    from gristmill.shards import TOKENIZER_DIR, _as_tokenizer
 
     require_ray()
     if val_docs is not None and val_fraction:
@@ -795,32 +830,13 @@ def tokenize(
     ray = require_ray()
     init(address)
     _configure(progress)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    fields = {"text_field": text_field, "txt_mode": txt_mode}
-    start = writer.next_position
-    first_file, first_skip = _locate(files, fields, start) if start else (0, 0)
-    bar = _progress_bar(progress, start)
-    if first_file < len(files):
-        # Ray merges a read task's small outputs into one big block; cut them again so that
-        # the documents of one big file are encoded by many tasks.
-        blocks = _read(files, fields, block_docs, first_file, first_skip).repartition(
-            target_num_rows_per_block=block_docs).map_batches(
-            _encode_block, batch_size=None,
-            fn_kwargs={"tokenizer_ref": [ray.put(tok)], "injection": os.environ.get(FAILURE_ENV) or None},
-        )
-        last = -1
-        for batch in blocks.iter_batches(batch_size=None, batch_format="numpy"):
-            for k in range(len(batch["ordinal"])):
-                ordinal = int(batch["ordinal"][k])
-                if ordinal <= last:  # preserve_order guarantees it; positions depend on it
-                    raise RuntimeError(f"Ray returned block {ordinal} after block {last}")
-                last = ordinal
-                ids = json.loads(batch["ids"][k])
-                tokens = np.frombuffer(batch["tokens"][k], dtype=np.dtype(str(batch["dtype"][k])))
-                offsets = np.frombuffer(batch["offsets"][k], dtype=np.int64)
-                written = _add_block(writer, ids, tokens, offsets)
-                if bar is not None:
-                    _bar_update(bar, len(ids), int(batch["text_bytes"][k]), written)
+    options = ray.data.DataContext.get_current().execution_options
+    preserve_order, options.preserve_order = options.preserve_order, True
+    try:
+        bar = _tokenize_blocks(writer, tok, files, {"text_field": text_field, "txt_mode": txt_mode},
+                               block_docs, progress)
+    finally:
+        options.preserve_order = preserve_order
     if bar is not None:
         bar.close()
     return Path(writer.finish())
