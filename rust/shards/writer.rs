@@ -212,7 +212,8 @@ impl SplitWriter {
 
 /// Writes a dataset directory, resuming a killed run found there.
 ///
-/// Feed it documents in input order with [`DatasetWriter::add_texts`], starting at input
+/// Feed it documents in input order with [`DatasetWriter::add_texts`] (or, encoded elsewhere,
+/// [`DatasetWriter::add_encoded`]), starting at input
 /// position [`DatasetWriter::next_position`] (the caller skips that many input documents),
 /// then call [`DatasetWriter::finish`].
 pub struct DatasetWriter {
