@@ -130,6 +130,32 @@ def tiktoken_write_shards(enc, jsonl_zst: Path, out: Path, shard_size: int) -> N
         write(buf[:filled])
 
 
+def ray_tokenize_row(src: Path, work: Path, shard_size: int, best) -> dict | None:
+    """``gristmill tokenize --engine ray`` on a local Ray cluster (started outside the timing),
+    checked byte-identical to the local engine's shards; None without Ray."""
+    try:
+        from gristmill import ray_engine
+
+        ray = ray_engine.require_ray()
+    except ImportError:
+        print("(skipping the Ray tokenize row: pip install 'gristmill[ray]')")
+        return None
+
+    def ray_tokenize():
+        shutil.rmtree(work / "ray", ignore_errors=True)
+        ray_engine.tokenize([src], work / "ray", "gpt2", shard_size=shard_size)
+
+    ray_engine.init()
+    try:
+        seconds = best(ray_tokenize)
+    finally:
+        ray.shutdown()
+    bins = sorted(p.name for p in (work / "gm").glob("*.bin"))
+    assert bins and all((work / "gm" / n).read_bytes() == (work / "ray" / n).read_bytes() for n in bins), \
+        "Ray's shards differ from the local engine's"
+    return {"task": "tokenize", "tool": "gristmill tokenize --engine ray (local cluster)", "seconds": seconds}
+
+
 def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
     import gristmill
     import zstandard
@@ -221,6 +247,8 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
          "seconds": t_py},
         {"task": "tokenize", "tool": "tiktoken encode_ordinary_batch + llm.c-style writer", "seconds": t_tt},
     ]
+    ray_row = ray_tokenize_row(src, work, shard_size, best)
+    rows += [ray_row] if ray_row else []
     for r in rows:
         r["MB/s"] = mb / r["seconds"]
         r["Mtokens/s"] = n_tokens / r["seconds"] / 1e6

@@ -496,6 +496,38 @@ mod python {
                 .map_err(shard_err)
         }
 
+        /// Writes the next input documents, encoded elsewhere: document `i` is
+        /// `tokens[offsets[i]:offsets[i + 1]]` (uint16 or uint32 tokens, int64 offsets, as
+        /// `Tokenizer.encode_batch_to_numpy` returns without `append_eot`); the writer adds
+        /// end-of-text. Returns tokens written. Raises ValueError for offsets that do not cut
+        /// the tokens into `len(ids)` documents, or a token outside the vocabulary.
+        fn add_encoded(
+            &mut self,
+            py: Python<'_>,
+            ids: Vec<String>,
+            tokens: &Bound<'_, PyAny>,
+            offsets: numpy::PyReadonlyArray1<'_, i64>,
+        ) -> PyResult<u64> {
+            let tokens: Vec<u32> = if let Ok(t) = tokens.cast::<PyArray1<u16>>() {
+                t.readonly()
+                    .as_array()
+                    .iter()
+                    .map(|&x| u32::from(x))
+                    .collect()
+            } else if let Ok(t) = tokens.cast::<PyArray1<u32>>() {
+                t.to_vec()?
+            } else {
+                return Err(PyTypeError::new_err(
+                    "tokens must be a 1-d uint16 or uint32 numpy array",
+                ));
+            };
+            // A negative offset becomes one past any token count: the core rejects it.
+            let offsets: Vec<u64> = offsets.as_array().iter().map(|&o| o as u64).collect();
+            let w = self.writer()?;
+            py.detach(|| w.add_encoded(&ids, &tokens, &offsets))
+                .map_err(shard_err)
+        }
+
         /// Reads a JSON-lines file (`.jsonl`/`.json`/`.ndjson`, optionally `.zst`) in the core,
         /// skipping its first `skip` records, and encodes and writes the rest; decompression
         /// and parsing overlap encoding. `progress(docs, text_bytes, tokens)` is called after

@@ -163,3 +163,128 @@ def test_missing_ray_says_how_to_install(monkeypatch, capsys, corpus, tmp_path):
         ray_engine.require_ray()
     assert main(["prep", str(corpus), "-o", str(tmp_path), "--engine", "ray"]) == 2
     assert "install it with: pip install 'gristmill[ray]'" in capsys.readouterr().err
+    assert main(["tokenize", str(corpus), "-o", str(tmp_path / "tok"), "--engine", "ray"]) == 2
+    assert "install it with: pip install 'gristmill[ray]'" in capsys.readouterr().err
+
+
+# ---- tokenize ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def token_corpus(tmp_path_factory, shared_data) -> Path:
+    """Real English in a .jsonl.zst, a .jsonl (a record without an id, blank lines) and a .txt."""
+    import zstandard
+
+    docs = []
+    for d in read_documents(shared_data / "bench-en.jsonl.zst"):
+        docs.append({"id": d.id, "text": d.text[:3000]})
+        if len(docs) == 120:
+            break
+    root = tmp_path_factory.mktemp("token-corpus")
+    lines = "\n".join(json.dumps(r) for r in docs[:70]) + "\n"
+    (root / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+    rest = [json.dumps(r) for r in docs[70:]]
+    rest[3] = json.dumps({"text": "no id here <|endoftext|> as text"})
+    (root / "b.jsonl").write_text("\n\n".join(rest) + "\n", encoding="utf-8")
+    (root / "c.txt").write_text("the last document, from a text file", encoding="utf-8")
+    return root
+
+
+_TOKENIZE = {"shard_size": 4096, "val_fraction": 0.1, "eot": "prepend"}
+
+
+def _dataset_files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def local_tokenized(token_corpus, tmp_path_factory) -> dict[str, bytes]:
+    from gristmill.shards import write_shards
+
+    out = tmp_path_factory.mktemp("local-tokens")
+    write_shards([token_corpus], out, "gpt2", **_TOKENIZE)
+    files = _dataset_files(out)
+    assert sum(name.startswith("train_") and name.endswith(".bin") for name in files) > 3
+    assert "val_000000.bin" in files
+    return files
+
+
+def test_ray_tokenize_is_byte_identical(ray_cluster, token_corpus, local_tokenized, tmp_path, monkeypatch):
+    """Documents cross shards, a val split, ids from every reader; one encoding task raises
+    and one worker dies on the way, and Ray's retries change nothing."""
+    markers = [tmp_path / "raised-once", tmp_path / "exited-once"]
+    monkeypatch.setenv(ray_engine.FAILURE_ENV, f"raise:{markers[0]},exit:{markers[1]}")
+    manifest = ray_engine.tokenize([token_corpus], tmp_path / "ray", "gpt2", block_docs=16, **_TOKENIZE)
+    assert all(m.exists() for m in markers), "the failures were not injected"
+    assert manifest == tmp_path / "ray" / "manifest.json"
+    assert _dataset_files(tmp_path / "ray") == local_tokenized
+
+
+def test_ray_tokenize_resumes(ray_cluster, token_corpus, tmp_path, monkeypatch):
+    """A run killed after some blocks is rerun: it skips what is written, without encoding
+    it again, and the dataset is the local one."""
+    calls = {"n": 0}
+    add = ray_engine._add_block
+
+    def dying(writer, ids, tokens, offsets):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return add(writer, ids, tokens, offsets)
+
+    from gristmill.shards import write_shards
+
+    # No val split: a val shard that is not full yet would make the rerun start at 0.
+    settings = {"shard_size": 2048}
+    write_shards([token_corpus], tmp_path / "local", "gpt2", **settings)
+    monkeypatch.setattr(ray_engine, "_add_block", dying)
+    with pytest.raises(KeyboardInterrupt):
+        ray_engine.tokenize([token_corpus], tmp_path / "ray", "gpt2", block_docs=16, **settings)
+    assert not (tmp_path / "ray" / "manifest.json").exists()
+    monkeypatch.setattr(ray_engine, "_add_block", add)
+    located = []
+    locate = ray_engine._locate
+    monkeypatch.setattr(ray_engine, "_locate", lambda *a: located.append(locate(*a)) or located[-1])
+    ray_engine.tokenize([token_corpus], tmp_path / "ray", "gpt2", block_docs=16, **settings)
+    assert located and located[0] > (0, 0), "the rerun started from the beginning"
+    assert _dataset_files(tmp_path / "ray") == _dataset_files(tmp_path / "local")
+
+
+def test_ray_tokenize_cli_and_pipeline(ray_cluster, token_corpus, local_tokenized, tmp_path):
+    from gristmill.cli import main
+
+    args = ["tokenize", str(token_corpus), "-o", str(tmp_path / "cli"), "--engine", "ray", "-q",
+            "--shard-size", "4096", "--val-fraction", "0.1", "--eot", "prepend"]
+    assert main(args) == 0
+    assert _dataset_files(tmp_path / "cli") == local_tokenized
+    # The pipeline's engine key applies to its tokenize stage too.
+    from gristmill import Tokenizer
+    from gristmill.pipeline import _stage_tokenize
+
+    prep_dir = tmp_path / "prep"
+    prep_dir.mkdir()
+    (prep_dir / "docs-00000.jsonl.zst").write_bytes((token_corpus / "a.jsonl.zst").read_bytes())
+    Tokenizer.from_name("gpt2").save(tmp_path / "tok")
+    dirs = {"prep": prep_dir, "tokenizer": tmp_path / "tok"}
+    for engine in ("local", "ray"):
+        cfg = {"inputs": [], "out_dir": str(tmp_path), "engine": engine}
+        _stage_tokenize({"shard_size": 4096}, cfg, tmp_path / engine, dirs, False)
+    assert _dataset_files(tmp_path / "ray") == _dataset_files(tmp_path / "local")
+
+
+def test_add_encoded_checks_its_input(tmp_path):
+    import numpy as np
+    from gristmill import Tokenizer, _core
+
+    tok = Tokenizer.from_name("gpt2")
+    w = _core.ShardWriter(str(tmp_path), tokenizer_name="gpt2", fingerprint=tok.fingerprint,
+                          n_vocab=tok.n_vocab, eot_token=tok.eot_token, tokenizer_path=None,
+                          eot="append", shard_size=100, val_fraction=0.0, val_docs=None, text_field="text")
+    tokens, offsets = tok.encode_batch_to_numpy(["hello world", "bye"])
+    with pytest.raises(ValueError, match="3 offsets for 1 documents"):
+        w.add_encoded(["a"], tokens, offsets)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        w.add_encoded(["a", "b"], np.array([1, 60000, 2], dtype=np.uint32), offsets)
+    with pytest.raises(TypeError, match="uint16 or uint32"):
+        w.add_encoded(["a", "b"], tokens.astype(np.int64), offsets)
+    assert w.add_encoded(["a", "b"], tokens, offsets) == len(tokens) + 2

@@ -150,6 +150,7 @@ def _add_tokenize(sub) -> None:
     p.add_argument("--txt-mode", choices=("file", "paragraphs"), default="file",
                    help=".txt inputs: one document per file, or per blank-line-separated block")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_engine_args(p)
     p.set_defaults(func=_run_tokenize)
 
 
@@ -160,12 +161,21 @@ def _run_tokenize(args) -> int:
 
     tok = _load_tokenizer(args.tokenizer)
     t0 = time.perf_counter()
-    # Paths, not documents: JSON lines are then read and parsed by the core beside the encoder.
-    manifest = write_shards(
-        [Path(p) for p in args.inputs], args.output, tok,
-        shard_size=args.shard_size, val_fraction=args.val_fraction, val_docs=args.val_docs,
-        eot=args.eot, text_field=args.text_field, txt_mode=args.txt_mode, progress=not args.quiet,
-    )
+    settings = {"shard_size": args.shard_size, "val_fraction": args.val_fraction, "val_docs": args.val_docs,
+                "eot": args.eot, "text_field": args.text_field, "txt_mode": args.txt_mode,
+                "progress": not args.quiet}
+    if args.engine == "ray":
+        from gristmill import ray_engine
+
+        try:
+            ray_engine.require_ray()
+        except ImportError as e:
+            print(f"gristmill tokenize: {e}", file=sys.stderr)
+            return 2
+        manifest = ray_engine.tokenize(args.inputs, args.output, tok, address=args.address, **settings)
+    else:
+        # Paths, not documents: JSON lines are then read and parsed by the core beside the encoder.
+        manifest = write_shards([Path(p) for p in args.inputs], args.output, tok, **settings)
     dt = time.perf_counter() - t0
     m = json.loads(Path(manifest).read_text("utf-8"))
     for name, split in m["splits"].items():

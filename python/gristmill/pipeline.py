@@ -4,7 +4,7 @@ A pipeline config (TOML) names the inputs and the settings of each stage::
 
     out_dir = "runs/shakespeare"
     inputs = ["data/shakespeare.txt"]
-    engine = "local"    # or "ray": prep on Ray Data, same result (address = "..." to join a cluster)
+    engine = "local"    # or "ray": prep and tokenize on Ray Data, same result (address = "..." to join a cluster)
 
     [prep]        # gristmill.prep.PrepConfig fields (filters, dedup)
     [tokenizer]   # vocab_size, pattern, special_tokens
@@ -159,11 +159,15 @@ def _stage_tokenize(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -
     from gristmill.shards import ShardDataset, write_shards
 
     t0 = time.perf_counter()
-    manifest = write_shards(
-        read_documents(clean_documents(dirs["prep"])), out, dirs["tokenizer"],
-        shard_size=int(s.get("shard_size", 100_000_000)),
-        val_fraction=float(s.get("val_fraction", 0.05)), progress=progress,
-    )
+    settings = {"shard_size": int(s.get("shard_size", 100_000_000)),
+                "val_fraction": float(s.get("val_fraction", 0.05)), "progress": progress}
+    if cfg.get("engine", "local") == "ray":  # the same dataset, encoded on a Ray cluster
+        from gristmill import ray_engine
+
+        manifest = ray_engine.tokenize(clean_documents(dirs["prep"]), out, dirs["tokenizer"],
+                                       address=cfg.get("address"), **settings)
+    else:
+        manifest = write_shards(read_documents(clean_documents(dirs["prep"])), out, dirs["tokenizer"], **settings)
     ds = ShardDataset(manifest)
     return {"train_tokens": ds.num_tokens("train"), "val_tokens": ds.num_tokens("val") if "val" in ds.splits else 0,
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -12,7 +12,9 @@
 //! else is kept on the side, so the result is byte-identical to an uninterrupted run.
 
 use super::format::{self, Dtype, IndexHeader, HEADER_BYTES};
-use super::manifest::{EotMode, Manifest, Settings, ShardEntry, SplitEntry, MANIFEST_NAME, SPLITS};
+use super::manifest::{
+    EotMode, Manifest, Settings, ShardEntry, SplitEntry, SplitRule, MANIFEST_NAME, SPLITS,
+};
 use super::ShardError;
 use crate::bpe::{Encoder, Rank};
 use rustc_hash::FxHashSet;
@@ -210,7 +212,8 @@ impl SplitWriter {
 
 /// Writes a dataset directory, resuming a killed run found there.
 ///
-/// Feed it documents in input order with [`DatasetWriter::add_texts`], starting at input
+/// Feed it documents in input order with [`DatasetWriter::add_texts`] (or, encoded elsewhere,
+/// [`DatasetWriter::add_encoded`]), starting at input
 /// position [`DatasetWriter::next_position`] (the caller skips that many input documents),
 /// then call [`DatasetWriter::finish`].
 pub struct DatasetWriter {
@@ -273,10 +276,14 @@ impl DatasetWriter {
         for i in 0..w.splits.len() {
             w.scan_split(i)?;
         }
+        // A split with no complete shard needs its documents from its first one on; a split
+        // that never gets documents (no val split) does not hold the rerun back.
+        let rule = w.settings.split;
         w.next_position = w
             .splits
             .iter()
-            .map(|s| s.resume.map_or(0, |(p, _)| p))
+            .enumerate()
+            .filter_map(|(i, s)| s.resume.map(|(p, _)| p).or(first_position(rule, i)))
             .min()
             .unwrap_or(0);
         Ok(w)
@@ -383,23 +390,7 @@ impl DatasetWriter {
         texts: &[S],
         ids: &[I],
     ) -> Result<u64, ShardError> {
-        if self.complete {
-            return Err(ShardError::Settings(format!(
-                "{}: the dataset is already complete",
-                self.dir.display()
-            )));
-        }
-        if texts.len() != ids.len() {
-            return Err(ShardError::Settings(format!(
-                "{} texts but {} source ids",
-                texts.len(),
-                ids.len()
-            )));
-        }
-        let first = self.next_position;
-        let actions: Vec<Action> = (0..texts.len() as u64)
-            .map(|i| self.splits[self.split_of(first + i)].action(first + i))
-            .collect();
+        let actions = self.actions(texts.len(), ids.len(), "texts")?;
         let todo: Vec<&str> = texts
             .iter()
             .zip(&actions)
@@ -407,17 +398,67 @@ impl DatasetWriter {
             .map(|(t, _)| t.as_ref())
             .collect();
         let encoded = encoder.encode_batch(&todo, &FxHashSet::default());
-        let mut encoded = encoded.into_iter();
+        self.write_documents(ids, &actions, encoded.iter().map(Vec::as_slice))
+    }
+
+    /// Writes the next input documents, already encoded elsewhere (e.g. by the tasks of a
+    /// distributed run): document `i` is `tokens[offsets[i]..offsets[i + 1]]`, without its
+    /// end-of-text token (the writer adds it). The same layout as [`Self::add_texts`]: the
+    /// result does not depend on where the documents were encoded. Returns tokens written.
+    pub fn add_encoded<I: AsRef<str>>(
+        &mut self,
+        ids: &[I],
+        tokens: &[Rank],
+        offsets: &[u64],
+    ) -> Result<u64, ShardError> {
+        check_offsets(offsets, ids.len(), tokens.len())?;
+        let actions = self.actions(ids.len(), ids.len(), "documents")?;
+        let docs = offsets
+            .windows(2)
+            .zip(&actions)
+            .filter(|(_, a)| **a != Action::Skip)
+            .map(|(w, _)| &tokens[w[0] as usize..w[1] as usize]);
+        self.write_documents(ids, &actions, docs)
+    }
+
+    /// What to do with each of the next `n` input documents; checks the writer is open and
+    /// that there is one source id per document.
+    fn actions(&self, n: usize, n_ids: usize, what: &str) -> Result<Vec<Action>, ShardError> {
+        if self.complete {
+            return Err(ShardError::Settings(format!(
+                "{}: the dataset is already complete",
+                self.dir.display()
+            )));
+        }
+        if n != n_ids {
+            return Err(ShardError::Settings(format!(
+                "{n} {what} but {n_ids} source ids"
+            )));
+        }
+        let first = self.next_position;
+        Ok((first..first + n as u64)
+            .map(|p| self.splits[self.split_of(p)].action(p))
+            .collect())
+    }
+
+    /// Writes the documents at the next positions: `todo` yields the tokens of those whose
+    /// action is not `Skip`, in order.
+    fn write_documents<'t, I: AsRef<str>>(
+        &mut self,
+        ids: &[I],
+        actions: &[Action],
+        mut todo: impl Iterator<Item = &'t [Rank]>,
+    ) -> Result<u64, ShardError> {
+        let first = self.next_position;
         let mut written = 0;
-        for (i, action) in actions.into_iter().enumerate() {
-            let position = first + i as u64;
+        for (i, &action) in actions.iter().enumerate() {
             if action == Action::Skip {
                 continue;
             }
-            let tokens = encoded.next().expect("one encoding per document to write");
-            written += self.add_document(position, ids[i].as_ref(), &tokens, action)?;
+            let tokens = todo.next().expect("tokens for every document to write");
+            written += self.add_document(first + i as u64, ids[i].as_ref(), tokens, action)?;
         }
-        self.next_position = first + texts.len() as u64;
+        self.next_position = first + actions.len() as u64;
         Ok(written)
     }
 
@@ -583,6 +624,50 @@ impl DatasetWriter {
         fs::remove_file(&progress).map_err(|e| ShardError::io(&progress, e))?;
         Ok(manifest)
     }
+}
+
+/// A position at or before the first document of split `s` (0 train, 1 val) under `rule`;
+/// None when the split never gets one.
+fn first_position(rule: SplitRule, s: usize) -> Option<u64> {
+    match (rule, s) {
+        (SplitRule::ValFraction(f), 1) if f <= 0.0 => None,
+        (SplitRule::ValDocs(0), 1) => None,
+        (SplitRule::ValDocs(n), 0) => Some(n),
+        _ => Some(0),
+    }
+}
+
+/// Checks that `offsets` cut `n_tokens` tokens into `n_docs` documents: `n_docs + 1` offsets
+/// from 0 to `n_tokens`, never decreasing.
+fn check_offsets(offsets: &[u64], n_docs: usize, n_tokens: usize) -> Result<(), ShardError> {
+    let bad = |what: String| {
+        Err(ShardError::Settings(format!(
+            "encoded documents: {what} (document i must be tokens[offsets[i]:offsets[i + 1]], \
+             with offsets from 0 to the number of tokens)"
+        )))
+    };
+    if offsets.len() != n_docs + 1 {
+        return bad(format!(
+            "{} offsets for {n_docs} documents, expected {}",
+            offsets.len(),
+            n_docs + 1
+        ));
+    }
+    if offsets[0] != 0 || offsets[n_docs] != n_tokens as u64 {
+        return bad(format!(
+            "offsets run from {} to {}, but there are {n_tokens} tokens",
+            offsets[0], offsets[n_docs]
+        ));
+    }
+    if let Some(i) = offsets.windows(2).position(|w| w[1] < w[0]) {
+        return bad(format!(
+            "offset {} is {}, less than offset {i} ({})",
+            i + 1,
+            offsets[i + 1],
+            offsets[i]
+        ));
+    }
+    Ok(())
 }
 
 fn read_u64(bytes: &[u8], offset: usize) -> u64 {
@@ -760,6 +845,108 @@ pub(crate) mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("another shard_size"), "{e}");
+    }
+
+    /// Writes `texts` pre-encoded (bytes as tokens) through `add_encoded`, in batches.
+    fn write_encoded(dir: &Path, s: Settings, texts: &[String], batch: usize) {
+        let mut w = DatasetWriter::open(dir, s).unwrap();
+        let start = w.next_position() as usize;
+        for chunk in texts[start..].chunks(batch) {
+            let ids: Vec<String> = chunk.iter().map(|t| format!("id-{t}")).collect();
+            let mut tokens = Vec::new();
+            let mut offsets = vec![0u64];
+            for t in chunk {
+                tokens.extend(t.bytes().map(Rank::from));
+                offsets.push(tokens.len() as u64);
+            }
+            w.add_encoded(&ids, &tokens, &offsets).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn pre_encoded_documents_give_the_same_dataset() {
+        let docs = texts(150);
+        let s = settings(29, EotMode::Prepend, SplitRule::ValFraction(0.1));
+        let by_texts = tempfile::tempdir().unwrap();
+        write_all(by_texts.path(), s.clone(), &docs, 11);
+        let encoded = tempfile::tempdir().unwrap();
+        write_encoded(encoded.path(), s.clone(), &docs, 7);
+        assert_eq!(snapshot(encoded.path()), snapshot(by_texts.path()));
+        // Resumed after a cut, from a run that encoded in the writer.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut w = DatasetWriter::open(dir.path(), s.clone()).unwrap();
+            let ids: Vec<String> = docs[..90].iter().map(|t| format!("id-{t}")).collect();
+            w.add_texts(&byte_encoder(), &docs[..90], &ids).unwrap();
+        }
+        write_encoded(dir.path(), s, &docs, 13);
+        assert_eq!(snapshot(dir.path()), snapshot(by_texts.path()));
+    }
+
+    #[test]
+    fn a_rerun_without_a_val_split_starts_at_the_cut() {
+        let docs = texts(100);
+        for rule in [SplitRule::ValFraction(0.0), SplitRule::ValDocs(0)] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = settings(16, EotMode::Append, rule);
+            {
+                let mut w = DatasetWriter::open(dir.path(), s.clone()).unwrap();
+                let ids: Vec<String> = docs[..60].iter().map(|t| format!("id-{t}")).collect();
+                w.add_texts(&byte_encoder(), &docs[..60], &ids).unwrap();
+            }
+            let w = DatasetWriter::open(dir.path(), s).unwrap();
+            assert!(
+                (50..60).contains(&w.next_position()),
+                "{}",
+                w.next_position()
+            );
+        }
+        assert_eq!(first_position(SplitRule::ValDocs(5), 0), Some(5));
+        assert_eq!(first_position(SplitRule::ValFraction(0.1), 1), Some(0));
+    }
+
+    #[test]
+    fn pre_encoded_documents_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(16, EotMode::Append, SplitRule::ValFraction(0.0));
+        let mut w = DatasetWriter::open(dir.path(), s).unwrap();
+        let ids = ["a", "b"];
+        for (tokens, offsets, expect) in [
+            (
+                vec![1, 2, 3],
+                vec![0u64, 1],
+                "2 offsets for 2 documents, expected 3",
+            ),
+            (
+                vec![1, 2, 3],
+                vec![0, 1, 4],
+                "from 0 to 4, but there are 3 tokens",
+            ),
+            (vec![1, 2, 3], vec![1, 1, 3], "from 1 to 3"),
+            (vec![1, 2, 3], vec![0, 2, 1], "from 0 to 1"),
+            (
+                vec![1, 2, 3, 4],
+                vec![0, 3, 2, 4][..3].to_vec(),
+                "from 0 to 2",
+            ),
+            (
+                vec![1, 900, 3],
+                vec![0, 1, 3],
+                "token 900, outside the vocabulary of 257",
+            ),
+        ] {
+            let e = w
+                .add_encoded(&ids, &tokens, &offsets)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expect), "{e}");
+        }
+        let e = w
+            .add_encoded(&["a", "b", "c"], &[1, 2, 3], &[0, 2, 1, 3])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("offset 2 is 1, less than offset 1 (2)"), "{e}");
     }
 
     #[test]
