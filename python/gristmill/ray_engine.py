@@ -388,8 +388,11 @@ def _read(files: list[str], fields: dict, block_docs: int, first_file: int = 0, 
     # Ray from fusing the read into the next task, so the blocks of one big file are
     # processed in parallel instead of in the task that reads it.
     items_ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    # Ray merges a read task's small outputs into one big block per file; cut them again
+    # (a streaming split, not a shuffle) so that one big file is processed by many tasks.
     return items_ds.map_batches(_read_files, batch_size=1, num_cpus=0.5,
-                                fn_kwargs={"fields": fields, "block_docs": block_docs})
+                                fn_kwargs={"fields": fields, "block_docs": block_docs}
+                                ).repartition(target_num_rows_per_block=block_docs)
 
 
 def _configure(progress: bool) -> None:
@@ -738,10 +741,7 @@ def _tokenize_blocks(writer, tok, files: list[str], fields: dict, block_docs: in
     bar = _progress_bar(progress, start)
     if first_file >= len(files):
         return bar
-    # Ray merges a read task's small outputs into one big block; cut them again so that
-    # the documents of one big file are encoded by many tasks.
-    blocks = _read(files, fields, block_docs, first_file, first_skip).repartition(
-        target_num_rows_per_block=block_docs).map_batches(
+    blocks = _read(files, fields, block_docs, first_file, first_skip).map_batches(
         _encode_block, batch_size=None,
         fn_kwargs={"tokenizer_ref": [ray.put(tok)], "injection": os.environ.get(FAILURE_ENV) or None},
     )
