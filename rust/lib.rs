@@ -524,14 +524,13 @@ mod python {
             };
             let mut py_error: Option<PyErr> = None;
             let result = py.detach(|| {
-                read_jsonl_batches(&path, &fields, skip, max_docs, max_bytes, |batch| {
-                    let tokens = w.add_texts(&encoder.inner, &batch.texts, &batch.ids)?;
-                    // Between batches: let Ctrl-C through and report progress.
+                // Each batch is encoded while the one before it is written.
+                let mut overlapped = crate::shards::OverlappedWriter::new(w, &encoder.inner);
+                // Between batches: let Ctrl-C through and report progress.
+                let mut report = |docs: usize, bytes: usize, tokens: u64| {
                     Python::attach(|py| {
                         let r = py.check_signals().and_then(|()| match &progress {
-                            Some(cb) => cb
-                                .call1(py, (batch.texts.len(), batch.bytes, tokens))
-                                .map(drop),
+                            Some(cb) => cb.call1(py, (docs, bytes, tokens)).map(drop),
                             None => Ok(()),
                         });
                         r.map_err(|e| {
@@ -539,7 +538,15 @@ mod python {
                             ShardError::Settings("interrupted".into())
                         })
                     })
-                })
+                };
+                let n = read_jsonl_batches(&path, &fields, skip, max_docs, max_bytes, |batch| {
+                    let (docs, bytes) = (batch.texts.len(), batch.bytes);
+                    let tokens = overlapped.push(batch.texts, batch.ids)?;
+                    report(docs, bytes, tokens)
+                })?;
+                let tokens = overlapped.finish()?;
+                report(0, 0, tokens)?;
+                Ok(n)
             });
             match result {
                 Ok(n) => Ok(n),

@@ -155,12 +155,13 @@ def _stage_tokenizer(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) 
 
 
 def _stage_tokenize(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> dict:
-    from gristmill.prep import clean_documents, read_documents
+    from gristmill.prep import clean_documents
     from gristmill.shards import ShardDataset, write_shards
 
     t0 = time.perf_counter()
+    # Paths, not documents: JSON-lines shards are then read and parsed by the core.
     manifest = write_shards(
-        read_documents(clean_documents(dirs["prep"])), out, dirs["tokenizer"],
+        clean_documents(dirs["prep"]), out, dirs["tokenizer"],
         shard_size=int(s.get("shard_size", 100_000_000)),
         val_fraction=float(s.get("val_fraction", 0.05)), progress=progress,
     )
