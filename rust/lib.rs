@@ -498,8 +498,9 @@ mod python {
 
         /// Reads a JSON-lines file (`.jsonl`/`.json`/`.ndjson`, optionally `.zst`) in the core,
         /// skipping its first `skip` records, and encodes and writes the rest; decompression
-        /// and parsing overlap encoding. `progress(docs, text_bytes, tokens)` is called after
-        /// each batch. Returns the records in the file. A bad line raises
+        /// and parsing overlap encoding, and each batch is encoded while the one before it is
+        /// written. `progress(docs, text_bytes, tokens)` is called after each batch (`tokens`:
+        /// those written meanwhile, of the batch before; a last call reports the last batch). Returns the records in the file. A bad line raises
         /// `gristmill.prep.InputFormatError` naming the file and line.
         #[allow(clippy::too_many_arguments)]
         #[pyo3(signature = (encoder, path, *, text_field, id_field, skip, max_docs, max_bytes,
