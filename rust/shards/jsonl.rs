@@ -243,7 +243,7 @@ fn parse_block(
 }
 
 /// Streams the records of a JSON-lines file in batches of at most `max_docs` documents or
-/// about `max_bytes` of text, after skipping the first `skip` records (a resumed run), calling
+/// about `max_bytes` of text (the first ones smaller, doubling up to it), after skipping the first `skip` records (a resumed run), calling
 /// `sink` with each. Decompression and line cutting run on a reader thread that keeps up to a
 /// batch of blocks (`max_bytes`, at least two) ready while `sink` (the encoder) works; each
 /// block's lines are parsed on the rayon pool. Memory is bounded by about two batches. Returns the number of records in the file, skipped ones included.
@@ -275,6 +275,9 @@ pub fn read_jsonl_batches(
         });
         let mut seen = 0u64;
         let mut batch = DocBatch::default();
+        // The first batches are smaller, so the encoder starts before a whole batch has been
+        // decompressed and parsed (the cut between batches does not change the output).
+        let mut limit = (max_bytes / 8).max(1);
         let result = (|| -> Result<(), ShardError> {
             for block in rx.iter() {
                 let block = block?;
@@ -287,8 +290,9 @@ pub fn read_jsonl_batches(
                     batch.bytes += text.len();
                     batch.texts.push(text);
                     batch.ids.push(id);
-                    if batch.texts.len() >= max_docs || batch.bytes >= max_bytes {
+                    if batch.texts.len() >= max_docs || batch.bytes >= limit {
                         sink(std::mem::take(&mut batch))?;
+                        limit = limit.saturating_mul(2).min(max_bytes);
                     }
                 }
             }
