@@ -19,6 +19,8 @@ Tokenize, on bench-en.jsonl.zst (20 MB of English, 4173 documents):
     ``gristmill tokenize`` read them before the core did);
   - tiktoken's ``encode_ordinary_batch`` writing the same shards the way llm.c's
     ``fineweb.py`` does (the .bin files are checked byte-identical).
+The encoder, ``write_shards`` in memory and ``gristmill tokenize`` are timed in turn, round
+after round (best of 3 each), so that load on a shared machine hits the ratios less.
 
     python benches/bench_loader.py [--size small|full] [--out bench-results/loader.json]
 """
@@ -175,19 +177,24 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
     tok, tik = gristmill.Tokenizer.from_name("gpt2"), tiktoken_gpt2()
     repeat = 1 if size == "small" else 3
 
-    def best(fn) -> float:
-        fn()  # warm-up
-        times = []
+    def best(*fns) -> float | list[float]:
+        # Several functions are timed in turn, round after round, so that a change in the
+        # load of a shared machine hits them alike (their ratio is what the bench reports).
+        for fn in fns:
+            fn()  # warm-up
+        times = [[] for _ in fns]
         for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+            for fn, ts in zip(fns, times):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+        return min(times[0]) if len(fns) == 1 else [min(ts) for ts in times]
 
     def chunks(n=4096):
         return [texts[i:i + n] for i in range(0, len(texts), n)]
 
-    t_encoder = best(lambda: [tok.encode_batch_to_numpy(c, append_eot=True) for c in chunks()])
+    def encoder():
+        return [tok.encode_batch_to_numpy(c, append_eot=True) for c in chunks()]
 
     def gristmill_tokenize():
         shutil.rmtree(work / "gm", ignore_errors=True)
@@ -208,8 +215,7 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
         shutil.rmtree(work / "mem", ignore_errors=True)
         write_shards(texts, work / "mem", tok, shard_size=shard_size)
 
-    t_mem = best(gristmill_write_shards_in_memory)
-    t_gm = best(gristmill_tokenize)
+    t_encoder, t_mem, t_gm = best(encoder, gristmill_write_shards_in_memory, gristmill_tokenize)
     t_py = best(gristmill_python_reader)
     t_tt = best(tiktoken_tokenize)
     extra_rows = []
@@ -226,9 +232,11 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
             cli_main(["tokenize", str(big), "-o", str(work / "gm4"), "--tokenizer", "gpt2",
                       "--shard-size", str(shard_size), "-q"])
 
-        t_enc4 = best(lambda: [tok.encode_batch_to_numpy(big_texts[i:i + 4096], append_eot=True)
-                               for i in range(0, len(big_texts), 4096)])
-        t_gm4 = best(gristmill_tokenize_x4)
+        def encoder_x4():
+            return [tok.encode_batch_to_numpy(big_texts[i:i + 4096], append_eot=True)
+                    for i in range(0, len(big_texts), 4096)]
+
+        t_enc4, t_gm4 = best(encoder_x4, gristmill_tokenize_x4)
         extra_rows = [
             {"task": "tokenize", "tool": "gristmill encoder, corpus x4 in memory", "seconds": t_enc4, "mb": 4 * mb},
             {"task": "tokenize", "tool": "gristmill tokenize, corpus x4 (81 MB .zst)", "seconds": t_gm4, "mb": 4 * mb},

@@ -530,8 +530,9 @@ mod python {
 
         /// Reads a JSON-lines file (`.jsonl`/`.json`/`.ndjson`, optionally `.zst`) in the core,
         /// skipping its first `skip` records, and encodes and writes the rest; decompression
-        /// and parsing overlap encoding. `progress(docs, text_bytes, tokens)` is called after
-        /// each batch. Returns the records in the file. A bad line raises
+        /// and parsing overlap encoding, and each batch is encoded while the one before it is
+        /// written. `progress(docs, text_bytes, tokens)` is called after each batch (`tokens`:
+        /// those written meanwhile, of the batch before; a last call reports the last batch). Returns the records in the file. A bad line raises
         /// `gristmill.prep.InputFormatError` naming the file and line.
         #[allow(clippy::too_many_arguments)]
         #[pyo3(signature = (encoder, path, *, text_field, id_field, skip, max_docs, max_bytes,
@@ -556,14 +557,13 @@ mod python {
             };
             let mut py_error: Option<PyErr> = None;
             let result = py.detach(|| {
-                read_jsonl_batches(&path, &fields, skip, max_docs, max_bytes, |batch| {
-                    let tokens = w.add_texts(&encoder.inner, &batch.texts, &batch.ids)?;
-                    // Between batches: let Ctrl-C through and report progress.
+                // Each batch is encoded while the one before it is written.
+                let mut overlapped = crate::shards::OverlappedWriter::new(w, &encoder.inner);
+                // Between batches: let Ctrl-C through and report progress.
+                let mut report = |docs: usize, bytes: usize, tokens: u64| {
                     Python::attach(|py| {
                         let r = py.check_signals().and_then(|()| match &progress {
-                            Some(cb) => cb
-                                .call1(py, (batch.texts.len(), batch.bytes, tokens))
-                                .map(drop),
+                            Some(cb) => cb.call1(py, (docs, bytes, tokens)).map(drop),
                             None => Ok(()),
                         });
                         r.map_err(|e| {
@@ -571,7 +571,15 @@ mod python {
                             ShardError::Settings("interrupted".into())
                         })
                     })
-                })
+                };
+                let n = read_jsonl_batches(&path, &fields, skip, max_docs, max_bytes, |batch| {
+                    let (docs, bytes) = (batch.texts.len(), batch.bytes);
+                    let tokens = overlapped.push(batch.texts, batch.ids)?;
+                    report(docs, bytes, tokens)
+                })?;
+                let tokens = overlapped.finish()?;
+                report(0, 0, tokens)?;
+                Ok(n)
             });
             match result {
                 Ok(n) => Ok(n),

@@ -155,7 +155,7 @@ def _stage_tokenizer(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) 
 
 
 def _stage_tokenize(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> dict:
-    from gristmill.prep import clean_documents, read_documents
+    from gristmill.prep import clean_documents
     from gristmill.shards import ShardDataset, write_shards
 
     t0 = time.perf_counter()
@@ -167,7 +167,8 @@ def _stage_tokenize(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -
         manifest = ray_engine.tokenize(clean_documents(dirs["prep"]), out, dirs["tokenizer"],
                                        address=cfg.get("address"), **settings)
     else:
-        manifest = write_shards(read_documents(clean_documents(dirs["prep"])), out, dirs["tokenizer"], **settings)
+        # Paths, not documents: JSON-lines shards are then read and parsed by the core.
+        manifest = write_shards(clean_documents(dirs["prep"]), out, dirs["tokenizer"], **settings)
     ds = ShardDataset(manifest)
     return {"train_tokens": ds.num_tokens("train"), "val_tokens": ds.num_tokens("val") if "val" in ds.splits else 0,
             "seconds": round(time.perf_counter() - t0, 2)}

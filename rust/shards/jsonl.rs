@@ -243,10 +243,10 @@ fn parse_block(
 }
 
 /// Streams the records of a JSON-lines file in batches of at most `max_docs` documents or
-/// about `max_bytes` of text, after skipping the first `skip` records (a resumed run), calling
-/// `sink` with each. Decompression and line cutting run on a reader thread that keeps up to two
-/// blocks ready while `sink` (the encoder) works; each block's lines are parsed on the rayon
-/// pool. Memory is bounded by a few blocks and one batch. Returns the number of records in the file, skipped ones included.
+/// about `max_bytes` of text (the first ones smaller, doubling up to it), after skipping the first `skip` records (a resumed run), calling
+/// `sink` with each. Decompression and line cutting run on a reader thread that keeps up to a
+/// batch of blocks (`max_bytes`, at least two) ready while `sink` (the encoder) works; each
+/// block's lines are parsed on the rayon pool. Memory is bounded by about two batches. Returns the number of records in the file, skipped ones included.
 ///
 /// Errors: a missing or unreadable file; a line that is not UTF-8, not JSON, or not an object
 /// with a string text field (naming the file and line); an empty file.
@@ -260,7 +260,10 @@ pub fn read_jsonl_batches(
 ) -> Result<u64, ShardError> {
     let path: PathBuf = path.to_path_buf();
     std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel::<Result<Block, ShardError>>(2);
+        // Room for a whole batch of blocks, so decompression runs a batch ahead of the
+        // encoder instead of waiting behind it (memory: about one batch of input).
+        let ahead = (max_bytes / BLOCK_BYTES).clamp(2, 64);
+        let (tx, rx) = mpsc::sync_channel::<Result<Block, ShardError>>(ahead);
         let reader_path = path.clone();
         let reader = scope.spawn(move || {
             let r = read_blocks(&reader_path, &tx);
@@ -272,6 +275,9 @@ pub fn read_jsonl_batches(
         });
         let mut seen = 0u64;
         let mut batch = DocBatch::default();
+        // The first batches are smaller, so the encoder starts before a whole batch has been
+        // decompressed and parsed (the cut between batches does not change the output).
+        let mut limit = (max_bytes / 8).max(1);
         let result = (|| -> Result<(), ShardError> {
             for block in rx.iter() {
                 let block = block?;
@@ -284,8 +290,9 @@ pub fn read_jsonl_batches(
                     batch.bytes += text.len();
                     batch.texts.push(text);
                     batch.ids.push(id);
-                    if batch.texts.len() >= max_docs || batch.bytes >= max_bytes {
+                    if batch.texts.len() >= max_docs || batch.bytes >= limit {
                         sink(std::mem::take(&mut batch))?;
+                        limit = limit.saturating_mul(2).min(max_bytes);
                     }
                 }
             }

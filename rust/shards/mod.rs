@@ -15,7 +15,7 @@ pub use format::Dtype;
 pub use manifest::{EotMode, Manifest, Settings, SplitRule};
 pub use reader::{Dataset, Shard, Split};
 pub use sampler::{Sampler, SamplerConfig, SamplerState};
-pub use writer::DatasetWriter;
+pub use writer::{DatasetWriter, OverlappedWriter};
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};

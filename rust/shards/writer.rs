@@ -390,15 +390,10 @@ impl DatasetWriter {
         texts: &[S],
         ids: &[I],
     ) -> Result<u64, ShardError> {
-        let actions = self.actions(texts.len(), ids.len(), "texts")?;
-        let todo: Vec<&str> = texts
-            .iter()
-            .zip(&actions)
-            .filter(|(_, a)| **a != Action::Skip)
-            .map(|(t, _)| t.as_ref())
-            .collect();
-        let encoded = encoder.encode_batch(&todo, &FxHashSet::default());
-        self.write_documents(ids, &actions, encoded.iter().map(Vec::as_slice))
+        self.check_batch(texts.len(), ids.len())?;
+        let actions = self.plan(self.next_position, texts.len());
+        let batch = encode_planned(encoder, self.next_position, texts, actions);
+        self.write_encoded(&batch, ids)
     }
 
     /// Writes the next input documents, already encoded elsewhere (e.g. by the tasks of a
@@ -412,44 +407,75 @@ impl DatasetWriter {
         offsets: &[u64],
     ) -> Result<u64, ShardError> {
         check_offsets(offsets, ids.len(), tokens.len())?;
-        let actions = self.actions(ids.len(), ids.len(), "documents")?;
+        self.check_batch(ids.len(), ids.len())?;
+        let first = self.next_position;
+        let actions = self.plan(first, ids.len());
         let docs = offsets
             .windows(2)
             .zip(&actions)
             .filter(|(_, a)| **a != Action::Skip)
             .map(|(w, _)| &tokens[w[0] as usize..w[1] as usize]);
-        self.write_documents(ids, &actions, docs)
+        self.write_documents(first, &actions, ids, docs)
     }
 
-    /// What to do with each of the next `n` input documents; checks the writer is open and
-    /// that there is one source id per document.
-    fn actions(&self, n: usize, n_ids: usize, what: &str) -> Result<Vec<Action>, ShardError> {
+    fn check_batch(&self, n_texts: usize, n_ids: usize) -> Result<(), ShardError> {
         if self.complete {
             return Err(ShardError::Settings(format!(
                 "{}: the dataset is already complete",
                 self.dir.display()
             )));
         }
-        if n != n_ids {
+        if n_texts != n_ids {
             return Err(ShardError::Settings(format!(
-                "{n} {what} but {n_ids} source ids"
+                "{n_texts} documents but {n_ids} source ids"
             )));
         }
-        let first = self.next_position;
-        Ok((first..first + n as u64)
-            .map(|p| self.splits[self.split_of(p)].action(p))
-            .collect())
+        Ok(())
     }
 
-    /// Writes the documents at the next positions: `todo` yields the tokens of those whose
-    /// action is not `Skip`, in order.
+    /// What to do with the `n` input documents from position `first` on. It depends only on
+    /// the state found when the writer was opened (a `Tail` clears the resume point only for
+    /// positions after it, which are `Full` either way), so a batch can be planned before the
+    /// batches ahead of it are written.
+    fn plan(&self, first: u64, n: usize) -> Vec<Action> {
+        (0..n as u64)
+            .map(|i| self.splits[self.split_of(first + i)].action(first + i))
+            .collect()
+    }
+
+    /// Appends an encoded batch: the post-encode half of [`add_texts`](Self::add_texts).
+    /// The batch must start at [`next_position`](Self::next_position). Returns the number of
+    /// tokens written.
+    fn write_encoded<I: AsRef<str>>(
+        &mut self,
+        batch: &EncodedBatch,
+        ids: &[I],
+    ) -> Result<u64, ShardError> {
+        if batch.first != self.next_position || batch.actions.len() != ids.len() {
+            return Err(ShardError::Settings(format!(
+                "{}: batch of {} documents at input position {} does not follow position {}",
+                self.dir.display(),
+                ids.len(),
+                batch.first,
+                self.next_position
+            )));
+        }
+        let docs = batch
+            .offsets
+            .windows(2)
+            .map(|w| &batch.tokens[w[0] as usize..w[1] as usize]);
+        self.write_documents(batch.first, &batch.actions, ids, docs)
+    }
+
+    /// Writes the documents at positions `first..first + actions.len()`: `todo` yields the
+    /// tokens of those whose action is not `Skip`, in order.
     fn write_documents<'t, I: AsRef<str>>(
         &mut self,
-        ids: &[I],
+        first: u64,
         actions: &[Action],
+        ids: &[I],
         mut todo: impl Iterator<Item = &'t [Rank]>,
     ) -> Result<u64, ShardError> {
-        let first = self.next_position;
         let mut written = 0;
         for (i, &action) in actions.iter().enumerate() {
             if action == Action::Skip {
@@ -670,6 +696,94 @@ fn check_offsets(offsets: &[u64], n_docs: usize, n_tokens: usize) -> Result<(), 
     Ok(())
 }
 
+/// Input documents encoded and ready to append: positions `first..first + actions.len()`;
+/// the documents not skipped are encoded into `tokens`, the k-th of them being
+/// `tokens[offsets[k]..offsets[k + 1]]`.
+struct EncodedBatch {
+    first: u64,
+    actions: Vec<Action>,
+    tokens: Vec<Rank>,
+    offsets: Vec<u64>,
+}
+
+fn encode_planned<S: AsRef<str> + Sync>(
+    encoder: &Encoder,
+    first: u64,
+    texts: &[S],
+    actions: Vec<Action>,
+) -> EncodedBatch {
+    let todo: Vec<&str> = texts
+        .iter()
+        .zip(&actions)
+        .filter(|(_, a)| **a != Action::Skip)
+        .map(|(t, _)| t.as_ref())
+        .collect();
+    let (tokens, offsets) = encoder.encode_batch_flat(&todo, &FxHashSet::default(), None);
+    EncodedBatch {
+        first,
+        actions,
+        tokens,
+        offsets,
+    }
+}
+
+/// Feeds a [`DatasetWriter`] batch after batch, encoding each batch while the one before it
+/// is written (so the cores are not idle while tokens are converted, hashed and written).
+/// At most two batches are held: the one being written (as tokens) and the one being encoded.
+/// The bytes written are those of [`DatasetWriter::add_texts`] called batch by batch; call
+/// [`finish`](Self::finish) to write the last batch.
+pub struct OverlappedWriter<'a> {
+    writer: &'a mut DatasetWriter,
+    encoder: &'a Encoder,
+    /// The batch encoded but not yet written, with its source ids.
+    pending: Option<(EncodedBatch, Vec<String>)>,
+    /// The input position of the next batch given.
+    next: u64,
+}
+
+impl<'a> OverlappedWriter<'a> {
+    pub fn new(writer: &'a mut DatasetWriter, encoder: &'a Encoder) -> OverlappedWriter<'a> {
+        let next = writer.next_position;
+        OverlappedWriter {
+            writer,
+            encoder,
+            pending: None,
+            next,
+        }
+    }
+
+    /// Takes the next input documents; encodes them while writing the batch before. Returns
+    /// the tokens written (those of the batch before).
+    pub fn push(&mut self, texts: Vec<String>, ids: Vec<String>) -> Result<u64, ShardError> {
+        self.writer.check_batch(texts.len(), ids.len())?;
+        let actions = self.writer.plan(self.next, texts.len());
+        let first = self.next;
+        self.next += texts.len() as u64;
+        let pending = self.pending.take();
+        let (writer, encoder) = (&mut *self.writer, self.encoder);
+        let (written, encoded) = crate::parallel::install(|| {
+            rayon::join(
+                || match &pending {
+                    Some((batch, ids)) => writer.write_encoded(batch, ids),
+                    None => Ok(0),
+                },
+                || encode_planned(encoder, first, &texts, actions),
+            )
+        });
+        drop(texts);
+        self.pending = Some((encoded, ids));
+        written
+    }
+
+    /// Writes the last batch; returns its tokens written.
+    pub fn finish(mut self) -> Result<u64, ShardError> {
+        match self.pending.take() {
+            Some((batch, ids)) => self.writer.write_encoded(&batch, &ids),
+            None => Ok(0),
+        }
+    }
+}
+
 fn read_u64(bytes: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap())
 }
@@ -750,6 +864,20 @@ pub(crate) mod tests {
         w.finish().unwrap()
     }
 
+    /// As `write_all`, through the overlapped writer.
+    fn write_all_overlapped(dir: &Path, s: Settings, texts: &[String], batch: usize) -> PathBuf {
+        let enc = byte_encoder();
+        let mut w = DatasetWriter::open(dir, s).unwrap();
+        let start = w.next_position() as usize;
+        let mut o = OverlappedWriter::new(&mut w, &enc);
+        for chunk in texts[start..].chunks(batch) {
+            let ids: Vec<String> = chunk.iter().map(|t| format!("id-{t}")).collect();
+            o.push(chunk.to_vec(), ids).unwrap();
+        }
+        o.finish().unwrap();
+        w.finish().unwrap()
+    }
+
     fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         fs::read_dir(dir)
             .unwrap()
@@ -826,6 +954,38 @@ pub(crate) mod tests {
                     }
                 }
                 write_all(dir.path(), s.clone(), &docs, 11);
+                assert_eq!(snapshot(dir.path()), expected, "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn overlapped_writer_writes_the_same_bytes_and_resumes() {
+        let docs = texts(200);
+        for (eot, rule) in [
+            (EotMode::Append, SplitRule::ValFraction(0.1)),
+            (EotMode::Prepend, SplitRule::ValDocs(7)),
+        ] {
+            let s = settings(37, eot, rule);
+            let whole = tempfile::tempdir().unwrap();
+            write_all(whole.path(), s.clone(), &docs, 11);
+            let expected = snapshot(whole.path());
+            let direct = tempfile::tempdir().unwrap();
+            write_all_overlapped(direct.path(), s.clone(), &docs, 9);
+            assert_eq!(snapshot(direct.path()), expected);
+            for cut in [1usize, 60, 199] {
+                let dir = tempfile::tempdir().unwrap();
+                {
+                    let mut w = DatasetWriter::open(dir.path(), s.clone()).unwrap();
+                    let ids: Vec<String> = docs[..cut].iter().map(|t| format!("id-{t}")).collect();
+                    w.add_texts(&byte_encoder(), &docs[..cut], &ids).unwrap();
+                    for split in &mut w.splits {
+                        if let Some(open) = split.open.take() {
+                            open.file.out.into_inner().unwrap();
+                        }
+                    }
+                }
+                write_all_overlapped(dir.path(), s.clone(), &docs, 13);
                 assert_eq!(snapshot(dir.path()), expected, "cut at {cut}");
             }
         }
