@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -198,6 +199,9 @@ def test_save_formats_load_in_tiktoken_and_hf(tmp_path, pair, shared_data):
 
     ours, theirs = pair
     d = ours.save(tmp_path / "tok")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(f.stat().st_mode & 0o777) for f in d.iterdir()} == {0o666 & ~umask}  # as open() makes
     text = (shared_data / "taylorswift.txt").read_text("utf-8")[:50_000] + " <|endoftext|> x"
     # tiktoken from the saved ranks
     reread = _ranks(d / "tokenizer.tiktoken")
