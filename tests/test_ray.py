@@ -120,6 +120,51 @@ def test_tasks_failing_once_change_nothing(ray_cluster, corpus, local_run, tmp_p
     _assert_same(local_out, tmp_path / "ray", local_report, report)
 
 
+def test_prep_on_filesystem_urls(ray_cluster, corpus, local_run, tmp_path):
+    """Inputs and outputs given as URLs go through pyarrow's filesystem (file:// here: its
+    LocalFileSystem) and give the local engine's output; no temporary files are left."""
+    local_out, local_report = local_run
+    out = tmp_path / "ray"
+    report = ray_engine.prep([corpus.as_uri()], out.as_uri() + "/", _config())
+    # Bad-record messages name the file by its URL.
+    assert report["bad_record_messages"][0].startswith(corpus.as_uri())
+    _assert_same(local_out, out, local_report,
+                 {**report, "bad_record_messages": [m.replace("file://", "") for m in report["bad_record_messages"]]})
+    assert report["shards"] == sorted(q.name for q in out.glob("docs-*"))
+    assert json.loads((out / "report.json").read_text("utf-8")) == report
+    assert (out / "report.html").exists() and (out / "deduped" / "dedup-report.json").exists()
+    assert not [q for q in out.rglob(".*")], "temporary files left behind"
+    assert ray_engine.prep([corpus.as_uri()], out.as_uri(), _config()) == report  # finished: reused
+
+
+def test_readers_open_urls(tmp_path):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    rows = [{"id": f"d{i}", "text": f"text {i}", "n": i} for i in range(5)]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(data))
+    (tmp_path / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(data))
+    (tmp_path / "c.jsonl").write_bytes(data)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    (tmp_path / "e.txt").write_text("one\n\ntwo\n", encoding="utf-8")
+    local = list(read_documents(tmp_path, txt_mode="paragraphs"))
+    assert len(local) == 22
+    assert list(read_documents(tmp_path.as_uri(), txt_mode="paragraphs")) == local
+
+
+def test_unknown_url_scheme_is_named(tmp_path, corpus):
+    with pytest.raises(ValueError, match="nosuch://bucket/raw"):
+        ray_engine.prep(["nosuch://bucket/raw"], tmp_path / "out", _config())
+    with pytest.raises(ValueError, match="nosuch://bucket/clean"):
+        ray_engine.prep([corpus], "nosuch://bucket/clean", _config())
+    with pytest.raises(ValueError, match="give a local out_dir"):
+        ray_engine.tokenize([corpus], (tmp_path / "tok").as_uri(), "gpt2")
+
+
 def test_standalone_dedup_matches_local(ray_cluster, local_run, tmp_path):
     from gristmill.dedup import dedup as local_dedup
 

@@ -43,7 +43,12 @@ no longer byte-identical to the local engine). A rerun resumes from the writer's
 Not on Ray (they raise ``NotImplementedError``): line and span dedup, MinHash with a
 ``threshold`` (its checks depend on the order buckets are visited), and Hugging Face datasets
 as input. Inputs and outputs are paths every worker sees (local in one machine, a shared
-filesystem across many).
+filesystem across many), or URLs of a pyarrow filesystem (``s3://``, ``gs://``, ``hdfs://``,
+``file://``; ``pyarrow.fs.FileSystem.from_uri``): input directories are listed and files read
+through it; shards and reports are written under a temporary name then moved into place (``fs.move``),
+a rename on local and HDFS filesystems and a copy then delete on object stores, so a final name
+appears only once its file is complete. ``tokenize`` reads URLs but writes locally (its writer
+is the core's).
 
 Setting ``GRISTMILL_RAY_INJECT_FAILURE`` to ``raise:PATH`` or ``exit:PATH`` (or several,
 comma-separated) makes the first filter or apply task that creates the marker file ``PATH``
@@ -73,11 +78,14 @@ from gristmill.prep import (
     PathLike,
     PrepConfig,
     _add_stats,
+    _as_path,
     _document_files,
     _fingerprint,
     _is_hf_dataset,
     _report,
     _Run,
+    _shard_bytes,
+    _UrlPath,
     _write_html_atomic,
     _write_json_atomic,
     batched,
@@ -169,9 +177,13 @@ class _NamedShard(DocumentWriter):
         return self.directory / f"{self.prefix}.{self.fmt}"
 
 
-def _write(directory: Path, name: str, fmt: str, docs: list[Document]) -> str | None:
+def _write(directory: Path | _UrlPath, name: str, fmt: str, docs: list[Document]) -> str | None:
     if not docs:
         return None
+    if isinstance(directory, _UrlPath):  # temp name, then fs.move (see _UrlPath.write_atomic)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{name}.{fmt}").write_atomic(_shard_bytes(docs, fmt))
+        return f"{name}.{fmt}"
     with _NamedShard(directory, name, fmt) as w:
         for d in docs:
             w.write(d)
@@ -245,9 +257,9 @@ def _filter_block(batch: dict[str, np.ndarray], *, config: PrepConfig, out: str,
             counts["bytes_out"] += nbytes
             kept.append(doc)
     fmt = config.output_format
-    counts["files"] = [_write(Path(out), f"docs-{name}", fmt, kept)]
+    counts["files"] = [_write(_as_path(out), f"docs-{name}", fmt, kept)]
     if config.keep_removed:
-        counts["removed_files"] = [_write(Path(out) / "removed", f"removed-{name}", fmt, removed)]
+        counts["removed_files"] = [_write(_as_path(out) / "removed", f"removed-{name}", fmt, removed)]
     return {"counts": [json.dumps(counts)]}
 
 
@@ -352,8 +364,8 @@ def _apply_block(batch: dict[str, np.ndarray], *, decisions_ref: list, out: str,
         counts["removed"][method] += 1
         removed.append(Document(doc.id, doc.text, {**doc.metadata, "dedup_method": method,
                                                     "duplicate_of": str(dup_ids[p])}))
-    counts["files"] = [_write(Path(out), f"docs-{name}", fmt, kept)]
-    counts["removed_files"] = [_write(Path(out), f"removed-{name}", fmt, removed)]
+    counts["files"] = [_write(_as_path(out), f"docs-{name}", fmt, kept)]
+    counts["removed_files"] = [_write(_as_path(out), f"removed-{name}", fmt, removed)]
     return {"counts": [json.dumps(counts)]}
 
 
@@ -367,7 +379,7 @@ def _input_files(inputs: Any) -> list[str]:
     for p in inputs:
         if _is_hf_dataset(p):
             raise NotImplementedError("the Ray engine reads files and directories, not Hugging Face datasets")
-        path = Path(p)
+        path = _as_path(p)
         if path.is_dir():
             files.extend(str(q.resolve()) for q in _document_files(path))
         elif path.exists():
@@ -410,7 +422,7 @@ def _counts(ds) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r.get("ordinal", 0))
 
 
-def _remove_unreported(directory: Path, prefix: str, fmt: str, reported: set[str]) -> None:
+def _remove_unreported(directory: Path | _UrlPath, prefix: str, fmt: str, reported: set[str]) -> None:
     """Deletes shards (and temp files) that no successful task reported: leftovers of failed
     attempts or of an earlier run."""
     if not directory.is_dir():
@@ -451,8 +463,8 @@ def dedup(
     :func:`gristmill.dedup.dedup` (see the module docstring for how).
 
     Args:
-        inputs: files or directories every worker can read.
-        out_dir: receives ``docs-*`` (kept) and ``removed-*`` shards (with ``dedup_method`` and
+        inputs: files or directories every worker can read (paths or pyarrow filesystem URLs).
+        out_dir: a path or pyarrow filesystem URL; receives ``docs-*`` (kept) and ``removed-*`` shards (with ``dedup_method`` and
             ``duplicate_of``) and ``dedup-report.json``.
         config: a :class:`gristmill.dedup.DedupConfig`.
         address: a Ray cluster to connect to; a local one is started when not given.
@@ -480,7 +492,7 @@ def dedup(
     init(address)
     _configure(progress)
     t0 = time.perf_counter()
-    out = Path(out_dir)
+    out = _as_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if (out / REPORT_NAME).exists():  # finished earlier, as the local engine does
         report = json.loads((out / REPORT_NAME).read_text("utf-8"))
@@ -589,8 +601,11 @@ def prep(
     returns its report; an unfinished one is redone (tasks overwrite their own shards).
 
     Args:
-        inputs: files or directories every worker can read.
-        out_dir: output directory on storage every worker can write.
+        inputs: files or directories every worker can read: paths, or URLs of a pyarrow
+            filesystem (``s3://bucket/raw/``, ``gs://``, ``hdfs://``, ``file:///``).
+        out_dir: output directory on storage every worker can write, a path or such a URL
+            (shards are written under a temporary name then moved into place: on object
+            stores a copy then delete, so a final name appears only once complete).
         config: as for the local engine; dedup without lines, spans or threshold.
         address: a Ray cluster to connect to; a local one is started when not given.
         progress: show Ray Data's progress bars.
@@ -602,7 +617,8 @@ def prep(
     Raises:
         ImportError: when Ray is not installed.
         NotImplementedError: for dedup settings the Ray engine lacks.
-        ValueError: for a bad configuration, or an ``out_dir`` holding another run.
+        ValueError: for a bad configuration, an ``out_dir`` holding another run, or a URL
+            whose filesystem pyarrow cannot open (the message names the URL).
 
     >>> prep(["raw/"], "clean/", PrepConfig(preset="c4"))["docs_out"]  # doctest: +SKIP
     1234
@@ -615,7 +631,7 @@ def prep(
         _check_dedup(dedup_cfg)
     require_ray()
     files = _input_files(inputs)
-    out = Path(out_dir)
+    out = _as_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pipeline = FilterPipeline(config)
     run = _Run(out, _fingerprint(list(files), config, pipeline.specs), pipeline.names, overwrite)
@@ -789,8 +805,9 @@ def tokenize(
     encoded again (the input files are counted first to find where to start).
 
     Args:
-        inputs: files or directories every worker can read (jsonl[.gz|.zst], parquet, txt).
-        out_dir: the dataset directory (on the driver's machine).
+        inputs: files or directories every worker can read (jsonl[.gz|.zst], parquet, txt), as
+            local paths or pyarrow filesystem URLs (``s3://``, ``gs://``, ``hdfs://``, ``file://``).
+        out_dir: the dataset directory, a local path on the driver's machine (not a URL).
         tokenizer: a :class:`~gristmill.Tokenizer`, a built-in name, or a saved tokenizer.
         shard_size, val_fraction, val_docs, eot, text_field, txt_mode, progress: as for
             :func:`~gristmill.shards.write_shards`.
@@ -802,8 +819,8 @@ def tokenize(
 
     Raises:
         ImportError: when Ray is not installed.
-        ValueError: for bad settings, an ``out_dir`` written with other settings, or
-            encoded blocks that do not fit the writer.
+        ValueError: for bad settings, a URL ``out_dir``, an ``out_dir`` written with other
+            settings, or encoded blocks that do not fit the writer.
 
     >>> tokenize(["clean/"], "data/", "gpt2", shard_size=10**8, val_fraction=0.01)  # doctest: +SKIP
     PosixPath('data/manifest.json')
@@ -812,6 +829,10 @@ def tokenize(
     from gristmill.shards import TOKENIZER_DIR, _as_tokenizer
 
     require_ray()
+    if isinstance(out_dir, str) and isinstance(_as_path(out_dir), _UrlPath) or isinstance(out_dir, _UrlPath):
+        raise ValueError(f"{out_dir}: tokenize on Ray writes its dataset on the driver's local disk "
+                         "(the core's writer); give a local out_dir and copy the finished directory "
+                         "to the URL (inputs may be URLs)")
     if val_docs is not None and val_fraction:
         raise ValueError("give val_fraction or val_docs, not both")
     tok = _as_tokenizer(tokenizer)
