@@ -7,23 +7,23 @@ Readers stream: memory stays bounded whatever the corpus size. The per-document 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import gzip
 import hashlib
 import io
 import itertools
 import json
 import os
-import re
 import sys
 import time
-import types
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
-from typing_extensions import Self
+if TYPE_CHECKING:  # annotations only: typing_extensions is not a dependency
+    from typing_extensions import Self
+
+from gristmill.storage import UrlPath, as_path
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -41,133 +41,8 @@ class InputFormatError(ValueError):
     """A record that cannot be read; the message names the file and the line or row."""
 
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_FILESYSTEMS: dict[str, Any] = {}
-
-
-class _UrlPath:
-    """A file or directory on a pyarrow filesystem, named by a URL (``s3://bucket/dir``,
-    ``gs://``, ``hdfs://``, ``file:///``), with the few ``pathlib`` methods the readers, the
-    Ray engine and its reports use, so that they take URLs unchanged."""
-
-    def __init__(self, url: str, fs: Any = None, path: str | None = None):
-        self.url = url.rstrip("/") if not url.endswith("://") else url
-        if fs is None:
-            base = self.url.split("?", 1)[0]
-            if base not in _FILESYSTEMS:
-                import pyarrow.fs
-
-                try:
-                    _FILESYSTEMS[base] = pyarrow.fs.FileSystem.from_uri(self.url)
-                except Exception as e:
-                    raise ValueError(f"{url}: cannot open its filesystem with pyarrow ({e})") from e
-            fs, path = _FILESYSTEMS[base]
-        self.fs, self.path = fs, path.rstrip("/") or path
-
-    def __truediv__(self, name: str) -> _UrlPath:
-        base, _, query = self.url.partition("?")
-        url = f"{base}/{name}" + (f"?{query}" if query else "")
-        return _UrlPath(url, self.fs, f"{self.path}/{name}")
-
-    def __str__(self) -> str:
-        return self.url
-
-    __repr__ = __str__
-
-    def __lt__(self, other: _UrlPath) -> bool:
-        return self.url < other.url
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _UrlPath) and self.url == other.url
-
-    def __hash__(self) -> int:
-        return hash(self.url)
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
-
-    def _type(self):
-        import pyarrow.fs
-
-        return self.fs.get_file_info(self.path).type, pyarrow.fs.FileType
-
-    def exists(self) -> bool:
-        kind, types = self._type()
-        return kind != types.NotFound
-
-    def is_dir(self) -> bool:
-        kind, types = self._type()
-        return kind == types.Directory
-
-    def is_file(self) -> bool:
-        kind, types = self._type()
-        return kind == types.File
-
-    def resolve(self) -> _UrlPath:
-        return self
-
-    def stat(self) -> Any:
-        info = self.fs.get_file_info(self.path)
-        return types.SimpleNamespace(st_size=info.size, st_mtime_ns=info.mtime_ns)
-
-    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
-        self.fs.create_dir(self.path, recursive=True)  # a no-op on object stores
-
-    def files(self, recursive: bool = False) -> list[_UrlPath]:
-        """The files under this directory, sorted (all levels with ``recursive``)."""
-        import pyarrow.fs
-
-        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.path, recursive=recursive))
-        found = [self / info.path[len(self.path) + 1:] for info in infos
-                 if info.type == pyarrow.fs.FileType.File]
-        return sorted(found)
-
-    def iterdir(self) -> list[_UrlPath]:
-        return self.files()
-
-    def glob(self, pattern: str) -> list[_UrlPath]:
-        return [q for q in self.files() if fnmatch.fnmatchcase(q.name, pattern)]
-
-    def relative_to(self, other: _UrlPath) -> PurePosixPath:
-        return PurePosixPath(self.path[len(other.path) + 1:])
-
-    def unlink(self) -> None:
-        self.fs.delete_file(self.path)
-
-    def read_text(self, encoding: str = "utf-8") -> str:
-        with self.fs.open_input_stream(self.path, compression=None) as f:
-            return f.read().decode(encoding)
-
-    def open_binary(self) -> io.BufferedIOBase:
-        """A buffered binary stream, decompressed by pyarrow when the name ends in .gz or .zst."""
-        return io.BufferedReader(self.fs.open_input_stream(self.path, compression="detect"))
-
-    def open_random(self) -> Any:
-        return self.fs.open_input_file(self.path)
-
-    def write_atomic(self, data: bytes) -> None:
-        """Writes under a temporary name then moves it into place: a rename on local and
-        HDFS filesystems; on object stores a copy then delete, so the final name still
-        appears only once complete."""
-        head, _, tail = self.path.rpartition("/")
-        tmp_path = f"{head}/.{tail}.tmp-{os.getpid()}"
-        with self.fs.open_output_stream(tmp_path, compression=None) as f:
-            f.write(data)
-        self.fs.move(tmp_path, self.path)
-
-
-def _as_path(p: Any) -> Path | _UrlPath:
-    """A ``_UrlPath`` for a URL (or one already), else a local ``Path``."""
-    if isinstance(p, _UrlPath):
-        return p
-    if isinstance(p, str) and _URL.match(p):
-        return _UrlPath(p)
-    return Path(p)
-
-
 def _open_binary(path: Path) -> io.BufferedIOBase:
-    if isinstance(path, _UrlPath):
+    if isinstance(path, UrlPath):
         return path.open_binary()
     name = path.name
     if name.endswith(".gz"):
@@ -238,7 +113,7 @@ def _read_parquet(
         import pyarrow.parquet as pq
     except ImportError as e:  # pragma: no cover
         raise ImportError(f"{path}: reading parquet needs pyarrow: pip install 'gristmill[prep]'") from e
-    pf = pq.ParquetFile(path.open_random() if isinstance(path, _UrlPath) else path)
+    pf = pq.ParquetFile(path.open_random() if isinstance(path, UrlPath) else path)
     if text_field not in pf.schema_arrow.names:
         raise InputFormatError(f"{path}: no column {text_field!r} (columns: {pf.schema_arrow.names})")
     row = 0
@@ -308,10 +183,10 @@ def _document_files(directory: Path) -> list[Path]:
     ``removed-*`` shards, which prep and dedup write beside the kept ones) are skipped, so a
     prep or dedup output folder reads as its kept documents."""
     files = []
-    found = directory.files(recursive=True) if isinstance(directory, _UrlPath) else sorted(directory.rglob("*"))
+    found = directory.files(recursive=True) if isinstance(directory, UrlPath) else sorted(directory.rglob("*"))
     for q in found:
         rel = q.relative_to(directory).parts
-        if not isinstance(q, _UrlPath) and not q.is_file() or any(part.startswith(".") or part == "removed" for part in rel):
+        if not isinstance(q, UrlPath) and not q.is_file() or any(part.startswith(".") or part == "removed" for part in rel):
             continue
         name = q.name.lower()
         base = name[:-4] if name.endswith(".zst") else name[:-3] if name.endswith(".gz") else name
@@ -367,7 +242,7 @@ def read_documents(
         if _is_hf_dataset(p):
             yield from _read_hf(p, text_field, id_field, bad)
             continue
-        path = _as_path(p)
+        path = as_path(p)
         if path.is_dir():
             files = _document_files(path)
             yield from read_documents(
@@ -700,7 +575,7 @@ def _add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    if isinstance(path, _UrlPath):
+    if isinstance(path, UrlPath):
         path.write_atomic((json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
         return
     tmp = _atomic_path(path)
@@ -719,8 +594,8 @@ def _fingerprint(inputs: list[Any], config: PrepConfig, specs: list[dict[str, An
         if _is_hf_dataset(p):
             described.append(["dataset", getattr(p, "_fingerprint", None) or repr(p)])
             continue
-        path = _as_path(p)
-        if isinstance(path, _UrlPath):
+        path = as_path(p)
+        if isinstance(path, UrlPath):
             files = path.files(recursive=True) if path.is_dir() else [path]
         else:
             files = sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else [path]
@@ -1047,7 +922,7 @@ def _write_html_atomic(path: Path, report: dict[str, Any]) -> None:
         "<h1>gristmill prep</h1><h2>Funnel</h2><table>" + "".join(bars) + "</table>"
         f"<pre>{escape(format_report(report))}</pre><h2>Removed examples</h2>" + "".join(examples)
     )
-    if isinstance(path, _UrlPath):
+    if isinstance(path, UrlPath):
         path.write_atomic(page.encode("utf-8"))
         return
     tmp = _atomic_path(path)

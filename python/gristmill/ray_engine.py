@@ -78,19 +78,18 @@ from gristmill.prep import (
     PathLike,
     PrepConfig,
     _add_stats,
-    _as_path,
     _document_files,
     _fingerprint,
     _is_hf_dataset,
     _report,
     _Run,
     _shard_bytes,
-    _UrlPath,
     _write_html_atomic,
     _write_json_atomic,
     batched,
     read_documents,
 )
+from gristmill.storage import UrlPath, as_path
 
 __all__ = ["INSTALL_HINT", "dedup", "init", "prep", "require_ray", "tokenize"]
 
@@ -177,10 +176,10 @@ class _NamedShard(DocumentWriter):
         return self.directory / f"{self.prefix}.{self.fmt}"
 
 
-def _write(directory: Path | _UrlPath, name: str, fmt: str, docs: list[Document]) -> str | None:
+def _write(directory: Path | UrlPath, name: str, fmt: str, docs: list[Document]) -> str | None:
     if not docs:
         return None
-    if isinstance(directory, _UrlPath):  # temp name, then fs.move (see _UrlPath.write_atomic)
+    if isinstance(directory, UrlPath):  # temp name, then fs.move (see UrlPath.write_atomic)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / f"{name}.{fmt}").write_atomic(_shard_bytes(docs, fmt))
         return f"{name}.{fmt}"
@@ -257,9 +256,9 @@ def _filter_block(batch: dict[str, np.ndarray], *, config: PrepConfig, out: str,
             counts["bytes_out"] += nbytes
             kept.append(doc)
     fmt = config.output_format
-    counts["files"] = [_write(_as_path(out), f"docs-{name}", fmt, kept)]
+    counts["files"] = [_write(as_path(out), f"docs-{name}", fmt, kept)]
     if config.keep_removed:
-        counts["removed_files"] = [_write(_as_path(out) / "removed", f"removed-{name}", fmt, removed)]
+        counts["removed_files"] = [_write(as_path(out) / "removed", f"removed-{name}", fmt, removed)]
     return {"counts": [json.dumps(counts)]}
 
 
@@ -364,8 +363,8 @@ def _apply_block(batch: dict[str, np.ndarray], *, decisions_ref: list, out: str,
         counts["removed"][method] += 1
         removed.append(Document(doc.id, doc.text, {**doc.metadata, "dedup_method": method,
                                                     "duplicate_of": str(dup_ids[p])}))
-    counts["files"] = [_write(_as_path(out), f"docs-{name}", fmt, kept)]
-    counts["removed_files"] = [_write(_as_path(out), f"removed-{name}", fmt, removed)]
+    counts["files"] = [_write(as_path(out), f"docs-{name}", fmt, kept)]
+    counts["removed_files"] = [_write(as_path(out), f"removed-{name}", fmt, removed)]
     return {"counts": [json.dumps(counts)]}
 
 
@@ -379,7 +378,7 @@ def _input_files(inputs: Any) -> list[str]:
     for p in inputs:
         if _is_hf_dataset(p):
             raise NotImplementedError("the Ray engine reads files and directories, not Hugging Face datasets")
-        path = _as_path(p)
+        path = as_path(p)
         if path.is_dir():
             files.extend(str(q.resolve()) for q in _document_files(path))
         elif path.exists():
@@ -422,7 +421,7 @@ def _counts(ds) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r.get("ordinal", 0))
 
 
-def _remove_unreported(directory: Path | _UrlPath, prefix: str, fmt: str, reported: set[str]) -> None:
+def _remove_unreported(directory: Path | UrlPath, prefix: str, fmt: str, reported: set[str]) -> None:
     """Deletes shards (and temp files) that no successful task reported: leftovers of failed
     attempts or of an earlier run."""
     if not directory.is_dir():
@@ -492,7 +491,7 @@ def dedup(
     init(address)
     _configure(progress)
     t0 = time.perf_counter()
-    out = _as_path(out_dir)
+    out = as_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if (out / REPORT_NAME).exists():  # finished earlier, as the local engine does
         report = json.loads((out / REPORT_NAME).read_text("utf-8"))
@@ -631,7 +630,7 @@ def prep(
         _check_dedup(dedup_cfg)
     require_ray()
     files = _input_files(inputs)
-    out = _as_path(out_dir)
+    out = as_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pipeline = FilterPipeline(config)
     run = _Run(out, _fingerprint(list(files), config, pipeline.specs), pipeline.names, overwrite)
@@ -829,7 +828,7 @@ def tokenize(
     from gristmill.shards import TOKENIZER_DIR, _as_tokenizer
 
     require_ray()
-    if isinstance(out_dir, str) and isinstance(_as_path(out_dir), _UrlPath) or isinstance(out_dir, _UrlPath):
+    if isinstance(as_path(out_dir), UrlPath):
         raise ValueError(f"{out_dir}: tokenize on Ray writes its dataset on the driver's local disk "
                          "(the core's writer); give a local out_dir and copy the finished directory "
                          "to the URL (inputs may be URLs)")
