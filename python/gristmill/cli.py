@@ -17,6 +17,18 @@ from typing import Optional
 from gristmill import __version__
 
 
+def _ray_engine(command: str):
+    """gristmill.ray_engine, or None after saying how to install Ray (for ``--engine ray``)."""
+    from gristmill import ray_engine
+
+    try:
+        ray_engine.require_ray()
+    except ImportError as e:
+        print(f"gristmill {command}: {e}", file=sys.stderr)
+        return None
+    return ray_engine
+
+
 def _load_tokenizer(spec: str):
     from gristmill.tokenizer import Tokenizer
 
@@ -165,12 +177,8 @@ def _run_tokenize(args) -> int:
                 "eot": args.eot, "text_field": args.text_field, "txt_mode": args.txt_mode,
                 "progress": not args.quiet}
     if args.engine == "ray":
-        from gristmill import ray_engine
-
-        try:
-            ray_engine.require_ray()
-        except ImportError as e:
-            print(f"gristmill tokenize: {e}", file=sys.stderr)
+        ray_engine = _ray_engine("tokenize")
+        if ray_engine is None:
             return 2
         manifest = ray_engine.tokenize(args.inputs, args.output, tok, address=args.address, **settings)
     else:
@@ -260,12 +268,8 @@ def _run_prep(args) -> int:
         config.params.setdefault(name, {})[param] = _parse_value(value)
     config.disable.extend(args.disable)
     if args.engine == "ray":
-        from gristmill import ray_engine
-
-        try:
-            ray_engine.require_ray()
-        except ImportError as e:
-            print(f"gristmill prep: {e}", file=sys.stderr)
+        ray_engine = _ray_engine("prep")
+        if ray_engine is None:
             return 2
         report = ray_engine.prep(args.inputs, args.output, config, address=args.address,
                                  progress=not args.no_progress, overwrite=args.overwrite)
@@ -324,12 +328,8 @@ def _run_dedup(args) -> int:
         threshold=args.threshold, memory_limit=args.memory_limit, fmt=args.format,
     )
     if args.engine == "ray":
-        from gristmill import ray_engine
-
-        try:
-            ray_engine.require_ray()
-        except ImportError as e:
-            print(f"gristmill dedup: {e}", file=sys.stderr)
+        ray_engine = _ray_engine("dedup")
+        if ray_engine is None:
             return 2
         report = ray_engine.dedup(args.inputs, args.output, config, address=args.address,
                                   text_field=args.text_field, id_field=args.id_field)

@@ -791,13 +791,22 @@ def prep(
 
     dedup_report = _deduplicate(out, config, progress) if config.dedup else None
 
-    report = _report(st, pipeline, config, out, removed_dir if removed else None, time.perf_counter() - started)
+    return _finish(run, pipeline, config, out, removed_dir if removed else None,
+                   time.perf_counter() - started, dedup_report)
+
+
+def _finish(run: _Run, pipeline: FilterPipeline, config: PrepConfig, out: Path,
+            removed_dir: Path | None, seconds: float, dedup_report: dict[str, Any] | None,
+            ) -> dict[str, Any]:
+    """Writes the report (JSON and HTML) of a finished run, marks the run complete and
+    returns the report (shared by the local and the Ray engine)."""
+    report = _report(run.state, pipeline, config, out, removed_dir, seconds)
     if dedup_report is not None:
         report["dedup"] = dedup_report
         report["docs_final"] = dedup_report["documents_kept"]
     _write_json_atomic(out / "report.json", report)
     _write_html_atomic(out / "report.html", report)
-    st["complete"] = True
+    run.state["complete"] = True
     run.save()
     return report
 

@@ -80,11 +80,10 @@ from gristmill.prep import (
     _add_stats,
     _document_files,
     _fingerprint,
+    _finish,
     _is_hf_dataset,
-    _report,
     _Run,
     _shard_bytes,
-    _write_html_atomic,
     _write_json_atomic,
     batched,
     read_documents,
@@ -669,16 +668,8 @@ def prep(
         shards = sorted(out.glob(f"docs-*.{fmt}"))
         dedup_report = dedup(shards, out / "deduped", dedup_cfg, block_docs=config.batch_size,
                              progress=progress)
-    report = _report(st, pipeline, config, out, removed_dir if config.keep_removed else None,
-                     time.perf_counter() - started)
-    if dedup_report is not None:
-        report["dedup"] = dedup_report
-        report["docs_final"] = dedup_report["documents_kept"]
-    _write_json_atomic(out / "report.json", report)
-    _write_html_atomic(out / "report.html", report)
-    st["complete"] = True
-    run.save()
-    return report
+    return _finish(run, pipeline, config, out, removed_dir if config.keep_removed else None,
+                   time.perf_counter() - started, dedup_report)
 
 
 # ---- tokenize -----------------------------------------------------------------------------------
