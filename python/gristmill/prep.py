@@ -562,6 +562,39 @@ class FilterPipeline:
         return outcomes, json.loads(stats)
 
 
+def _sort_outcomes(
+    docs: list[Document], outcomes: list[Any], counts: dict[str, Any], examples_per_rule: int,
+    earlier_examples: dict[str, list] | None = None,
+) -> tuple[list[Document], list[Document]]:
+    """Splits a filtered batch (``FilterPipeline.apply`` outcomes) into the kept documents, with
+    their text replaced where a filter changed it, and the removed ones, with ``removed_by`` and
+    ``removed_rule`` metadata. Adds to ``counts`` the documents and bytes in and out, and up to
+    ``examples_per_rule`` removed examples per rule (counting those in ``earlier_examples``).
+    Both engines account for their batches with it."""
+    kept, removed = [], []
+    earlier = earlier_examples or {}
+    for doc, outcome in zip(docs, outcomes):
+        nbytes = len(doc.text.encode("utf-8"))
+        counts["docs_in"] += 1
+        counts["bytes_in"] += nbytes
+        if isinstance(outcome, tuple):
+            filt, rule = outcome
+            key = f"{filt}/{rule}"
+            ex = counts["examples"].setdefault(key, [])
+            if len(ex) + len(earlier.get(key, ())) < examples_per_rule:
+                ex.append({"id": doc.id, "text": doc.text[:500]})
+            meta = {**doc.metadata, "removed_by": filt, "removed_rule": rule}
+            removed.append(Document(doc.id, doc.text, meta))
+            continue
+        if outcome is not None:
+            doc = Document(doc.id, outcome, doc.metadata)
+            nbytes = len(outcome.encode("utf-8"))
+        counts["docs_out"] += 1
+        counts["bytes_out"] += nbytes
+        kept.append(doc)
+    return kept, removed
+
+
 def _add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
     for key, value in part.items():
         if key == "rules":
@@ -757,26 +790,12 @@ def prep(
             _add_stats(pending["filters"].setdefault(name, {}), s)
         pending_bad.extend(bad_records)
         bad_records.clear()
-        for doc, outcome in zip(batch, outcomes):
-            consumed += 1
-            nbytes = len(doc.text.encode("utf-8"))
-            pending["docs_in"] += 1
-            pending["bytes_in"] += nbytes
-            if isinstance(outcome, tuple):
-                filt, rule = outcome
-                key = f"{filt}/{rule}"
-                ex = pending["examples"].setdefault(key, [])
-                if len(ex) + len(st["examples"].get(key, [])) < config.examples_per_rule:
-                    ex.append({"id": doc.id, "text": doc.text[:500]})
-                if removed is not None:
-                    removed.write(Document(doc.id, doc.text, {**doc.metadata, "removed_by": filt, "removed_rule": rule}))
-                continue
-            if outcome is not None:
-                doc = Document(doc.id, outcome, doc.metadata)
-                nbytes = len(outcome.encode("utf-8"))
-            pending["docs_out"] += 1
-            pending["bytes_out"] += nbytes
+        consumed += len(batch)
+        kept, gone = _sort_outcomes(batch, outcomes, pending, config.examples_per_rule, st["examples"])
+        for doc in kept:
             writer.write(doc)
+        for doc in gone if removed is not None else ():
+            removed.write(doc)
         if writer.pending >= config.docs_per_shard or (
             removed is not None and removed.pending >= config.docs_per_shard
         ):

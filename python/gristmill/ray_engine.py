@@ -84,6 +84,7 @@ from gristmill.prep import (
     _is_hf_dataset,
     _Run,
     _shard_bytes,
+    _sort_outcomes,
     _write_json_atomic,
     batched,
     read_documents,
@@ -236,24 +237,9 @@ def _filter_block(batch: dict[str, np.ndarray], *, config: PrepConfig, out: str,
         outcomes, stats = pipeline.apply_with_stats([d.text for d in docs])
         for filter_name, s in zip(pipeline.names, stats):
             _add_stats(counts["filters"].setdefault(filter_name, {}), s)
-        for doc, outcome in zip(docs, outcomes):
-            nbytes = len(doc.text.encode("utf-8"))
-            counts["docs_in"] += 1
-            counts["bytes_in"] += nbytes
-            if isinstance(outcome, tuple):
-                filt, rule = outcome
-                ex = counts["examples"].setdefault(f"{filt}/{rule}", [])
-                if len(ex) < config.examples_per_rule:
-                    ex.append({"id": doc.id, "text": doc.text[:500]})
-                meta = {**doc.metadata, "removed_by": filt, "removed_rule": rule}
-                removed.append(Document(doc.id, doc.text, meta))
-                continue
-            if outcome is not None:
-                doc = Document(doc.id, outcome, doc.metadata)
-                nbytes = len(outcome.encode("utf-8"))
-            counts["docs_out"] += 1
-            counts["bytes_out"] += nbytes
-            kept.append(doc)
+        more_kept, more_removed = _sort_outcomes(docs, outcomes, counts, config.examples_per_rule)
+        kept += more_kept
+        removed += more_removed
     fmt = config.output_format
     counts["files"] = [_write(as_path(out), f"docs-{name}", fmt, kept)]
     if config.keep_removed:
