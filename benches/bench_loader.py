@@ -14,13 +14,17 @@ Tokenize, on bench-en.jsonl.zst (20 MB of English, 4173 documents):
   - the encoder's own batch throughput (texts already in memory, no I/O);
   - ``write_shards`` on the same texts in memory (the writer's own cost: index, shards, fsync);
   - ``gristmill tokenize`` end to end (load the tokenizer, decompress and parse in the core
-    beside the encoder, encode, write shards);
+    beside the encoder, encode, write shards), on the .jsonl.zst and on the same records
+    uncompressed (.jsonl: no decompression, which on a small machine costs as much CPU as
+    the 10% the target allows);
   - ``write_shards(read_documents(...))``: the same with documents read in Python (how
     ``gristmill tokenize`` read them before the core did);
   - tiktoken's ``encode_ordinary_batch`` writing the same shards the way llm.c's
     ``fineweb.py`` does (the .bin files are checked byte-identical).
 The encoder, ``write_shards`` in memory and ``gristmill tokenize`` are timed in turn, round
-after round (best of 3 each), so that load on a shared machine hits the ratios less.
+after round (best of 3 each), so that load on a shared machine hits the ratios less. Each
+timed call gets a tokenizer of its own, so each starts with an empty merge cache, as every
+``gristmill tokenize`` does.
 
     python benches/bench_loader.py [--size small|full] [--out bench-results/loader.json]
 """
@@ -166,16 +170,23 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
 
     records = read_corpus(600 if size == "small" else None)
     src = work / "corpus.jsonl.zst"
+    lines = "".join(json.dumps(r) + "\n" for r in records).encode()
     if size == "small":
-        lines = "".join(json.dumps(r) + "\n" for r in records).encode()
         src.write_bytes(zstandard.ZstdCompressor().compress(lines))
     else:
         shutil.copy(CORPUS, src)
+    plain = work / "corpus.jsonl"  # the same records, uncompressed
+    plain.write_bytes(lines)
     texts = [r["text"] for r in records]
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     shard_size = 100_000_000  # the default, as llm.c's fineweb.py
-    tok, tik = gristmill.Tokenizer.from_name("gpt2"), tiktoken_gpt2()
+    tik = tiktoken_gpt2()
     repeat = 1 if size == "small" else 3
+
+    def fresh():
+        # A tokenizer loaded for this run only: its merge cache starts empty, as in every
+        # `gristmill tokenize` (a reused one would carry the cache of earlier rounds over).
+        return gristmill.Tokenizer.from_name("gpt2")
 
     def best(*fns) -> float | list[float]:
         # Several functions are timed in turn, round after round, so that a change in the
@@ -193,13 +204,17 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
     def chunks(n=4096):
         return [texts[i:i + n] for i in range(0, len(texts), n)]
 
-    def encoder():
+    def encoder(tok=None):
+        tok = tok or fresh_tokenizers.pop()
         return [tok.encode_batch_to_numpy(c, append_eot=True) for c in chunks()]
 
-    def gristmill_tokenize():
-        shutil.rmtree(work / "gm", ignore_errors=True)
-        cli_main(["tokenize", str(src), "-o", str(work / "gm"), "--tokenizer", "gpt2",
+    def gristmill_tokenize(path=src, name="gm"):
+        shutil.rmtree(work / name, ignore_errors=True)
+        cli_main(["tokenize", str(path), "-o", str(work / name), "--tokenizer", "gpt2",
                   "--shard-size", str(shard_size), "-q"])
+
+    def gristmill_tokenize_plain():
+        gristmill_tokenize(plain, "gm-plain")
 
     def tiktoken_tokenize():
         shutil.rmtree(work / "tt", ignore_errors=True)
@@ -209,37 +224,42 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
         from gristmill.prep import read_documents
 
         shutil.rmtree(work / "py", ignore_errors=True)
-        write_shards(read_documents(src), work / "py", tok, shard_size=shard_size)
+        write_shards(read_documents(src), work / "py", fresh_tokenizers.pop(), shard_size=shard_size)
 
     def gristmill_write_shards_in_memory():
         shutil.rmtree(work / "mem", ignore_errors=True)
-        write_shards(texts, work / "mem", tok, shard_size=shard_size)
+        write_shards(texts, work / "mem", fresh_tokenizers.pop(), shard_size=shard_size)
 
-    t_encoder, t_mem, t_gm = best(encoder, gristmill_write_shards_in_memory, gristmill_tokenize)
+    # Loaded outside the timing, one per timed call (fingerprint included, as the CLI's).
+    fresh_tokenizers = [fresh() for _ in range(4 * (repeat + 1))]
+    for t in fresh_tokenizers:
+        t.fingerprint
+    t_encoder, t_mem, t_gm, t_plain = best(
+        encoder, gristmill_write_shards_in_memory, gristmill_tokenize, gristmill_tokenize_plain)
+    fresh_tokenizers = [fresh() for _ in range(repeat + 1)]
     t_py = best(gristmill_python_reader)
     t_tt = best(tiktoken_tokenize)
     extra_rows = []
     if size == "full":
         # Fixed costs (tokenizer load and copy, the final fsync, the manifest) are a large
         # share of 20 MB; the same corpus 4x over shows the per-byte ratio.
-        big = work / "corpus-x4.jsonl.zst"
-        lines = "".join(json.dumps(r) + "\n" for r in records).encode()
+        big, big_plain = work / "corpus-x4.jsonl.zst", work / "corpus-x4.jsonl"
         big.write_bytes(zstandard.ZstdCompressor().compress(lines * 4))
+        big_plain.write_bytes(lines * 4)
         big_texts = texts * 4
 
-        def gristmill_tokenize_x4():
-            shutil.rmtree(work / "gm4", ignore_errors=True)
-            cli_main(["tokenize", str(big), "-o", str(work / "gm4"), "--tokenizer", "gpt2",
-                      "--shard-size", str(shard_size), "-q"])
-
         def encoder_x4():
+            tok = fresh_tokenizers.pop()
             return [tok.encode_batch_to_numpy(big_texts[i:i + 4096], append_eot=True)
                     for i in range(0, len(big_texts), 4096)]
 
-        t_enc4, t_gm4 = best(encoder_x4, gristmill_tokenize_x4)
+        fresh_tokenizers = [fresh() for _ in range(repeat + 1)]
+        t_enc4, t_gm4, t_plain4 = best(encoder_x4, lambda: gristmill_tokenize(big, "gm4"),
+                                       lambda: gristmill_tokenize(big_plain, "gm4-plain"))
         extra_rows = [
             {"task": "tokenize", "tool": "gristmill encoder, corpus x4 in memory", "seconds": t_enc4, "mb": 4 * mb},
-            {"task": "tokenize", "tool": "gristmill tokenize, corpus x4 (81 MB .zst)", "seconds": t_gm4, "mb": 4 * mb},
+            {"task": "tokenize", "tool": "gristmill tokenize, corpus x4 (.jsonl.zst)", "seconds": t_gm4, "mb": 4 * mb},
+            {"task": "tokenize", "tool": "gristmill tokenize, corpus x4 (.jsonl)", "seconds": t_plain4, "mb": 4 * mb},
         ]
     gm_bins = sorted(p.name for p in (work / "gm").glob("train_*.bin"))
     tt_bins = sorted(p.name for p in (work / "tt").glob("train_*.bin"))
@@ -251,6 +271,7 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
         {"task": "tokenize", "tool": "gristmill encoder, batch in memory (no I/O)", "seconds": t_encoder},
         {"task": "tokenize", "tool": "gristmill write_shards(texts in memory)", "seconds": t_mem},
         {"task": "tokenize", "tool": "gristmill tokenize (read .zst, encode, write shards)", "seconds": t_gm},
+        {"task": "tokenize", "tool": "gristmill tokenize (read .jsonl, encode, write shards)", "seconds": t_plain},
         {"task": "tokenize", "tool": "gristmill write_shards(read_documents(.zst)) (Python reader)",
          "seconds": t_py},
         {"task": "tokenize", "tool": "tiktoken encode_ordinary_batch + llm.c-style writer", "seconds": t_tt},
@@ -266,10 +287,13 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
     rows += extra_rows
     ratios = {
         "tokenize_vs_encoder": t_encoder / t_gm,
+        "tokenize_jsonl_vs_encoder": t_encoder / t_plain,
         "write_shards_in_memory_vs_encoder": t_encoder / t_mem,
         "tokenize_vs_tiktoken_writer": t_tt / t_gm,
         "python_reader_vs_encoder": t_encoder / t_py,
-        **({"tokenize_x4_vs_encoder": extra_rows[0]["seconds"] / extra_rows[1]["seconds"]} if extra_rows else {}),
+        **({"tokenize_x4_vs_encoder": extra_rows[0]["seconds"] / extra_rows[1]["seconds"],
+            "tokenize_x4_jsonl_vs_encoder": extra_rows[0]["seconds"] / extra_rows[2]["seconds"]}
+           if extra_rows else {}),
     }
     return rows, {"corpus_mb": mb, "tokens": n_tokens, "shards": len(gm_bins), **ratios}
 
@@ -340,12 +364,14 @@ def main() -> None:
     print("-+-".join("-" * w for w in widths))
     for r in rows:
         print(" | ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)))
-    print(f"\ngristmill tokenize / encoder's own batch throughput: {tok_meta['tokenize_vs_encoder']:.2f}")
+    print(f"\ngristmill tokenize / encoder's own batch throughput: {tok_meta['tokenize_vs_encoder']:.2f} (.zst),"
+          f" {tok_meta['tokenize_jsonl_vs_encoder']:.2f} (.jsonl)")
     print(f"write_shards(texts in memory) / encoder: {tok_meta['write_shards_in_memory_vs_encoder']:.2f}")
     print(f"gristmill tokenize / tiktoken writer: {tok_meta['tokenize_vs_tiktoken_writer']:.2f}x")
     print(f"write_shards(read_documents) (Python reader) / encoder: {tok_meta['python_reader_vs_encoder']:.2f}")
     if "tokenize_x4_vs_encoder" in tok_meta:
-        print(f"gristmill tokenize / encoder, corpus x4: {tok_meta['tokenize_x4_vs_encoder']:.2f}")
+        print(f"gristmill tokenize / encoder, corpus x4: {tok_meta['tokenize_x4_vs_encoder']:.2f} (.zst),"
+              f" {tok_meta['tokenize_x4_jsonl_vs_encoder']:.2f} (.jsonl)")
     meta = {
         "stage": "loader",
         "size": args.size,

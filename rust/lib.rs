@@ -549,7 +549,7 @@ mod python {
             max_bytes: usize,
             progress: Option<Py<PyAny>>,
         ) -> PyResult<u64> {
-            use crate::shards::jsonl::{read_jsonl_batches, JsonlFields};
+            use crate::shards::jsonl::JsonlFields;
             let w = self.writer()?;
             let fields = JsonlFields {
                 text: text_field,
@@ -557,10 +557,8 @@ mod python {
             };
             let mut py_error: Option<PyErr> = None;
             let result = py.detach(|| {
-                // Each batch is encoded while the one before it is written.
-                let mut overlapped = crate::shards::OverlappedWriter::new(w, &encoder.inner);
                 // Between batches: let Ctrl-C through and report progress.
-                let mut report = |docs: usize, bytes: usize, tokens: u64| {
+                let report = |docs: usize, bytes: usize, tokens: u64| {
                     Python::attach(|py| {
                         let r = py.check_signals().and_then(|()| match &progress {
                             Some(cb) => cb.call1(py, (docs, bytes, tokens)).map(drop),
@@ -572,14 +570,14 @@ mod python {
                         })
                     })
                 };
-                let n = read_jsonl_batches(&path, &fields, skip, max_docs, max_bytes, |batch| {
-                    let (docs, bytes) = (batch.texts.len(), batch.bytes);
-                    let tokens = overlapped.push(batch.texts, batch.ids)?;
-                    report(docs, bytes, tokens)
-                })?;
-                let tokens = overlapped.finish()?;
-                report(0, 0, tokens)?;
-                Ok(n)
+                crate::shards::tokenize::tokenize_jsonl(
+                    w,
+                    &encoder.inner,
+                    &path,
+                    &fields,
+                    (skip, max_docs, max_bytes),
+                    report,
+                )
             });
             match result {
                 Ok(n) => Ok(n),

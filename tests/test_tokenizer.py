@@ -65,6 +65,27 @@ def test_known_patterns_use_hand_written_matchers():
         assert gristmill.split_pieces("it's 123  x", pat) == gristmill.split_pieces("it's 123  x", name)
 
 
+def test_builtin_rank_files_are_in_saved_form():
+    # from_name keeps the packaged text as the tokenizer's ranks text (fingerprint, save,
+    # pickling), which must be what to_tiktoken() would build.
+    from gristmill.tokenizer import _BUILTIN
+
+    for name in _BUILTIN:
+        tok = Tokenizer.from_name(name)
+        assert tok.__dict__["_ranks_text"] == tok._core.to_tiktoken(), name
+
+
+def test_umask_is_read_without_changing_it():
+    from gristmill.tokenizer import _umask
+
+    before = os.umask(0o027)
+    try:
+        assert _umask() == 0o027
+        assert os.umask(0o027) == 0o027  # unchanged by the read
+    finally:
+        os.umask(before)
+
+
 def test_builtin_gpt2_matches_tiktoken_on_shared_texts(shared_data, gpt2_ranks):
     tok = Tokenizer.from_name("gpt2")
     tik = tiktoken.Encoding("gpt2", pat_str=_public.r50k_pat_str, mergeable_ranks=gpt2_ranks,

@@ -35,7 +35,16 @@ _BUILTIN = {
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    # Linux says it without changing it: setting and restoring it would race with another
+    # thread creating files meanwhile (shards are written while the tokenizer is saved).
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -115,7 +124,9 @@ class Tokenizer:
         filename, pattern, specials = _BUILTIN[name]
         text = resources.files("gristmill").joinpath("data", filename).read_text("utf-8")
         core = _core.CoreBPE.from_tiktoken_text(text, specials, pattern, f"gristmill/data/{filename}")
-        return cls(core, name)
+        tok = cls(core, name)
+        tok.__dict__["_ranks_text"] = text  # the packaged files are in to_tiktoken()'s form
+        return tok
 
     @classmethod
     def from_tiktoken_file(
@@ -242,7 +253,7 @@ class Tokenizer:
 
     def save_tiktoken(self, path: PathLike) -> None:
         """Writes the mergeable ranks as a tiktoken file (atomically)."""
-        _atomic_write_text(Path(path), self._core.to_tiktoken())
+        _atomic_write_text(Path(path), self._ranks_text)
 
     def save_hf_json(self, path: PathLike) -> None:
         """Writes a HF ``tokenizer.json`` that ``tokenizers.Tokenizer.from_file`` encodes identically."""
@@ -270,7 +281,7 @@ class Tokenizer:
     def __getstate__(self):
         return {
             "name": self.name,
-            "ranks": self._core.to_tiktoken(),
+            "ranks": self._ranks_text,
             "pattern": self.pattern,
             "special_tokens": self._special_tokens,
         }
@@ -310,13 +321,18 @@ class Tokenizer:
         return dict(self._special_tokens)
 
     @functools.cached_property
+    def _ranks_text(self) -> str:
+        # Built once (about 15 ms for GPT-2): the fingerprint, save and pickling all use it.
+        return self._core.to_tiktoken()
+
+    @functools.cached_property
     def fingerprint(self) -> str:
         """A sha256 of the vocabulary, pattern and special tokens: two tokenizers with the same
         fingerprint encode identically. Shard manifests and checkpoints record it."""
         import hashlib
 
         h = hashlib.sha256()
-        h.update(self._core.to_tiktoken().encode("utf-8"))
+        h.update(self._ranks_text.encode("utf-8"))
         h.update(b"\0" + self.pattern.encode("utf-8") + b"\0")
         h.update(json.dumps(sorted(self._special_tokens.items())).encode("utf-8"))
         return h.hexdigest()

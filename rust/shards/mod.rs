@@ -9,6 +9,7 @@ pub mod jsonl;
 pub mod manifest;
 pub mod reader;
 pub mod sampler;
+pub mod tokenize;
 pub mod writer;
 
 pub use format::Dtype;

@@ -1,0 +1,213 @@
+//! `gristmill tokenize` for one JSON-lines file, as a pipeline whose stages overlap: a reader
+//! thread decompresses, the calling thread parses (on the pool) and batches, an encoder thread
+//! encodes (on the pool) and writes. Without the encoder thread, parsing batch `k + 1` would
+//! wait for encoding batch `k` to end, and the tail of every batch (its last documents, on
+//! fewer threads than the pool has) would leave cores idle.
+//!
+//! Memory is bounded by the batch size: the reader holds up to a batch of input ahead, one
+//! parsed batch waits in the channel, one is being encoded and one written.
+
+use super::jsonl::{read_jsonl_batches, DocBatch, JsonlFields};
+use super::writer::{DatasetWriter, OverlappedWriter};
+use super::ShardError;
+use crate::bpe::Encoder;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+/// Encodes the records of `path` (after the first `skip`) into `writer`, in batches of at most
+/// `max_docs` documents or about `max_bytes` of text. `report(docs, bytes, tokens)` is called
+/// between batches with the documents and bytes read and the tokens written since its last
+/// call (an error from it stops the run). Returns the records in the file, skipped ones
+/// included. The bytes written are those of [`DatasetWriter::add_texts`] called batch by batch.
+pub fn tokenize_jsonl(
+    writer: &mut DatasetWriter,
+    encoder: &Encoder,
+    path: &Path,
+    fields: &JsonlFields,
+    (skip, max_docs, max_bytes): (u64, usize, usize),
+    mut report: impl FnMut(usize, usize, u64) -> Result<(), ShardError>,
+) -> Result<u64, ShardError> {
+    let written = AtomicU64::new(0);
+    let mut reported = 0u64;
+    let mut report_since = |docs: usize, bytes: usize, written: &AtomicU64| {
+        let now = written.load(Ordering::Relaxed);
+        let tokens = now - std::mem::replace(&mut reported, now);
+        report(docs, bytes, tokens)
+    };
+    let records = std::thread::scope(|scope| {
+        // One parsed batch waits while the one before it is encoded.
+        let (tx, rx) = mpsc::sync_channel::<DocBatch>(1);
+        let written = &written;
+        let encoding = scope.spawn(move || -> Result<(), ShardError> {
+            let mut overlapped = OverlappedWriter::new(writer, encoder);
+            for batch in rx {
+                let n = overlapped.push(batch.texts, batch.ids)?;
+                written.fetch_add(n, Ordering::Relaxed);
+            }
+            written.fetch_add(overlapped.finish()?, Ordering::Relaxed);
+            Ok(())
+        });
+        let read = read_jsonl_batches(path, fields, skip, max_docs, max_bytes, |batch| {
+            let (docs, bytes) = (batch.texts.len(), batch.bytes);
+            // A closed channel means the encoder stopped: its error is returned below.
+            tx.send(batch)
+                .map_err(|_| ShardError::Settings("the encoder stopped".into()))?;
+            report_since(docs, bytes, written)
+        });
+        drop(tx); // ends the encoder's loop
+        let encoded = encoding.join().expect("the encoder thread does not panic");
+        encoded?;
+        read
+    })?;
+    report_since(0, 0, &written)?;
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shards::manifest::SplitRule;
+    use crate::shards::writer::tests::{byte_encoder, settings, texts};
+    use crate::shards::EotMode;
+    use std::collections::BTreeMap;
+    use std::fs;
+
+    fn fields() -> JsonlFields {
+        JsonlFields {
+            text: "text".into(),
+            id: "id".into(),
+        }
+    }
+
+    fn jsonl(docs: &[String]) -> String {
+        docs.iter()
+            .map(|t| format!("{{\"id\": \"id-{t}\", \"text\": \"{t}\"}}\n"))
+            .collect()
+    }
+
+    fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_what_add_texts_writes_and_reports_every_token() {
+        let docs = texts(200);
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("in.jsonl.zst");
+        fs::write(
+            &input,
+            zstd::encode_all(jsonl(&docs).as_bytes(), 3).unwrap(),
+        )
+        .unwrap();
+        let s = || settings(64, EotMode::Append, SplitRule::ValFraction(0.1));
+        let enc = byte_encoder();
+
+        let piped = tmp.path().join("piped");
+        let mut w = DatasetWriter::open(&piped, s()).unwrap();
+        let (mut docs_seen, mut tokens) = (0, 0);
+        let n = tokenize_jsonl(
+            &mut w,
+            &enc,
+            &input,
+            &fields(),
+            (0, 7, 1 << 20),
+            |d, _, t| {
+                docs_seen += d;
+                tokens += t;
+                Ok(())
+            },
+        )
+        .unwrap();
+        w.finish().unwrap();
+        assert_eq!((n, docs_seen), (200, 200));
+        // Every document's bytes and its end-of-text.
+        let all: u64 = docs.iter().map(|t| t.len() as u64 + 1).sum();
+        assert_eq!(tokens, all);
+
+        let direct = tmp.path().join("direct");
+        let mut w = DatasetWriter::open(&direct, s()).unwrap();
+        for chunk in docs.chunks(7) {
+            let ids: Vec<String> = chunk.iter().map(|t| format!("id-{t}")).collect();
+            w.add_texts(&enc, chunk, &ids).unwrap();
+        }
+        w.finish().unwrap();
+        assert_eq!(snapshot(&piped), snapshot(&direct));
+    }
+
+    #[test]
+    fn a_bad_line_stops_the_run_with_its_number() {
+        let mut body = jsonl(&texts(100));
+        body.push_str("{\"text\": 5}\n");
+        body.push_str(&jsonl(&texts(10)));
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("in.jsonl");
+        fs::write(&input, body).unwrap();
+        let mut w = DatasetWriter::open(
+            &tmp.path().join("out"),
+            settings(64, EotMode::Append, SplitRule::ValFraction(0.0)),
+        )
+        .unwrap();
+        let err = tokenize_jsonl(
+            &mut w,
+            &byte_encoder(),
+            &input,
+            &fields(),
+            (0, 4, 1 << 20),
+            |_, _, _| Ok(()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ShardError::Input { line: 101, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_failing_report_or_writer_stops_the_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("in.jsonl");
+        fs::write(&input, jsonl(&texts(500))).unwrap();
+        let s = || settings(16, EotMode::Append, SplitRule::ValFraction(0.0));
+        let enc = byte_encoder();
+
+        let mut w = DatasetWriter::open(&tmp.path().join("a"), s()).unwrap();
+        let mut calls = 0;
+        let err = tokenize_jsonl(
+            &mut w,
+            &enc,
+            &input,
+            &fields(),
+            (0, 4, 1 << 20),
+            |_, _, _| {
+                calls += 1;
+                Err(ShardError::Settings("interrupted".into()))
+            },
+        )
+        .unwrap_err();
+        assert_eq!((calls, err.to_string()), (1, "interrupted".to_string()));
+
+        // The output directory turns into a file: the writer's error comes back, not the
+        // reader's "the encoder stopped", and nothing waits forever.
+        let out = tmp.path().join("b");
+        let mut w = DatasetWriter::open(&out, s()).unwrap();
+        fs::remove_dir_all(&out).unwrap();
+        fs::write(&out, b"").unwrap();
+        let err = tokenize_jsonl(
+            &mut w,
+            &enc,
+            &input,
+            &fields(),
+            (0, 4, 1 << 20),
+            |_, _, _| Ok(()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ShardError::Io { .. }), "{err}");
+    }
+}
