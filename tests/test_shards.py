@@ -407,6 +407,9 @@ def test_sampler_errors(dataset):
     other = dataset.sampler(batch_size=2, seq_len=8, seed=1)
     with pytest.raises(ValueError, match="seed 1"):
         s.load_state_dict(other.state_dict())
+    old_version = {**s.state_dict(), "format": "gristmill-sampler-1"}
+    with pytest.raises(ValueError, match="another gristmill version"):
+        s.load_state_dict(old_version)
     with pytest.raises(ValueError, match="shape"):
         s.next_batch(out=np.zeros((2, 8), np.uint16))
 

@@ -649,8 +649,14 @@ impl Sampler {
             ),
         ];
         if let Some((name, theirs, ours)) = checks.iter().find(|(_, a, b)| a != b) {
+            let why = if *name == "format" {
+                " (a state saved by another gristmill version, whose batch order differs: \
+                 resuming it would not give the batches that run would have drawn next)"
+            } else {
+                ""
+            };
             return Err(ShardError::Settings(format!(
-                "the saved sampler state has {name} {theirs}, this sampler has {ours}"
+                "the saved sampler state has {name} {theirs}, this sampler has {ours}{why}"
             )));
         }
         let st = &saved.state;
