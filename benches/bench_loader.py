@@ -27,7 +27,8 @@ after round (best of 3 each), so that load on a shared machine hits the ratios l
 timed call gets a tokenizer of its own, so each starts with an empty merge cache, as every
 ``gristmill tokenize`` does.
 
-    python benches/bench_loader.py [--size small|full] [--out bench-results/loader.json]
+    python benches/bench_loader.py [--size small|full] [--fresh-process-rounds N]
+                                   [--out bench-results/loader.json]
 """
 
 from __future__ import annotations
@@ -299,6 +300,68 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
     return rows, {"corpus_mb": mb, "tokens": n_tokens, "shards": len(gm_bins), **ratios}
 
 
+_ENCODE_IN_PROCESS = """
+import json, sys, time
+import gristmill
+with open(sys.argv[1], "rb") as f:
+    texts = [json.loads(line)["text"] for line in f]
+tok = gristmill.Tokenizer.from_name("gpt2")
+tok.fingerprint
+time.sleep(0.5)  # numpy's BLAS threads spin for a while after import: let them settle
+t0 = time.perf_counter()
+for i in range(0, len(texts), 4096):
+    tok.encode_batch_to_numpy(texts[i:i + 4096], append_eot=True)
+print(time.perf_counter() - t0)
+"""
+
+_TOKENIZE_IN_PROCESS = """
+import shutil, sys, time
+import gristmill
+from gristmill.shards import write_shards
+tok = gristmill.Tokenizer.from_name("gpt2")
+tok.fingerprint
+time.sleep(0.5)
+shutil.rmtree(sys.argv[2], ignore_errors=True)
+t0 = time.perf_counter()
+write_shards(sys.argv[1], sys.argv[2], tok)
+print(time.perf_counter() - t0)
+"""
+
+
+def fresh_process_rounds(work: Path, rounds: int) -> tuple[list[dict], dict]:
+    """The encoder and ``write_shards`` (the ``gristmill tokenize`` path, tokenizer loaded
+    outside the timing) on the corpus x4, each in a fresh process, in turn for ``rounds``
+    rounds: no state carries over between runs, and medians damp a shared machine's load."""
+    import subprocess
+
+    import zstandard
+
+    records = read_corpus(None)
+    lines = "".join(json.dumps(r) + "\n" for r in records).encode() * 4
+    plain, packed = work / "ab.jsonl", work / "ab.jsonl.zst"
+    plain.write_bytes(lines)
+    packed.write_bytes(zstandard.ZstdCompressor().compress(lines))
+    runs = {
+        "gristmill encoder, corpus x4 (fresh process)": [_ENCODE_IN_PROCESS, plain],
+        "gristmill tokenize path, corpus x4 .jsonl.zst (fresh process)": [_TOKENIZE_IN_PROCESS, packed, work / "ab-z"],
+        "gristmill tokenize path, corpus x4 .jsonl (fresh process)": [_TOKENIZE_IN_PROCESS, plain, work / "ab-j"],
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (code, *args) in runs.items():
+            out = subprocess.run([sys.executable, "-c", code, *map(str, args)], check=True,
+                                 capture_output=True, text=True)
+            times[name].append(float(out.stdout.split()[-1]))
+    mb = 4 * sum(len(r["text"].encode("utf-8")) for r in records) / 1e6  # text, as the other rows
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    rows = [{"task": "tokenize", "tool": name, "seconds": m, "MB/s": mb / m} for name, m in medians.items()]
+    enc = medians[next(iter(runs))]
+    names = list(runs)
+    return rows, {"fresh_process_rounds": rounds,
+                  "fresh_tokenize_zst_vs_encoder": enc / medians[names[1]],
+                  "fresh_tokenize_jsonl_vs_encoder": enc / medians[names[2]]}
+
+
 # ---- loader ---------------------------------------------------------------------------------
 
 
@@ -360,6 +423,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["small", "full"], default="full")
     p.add_argument("--out", type=Path, default=ROOT / "bench-results" / "loader.json")
+    p.add_argument("--fresh-process-rounds", type=int, default=0, metavar="N",
+                   help="also time the encoder and the tokenize path in fresh processes, in "
+                        "turn, N rounds (medians; about 5 s a round)")
     p.add_argument("--threads", type=int, default=None,
                    help="gristmill's and tiktoken's thread count (default: all cores)")
     args = p.parse_args()
@@ -369,6 +435,9 @@ def main() -> None:
         work = Path(d)
         load_rows, load_meta = bench_loader(args.size, work)
         tok_rows, tok_meta = bench_tokenize(args.size, work)
+        if args.fresh_process_rounds:
+            fresh_rows, fresh_meta = fresh_process_rounds(work, args.fresh_process_rounds)
+            tok_rows, tok_meta = tok_rows + fresh_rows, {**tok_meta, **fresh_meta}
     rows = load_rows + tok_rows
     columns = ["task", "tool", "batches/s", "GB/s", "5 GB/s", "vs nanoGPT", "MB/s", "Mtokens/s", "seconds"]
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
@@ -384,6 +453,10 @@ def main() -> None:
     if "tokenize_x4_vs_encoder" in tok_meta:
         print(f"gristmill tokenize / encoder, corpus x4: {tok_meta['tokenize_x4_vs_encoder']:.2f} (.zst),"
               f" {tok_meta['tokenize_x4_jsonl_vs_encoder']:.2f} (.jsonl)")
+    if "fresh_process_rounds" in tok_meta:
+        print(f"in fresh processes ({tok_meta['fresh_process_rounds']} rounds, medians): tokenize / encoder"
+              f" {tok_meta['fresh_tokenize_zst_vs_encoder']:.2f} (.zst),"
+              f" {tok_meta['fresh_tokenize_jsonl_vs_encoder']:.2f} (.jsonl)")
     meta = {
         "stage": "loader",
         "size": args.size,

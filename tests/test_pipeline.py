@@ -61,6 +61,15 @@ def test_quickstart_artefacts_are_valid(quickstart_dir):
     assert isinstance(text[0], str)
 
 
+@pytest.mark.parametrize("tiny", [True, False])
+def test_quickstart_samples_fit_the_context(tiny, tmp_path):
+    # The full quickstart is too slow for the tests: check that its sample stage cannot ask
+    # for more than the model's context (a prompt has at most as many tokens as bytes).
+    cfg = quickstart_config(tmp_path, tiny=tiny)
+    longest = max(len(p.encode("utf-8")) for p in cfg["sample"]["prompts"])
+    assert longest + cfg["sample"]["max_new_tokens"] <= cfg["train"]["seq_len"]
+
+
 def test_rerun_skips_up_to_date_stages(quickstart_dir, capsys):
     cfg = quickstart_config(quickstart_dir, tiny=True)
     report = run(cfg, progress=False)

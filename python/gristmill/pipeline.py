@@ -305,7 +305,9 @@ def quickstart_config(out_dir: PathLike, *, tiny: bool = False) -> dict:
             "eval_batches": 4, "warmup_steps": max(2, steps // 20), "lr": 3e-3, "min_lr": 3e-4, "seed": 1337,
             "n_layer": 2 if tiny else 4, "n_head": 2 if tiny else 4, "n_embd": 64 if tiny else 128,
         },
-        "sample": {"prompts": ["ROMEO:", "First Citizen:\n"], "max_new_tokens": 40 if tiny else 200,
+        # Prompt and new tokens fit in the model's context (seq_len): a prompt has at most
+        # as many tokens as bytes.
+        "sample": {"prompts": ["ROMEO:", "First Citizen:\n"], "max_new_tokens": 40 if tiny else 110,
                    "temperature": 0.8, "top_k": 50, "seed": 1337},
     }
 
