@@ -575,11 +575,11 @@ impl<'de> Visitor<'de> for ValueSeed {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
-    fn fields() -> JsonlFields {
+    pub(crate) fn fields() -> JsonlFields {
         JsonlFields {
             text: "text".into(),
             id: "id".into(),

@@ -67,78 +67,75 @@ pub fn tokenize_jsonl(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shards::jsonl::tests::fields;
     use crate::shards::manifest::SplitRule;
-    use crate::shards::writer::tests::{byte_encoder, settings, texts};
+    use crate::shards::writer::tests::{byte_encoder, settings, snapshot, texts};
     use crate::shards::EotMode;
-    use std::collections::BTreeMap;
     use std::fs;
+    use std::path::PathBuf;
 
-    fn fields() -> JsonlFields {
-        JsonlFields {
-            text: "text".into(),
-            id: "id".into(),
-        }
-    }
-
-    fn jsonl(docs: &[String]) -> String {
-        docs.iter()
+    /// A JSON-lines file of `docs` (ids `id-<text>`) in `dir`, zstd-compressed for `.zst`.
+    fn input(dir: &Path, name: &str, docs: &[String], tail: &str) -> PathBuf {
+        let mut body: String = docs
+            .iter()
             .map(|t| format!("{{\"id\": \"id-{t}\", \"text\": \"{t}\"}}\n"))
-            .collect()
+            .collect();
+        body.push_str(tail);
+        let path = dir.join(name);
+        if name.ends_with(".zst") {
+            fs::write(&path, zstd::encode_all(body.as_bytes(), 3).unwrap()).unwrap();
+        } else {
+            fs::write(&path, body).unwrap();
+        }
+        path
     }
 
-    fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-        fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into(),
-                    fs::read(e.path()).unwrap(),
-                )
-            })
-            .collect()
+    /// Tokenizes `input` into a new dataset `out` in batches of `batch` documents.
+    fn run(
+        input: &Path,
+        out: &Path,
+        shard_size: u64,
+        batch: usize,
+        report: impl FnMut(usize, usize, u64) -> Result<(), ShardError>,
+    ) -> Result<u64, ShardError> {
+        let s = settings(shard_size, EotMode::Append, SplitRule::ValFraction(0.1));
+        let mut w = DatasetWriter::open(out, s)?;
+        let n = tokenize_jsonl(
+            &mut w,
+            &byte_encoder(),
+            input,
+            &fields(),
+            (0, batch, 1 << 20),
+            report,
+        )?;
+        w.finish()?;
+        Ok(n)
     }
 
     #[test]
     fn writes_what_add_texts_writes_and_reports_every_token() {
-        let docs = texts(200);
         let tmp = tempfile::tempdir().unwrap();
-        let input = tmp.path().join("in.jsonl.zst");
-        fs::write(
-            &input,
-            zstd::encode_all(jsonl(&docs).as_bytes(), 3).unwrap(),
-        )
-        .unwrap();
-        let s = || settings(64, EotMode::Append, SplitRule::ValFraction(0.1));
-        let enc = byte_encoder();
-
-        let piped = tmp.path().join("piped");
-        let mut w = DatasetWriter::open(&piped, s()).unwrap();
+        let docs = texts(200);
+        let path = input(tmp.path(), "in.jsonl.zst", &docs, "");
         let (mut docs_seen, mut tokens) = (0, 0);
-        let n = tokenize_jsonl(
-            &mut w,
-            &enc,
-            &input,
-            &fields(),
-            (0, 7, 1 << 20),
-            |d, _, t| {
-                docs_seen += d;
-                tokens += t;
-                Ok(())
-            },
-        )
+        let piped = tmp.path().join("piped");
+        let n = run(&path, &piped, 64, 7, |d, _, t| {
+            docs_seen += d;
+            tokens += t;
+            Ok(())
+        })
         .unwrap();
-        w.finish().unwrap();
         assert_eq!((n, docs_seen), (200, 200));
         // Every document's bytes and its end-of-text.
         let all: u64 = docs.iter().map(|t| t.len() as u64 + 1).sum();
         assert_eq!(tokens, all);
 
         let direct = tmp.path().join("direct");
-        let mut w = DatasetWriter::open(&direct, s()).unwrap();
+        let s = settings(64, EotMode::Append, SplitRule::ValFraction(0.1));
+        let mut w = DatasetWriter::open(&direct, s).unwrap();
         for chunk in docs.chunks(7) {
             let ids: Vec<String> = chunk.iter().map(|t| format!("id-{t}")).collect();
-            w.add_texts(&enc, chunk, &ids).unwrap();
+            w.add_texts(&byte_encoder(), chunk, &ids).unwrap();
         }
         w.finish().unwrap();
         assert_eq!(snapshot(&piped), snapshot(&direct));
@@ -146,65 +143,39 @@ mod tests {
 
     #[test]
     fn a_bad_line_stops_the_run_with_its_number() {
-        let mut body = jsonl(&texts(100));
-        body.push_str("{\"text\": 5}\n");
-        body.push_str(&jsonl(&texts(10)));
         let tmp = tempfile::tempdir().unwrap();
-        let input = tmp.path().join("in.jsonl");
-        fs::write(&input, body).unwrap();
-        let mut w = DatasetWriter::open(
-            &tmp.path().join("out"),
-            settings(64, EotMode::Append, SplitRule::ValFraction(0.0)),
-        )
-        .unwrap();
-        let err = tokenize_jsonl(
-            &mut w,
-            &byte_encoder(),
-            &input,
-            &fields(),
-            (0, 4, 1 << 20),
-            |_, _, _| Ok(()),
-        )
-        .unwrap_err();
+        let tail = "{\"text\": 5}\n{\"text\": \"after\"}\n";
+        let path = input(tmp.path(), "in.jsonl", &texts(100), tail);
+        let err = run(&path, &tmp.path().join("out"), 64, 4, |_, _, _| Ok(())).unwrap_err();
         assert!(matches!(err, ShardError::Input { line: 101, .. }), "{err}");
     }
 
     #[test]
     fn a_failing_report_or_writer_stops_the_run() {
         let tmp = tempfile::tempdir().unwrap();
-        let input = tmp.path().join("in.jsonl");
-        fs::write(&input, jsonl(&texts(500))).unwrap();
-        let s = || settings(16, EotMode::Append, SplitRule::ValFraction(0.0));
-        let enc = byte_encoder();
-
-        let mut w = DatasetWriter::open(&tmp.path().join("a"), s()).unwrap();
+        let path = input(tmp.path(), "in.jsonl", &texts(500), "");
         let mut calls = 0;
-        let err = tokenize_jsonl(
-            &mut w,
-            &enc,
-            &input,
-            &fields(),
-            (0, 4, 1 << 20),
-            |_, _, _| {
-                calls += 1;
-                Err(ShardError::Settings("interrupted".into()))
-            },
-        )
+        let err = run(&path, &tmp.path().join("a"), 16, 4, |_, _, _| {
+            calls += 1;
+            Err(ShardError::Settings("interrupted".into()))
+        })
         .unwrap_err();
         assert_eq!((calls, err.to_string()), (1, "interrupted".to_string()));
 
-        // The output directory turns into a file: the writer's error comes back, not the
-        // reader's "the encoder stopped", and nothing waits forever.
+        // The output directory turns into a file once the writer is open: the writer's error
+        // comes back, not the reader's "the encoder stopped", and nothing waits forever.
         let out = tmp.path().join("b");
-        let mut w = DatasetWriter::open(&out, s()).unwrap();
+        let s = settings(16, EotMode::Append, SplitRule::ValFraction(0.0));
+        let mut w = DatasetWriter::open(&out, s).unwrap();
         fs::remove_dir_all(&out).unwrap();
         fs::write(&out, b"").unwrap();
+        let batches = (0, 4, 1 << 20);
         let err = tokenize_jsonl(
             &mut w,
-            &enc,
-            &input,
+            &byte_encoder(),
+            &path,
             &fields(),
-            (0, 4, 1 << 20),
+            batches,
             |_, _, _| Ok(()),
         )
         .unwrap_err();

@@ -878,7 +878,7 @@ pub(crate) mod tests {
         w.finish().unwrap()
     }
 
-    fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    pub(crate) fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         fs::read_dir(dir)
             .unwrap()
             .flatten()
