@@ -17,8 +17,7 @@
 //!   entries `g B W .. (g + 1) B W` of a seeded permutation of all windows. The permutation is
 //!   a keyed bijection computed on the fly (multiply and xor-shift rounds with cycle walking),
 //!   so it costs no memory whatever the dataset size, and an epoch visits each window at most
-//!   once. The
-//!   last `< B W` windows of an epoch are dropped (as llm.c drops a shard's tail).
+//!   once. The last `< B W` windows of an epoch are dropped (as llm.c drops a shard's tail).
 //!
 //! ## Packing
 //! With `packing`, rows are built from whole documents instead of windows: documents (each
