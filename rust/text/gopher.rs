@@ -394,8 +394,10 @@ impl DenseIds {
         self.len = 0;
     }
 
-    /// The id of `key` (not `u64::MAX`), and whether it is new.
-    fn id(&mut self, key: u64) -> (u32, bool) {
+    /// Finds `key` (not `u64::MAX`) or claims an empty slot for it; returns the slot and
+    /// whether the key is new.
+    #[inline]
+    fn probe(&mut self, key: u64) -> (usize, bool) {
         debug_assert_ne!(key, EMPTY);
         let mask = self.keys.len() - 1;
         let mut slot = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize;
@@ -403,31 +405,27 @@ impl DenseIds {
             match self.keys[slot] {
                 EMPTY => {
                     self.keys[slot] = key;
-                    self.ids[slot] = self.len;
-                    self.len += 1;
-                    return (self.len - 1, true);
+                    return (slot, true);
                 }
-                k if k == key => return (self.ids[slot], false),
+                k if k == key => return (slot, false),
                 _ => slot = (slot + 1) & mask,
             }
         }
     }
 
+    /// The id of `key` (not `u64::MAX`), and whether it is new.
+    fn id(&mut self, key: u64) -> (u32, bool) {
+        let (slot, new) = self.probe(key);
+        if new {
+            self.ids[slot] = self.len;
+            self.len += 1;
+        }
+        (self.ids[slot], new)
+    }
+
     /// Adds `key` (not `u64::MAX`); whether it is new.
     fn insert(&mut self, key: u64) -> bool {
-        debug_assert_ne!(key, EMPTY);
-        let mask = self.keys.len() - 1;
-        let mut slot = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize;
-        loop {
-            match self.keys[slot] {
-                EMPTY => {
-                    self.keys[slot] = key;
-                    return true;
-                }
-                k if k == key => return false,
-                _ => slot = (slot + 1) & mask,
-            }
-        }
+        self.probe(key).1
     }
 }
 
