@@ -925,8 +925,29 @@ pub(crate) mod tests {
         assert!(!files.keys().any(|k| k.ends_with(".tmp")));
     }
 
-    #[test]
-    fn rerun_after_a_cut_is_byte_identical() {
+    /// A run that dies after `cut` documents, its open shards left as temp files.
+    fn killed_run(dir: &Path, s: Settings, docs: &[String], cut: usize) {
+        let enc = byte_encoder();
+        let mut w = DatasetWriter::open(dir, s).unwrap();
+        for chunk in docs[..cut].chunks(5) {
+            let ids: Vec<String> = chunk.iter().map(|t| format!("id-{t}")).collect();
+            w.add_texts(&enc, chunk, &ids).unwrap();
+        }
+        for split in &mut w.splits {
+            if let Some(open) = split.open.take() {
+                open.file.out.into_inner().unwrap();
+            }
+        }
+    }
+
+    /// For both end-of-text modes and split rules: `rerun` on the directory a run killed after
+    /// each of `cuts` documents left gives the bytes of `write_all` in one go; `also` checks
+    /// more against those bytes.
+    fn check_rerun_after_cuts(
+        cuts: &[usize],
+        rerun: impl Fn(&Path, Settings, &[String]),
+        also: impl Fn(Settings, &[String], &BTreeMap<String, Vec<u8>>),
+    ) {
         let docs = texts(200);
         for (eot, rule) in [
             (EotMode::Append, SplitRule::ValFraction(0.1)),
@@ -936,59 +957,36 @@ pub(crate) mod tests {
             let whole = tempfile::tempdir().unwrap();
             write_all(whole.path(), s.clone(), &docs, 11);
             let expected = snapshot(whole.path());
-            for cut in [1usize, 13, 60, 133, 199] {
+            also(s.clone(), &docs, &expected);
+            for &cut in cuts {
                 let dir = tempfile::tempdir().unwrap();
-                let enc = byte_encoder();
-                {
-                    // A run that dies after `cut` documents, its open shards left as temp files.
-                    let mut w = DatasetWriter::open(dir.path(), s.clone()).unwrap();
-                    for chunk in docs[..cut].chunks(5) {
-                        let ids: Vec<String> = chunk.iter().map(|t| format!("id-{t}")).collect();
-                        w.add_texts(&enc, chunk, &ids).unwrap();
-                    }
-                    for split in &mut w.splits {
-                        if let Some(open) = split.open.take() {
-                            let mut out = open.file.out;
-                            out.flush().unwrap();
-                        }
-                    }
-                }
-                write_all(dir.path(), s.clone(), &docs, 11);
+                killed_run(dir.path(), s.clone(), &docs, cut);
+                rerun(dir.path(), s.clone(), &docs);
                 assert_eq!(snapshot(dir.path()), expected, "cut at {cut}");
             }
         }
     }
 
     #[test]
+    fn rerun_after_a_cut_is_byte_identical() {
+        check_rerun_after_cuts(
+            &[1, 13, 60, 133, 199],
+            |dir, s, docs| drop(write_all(dir, s, docs, 11)),
+            |_, _, _| {},
+        );
+    }
+
+    #[test]
     fn overlapped_writer_writes_the_same_bytes_and_resumes() {
-        let docs = texts(200);
-        for (eot, rule) in [
-            (EotMode::Append, SplitRule::ValFraction(0.1)),
-            (EotMode::Prepend, SplitRule::ValDocs(7)),
-        ] {
-            let s = settings(37, eot, rule);
-            let whole = tempfile::tempdir().unwrap();
-            write_all(whole.path(), s.clone(), &docs, 11);
-            let expected = snapshot(whole.path());
-            let direct = tempfile::tempdir().unwrap();
-            write_all_overlapped(direct.path(), s.clone(), &docs, 9);
-            assert_eq!(snapshot(direct.path()), expected);
-            for cut in [1usize, 60, 199] {
-                let dir = tempfile::tempdir().unwrap();
-                {
-                    let mut w = DatasetWriter::open(dir.path(), s.clone()).unwrap();
-                    let ids: Vec<String> = docs[..cut].iter().map(|t| format!("id-{t}")).collect();
-                    w.add_texts(&byte_encoder(), &docs[..cut], &ids).unwrap();
-                    for split in &mut w.splits {
-                        if let Some(open) = split.open.take() {
-                            open.file.out.into_inner().unwrap();
-                        }
-                    }
-                }
-                write_all_overlapped(dir.path(), s.clone(), &docs, 13);
-                assert_eq!(snapshot(dir.path()), expected, "cut at {cut}");
-            }
-        }
+        check_rerun_after_cuts(
+            &[1, 60, 199],
+            |dir, s, docs| drop(write_all_overlapped(dir, s, docs, 13)),
+            |s, docs, expected| {
+                let direct = tempfile::tempdir().unwrap();
+                write_all_overlapped(direct.path(), s, docs, 9);
+                assert_eq!(&snapshot(direct.path()), expected);
+            },
+        );
     }
 
     #[test]
