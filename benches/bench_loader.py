@@ -203,20 +203,15 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
                 ts.append(time.perf_counter() - t0)
         return min(times[0]) if len(fns) == 1 else [min(ts) for ts in times]
 
-    def chunks(n=4096):
-        return [texts[i:i + n] for i in range(0, len(texts), n)]
-
-    def encoder(tok=None):
-        tok = tok or fresh_tokenizers.pop()
-        return [tok.encode_batch_to_numpy(c, append_eot=True) for c in chunks()]
+    def encode(docs: list[str]):
+        tok = fresh_tokenizers.pop()
+        return [tok.encode_batch_to_numpy(docs[i:i + 4096], append_eot=True)
+                for i in range(0, len(docs), 4096)]
 
     def gristmill_tokenize(path=src, name="gm"):
         shutil.rmtree(work / name, ignore_errors=True)
         cli_main(["tokenize", str(path), "-o", str(work / name), "--tokenizer", "gpt2",
                   "--shard-size", str(shard_size), "-q"])
-
-    def gristmill_tokenize_plain():
-        gristmill_tokenize(plain, "gm-plain")
 
     def tiktoken_tokenize():
         shutil.rmtree(work / "tt", ignore_errors=True)
@@ -237,7 +232,8 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
     for t in fresh_tokenizers:
         t.fingerprint
     t_encoder, t_mem, t_gm, t_plain = best(
-        encoder, gristmill_write_shards_in_memory, gristmill_tokenize, gristmill_tokenize_plain)
+        lambda: encode(texts), gristmill_write_shards_in_memory, gristmill_tokenize,
+        lambda: gristmill_tokenize(plain, "gm-plain"))
     fresh_tokenizers = [fresh() for _ in range(repeat + 1)]
     t_py = best(gristmill_python_reader)
     t_tt = best(tiktoken_tokenize)
@@ -248,15 +244,8 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
         big, big_plain = work / "corpus-x4.jsonl.zst", work / "corpus-x4.jsonl"
         big.write_bytes(zstandard.ZstdCompressor().compress(lines * 4))
         big_plain.write_bytes(lines * 4)
-        big_texts = texts * 4
-
-        def encoder_x4():
-            tok = fresh_tokenizers.pop()
-            return [tok.encode_batch_to_numpy(big_texts[i:i + 4096], append_eot=True)
-                    for i in range(0, len(big_texts), 4096)]
-
         fresh_tokenizers = [fresh() for _ in range(repeat + 1)]
-        t_enc4, t_gm4, t_plain4 = best(encoder_x4, lambda: gristmill_tokenize(big, "gm4"),
+        t_enc4, t_gm4, t_plain4 = best(lambda: encode(texts * 4), lambda: gristmill_tokenize(big, "gm4"),
                                        lambda: gristmill_tokenize(big_plain, "gm4-plain"))
         extra_rows = [
             {"task": "tokenize", "tool": "gristmill encoder, corpus x4 in memory", "seconds": t_enc4, "mb": 4 * mb},
@@ -359,8 +348,8 @@ def fresh_process_rounds(work: Path, rounds: int) -> tuple[list[dict], dict]:
     mb = 4 * sum(len(r["text"].encode("utf-8")) for r in records) / 1e6  # text, as the other rows
     medians = {name: float(np.median(t)) for name, t in times.items()}
     rows = [{"task": "tokenize", "tool": name, "seconds": m, "MB/s": mb / m} for name, m in medians.items()]
-    enc = medians[next(iter(runs))]
     names = list(runs)
+    enc = medians[names[0]]
     return rows, {"fresh_process_rounds": rounds,
                   "fresh_tokenize_zst_vs_encoder": enc / medians[names[1]],
                   "fresh_tokenize_jsonl_vs_encoder": enc / medians[names[2]]}
