@@ -528,20 +528,21 @@ mod python {
                 .map_err(shard_err)
         }
 
-        /// Reads a JSON-lines file (`.jsonl`/`.json`/`.ndjson`, optionally `.zst`) in the core,
-        /// skipping its first `skip` records, and encodes and writes the rest; decompression
-        /// and parsing overlap encoding, and each batch is encoded while the one before it is
-        /// written. `progress(docs, text_bytes, tokens)` is called after each batch (`tokens`:
-        /// those written meanwhile, of the batch before; a last call reports the last batch). Returns the records in the file. A bad line raises
+        /// Reads JSON-lines files (`.jsonl`/`.json`/`.ndjson`, optionally `.zst`) in the core,
+        /// in order, skipping their first `skip` records, and encodes and writes the rest as
+        /// one stream; decompression and parsing overlap encoding, and each batch is encoded
+        /// while the one before it is written. `progress(docs, text_bytes, tokens)` is called
+        /// after each batch (`tokens`: those written meanwhile, of the batch before; a last
+        /// call reports the last batch). Returns the records in the files. A bad line raises
         /// `gristmill.prep.InputFormatError` naming the file and line.
         #[allow(clippy::too_many_arguments)]
-        #[pyo3(signature = (encoder, path, *, text_field, id_field, skip, max_docs, max_bytes,
+        #[pyo3(signature = (encoder, paths, *, text_field, id_field, skip, max_docs, max_bytes,
                             progress = None))]
         fn add_jsonl(
             &mut self,
             py: Python<'_>,
             encoder: &CoreBPE,
-            path: PathBuf,
+            paths: Vec<PathBuf>,
             text_field: String,
             id_field: String,
             skip: u64,
@@ -573,7 +574,7 @@ mod python {
                 crate::shards::tokenize::tokenize_jsonl(
                     w,
                     &encoder.inner,
-                    &path,
+                    &paths,
                     &fields,
                     (skip, max_docs, max_bytes),
                     report,

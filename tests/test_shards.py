@@ -199,10 +199,24 @@ def test_core_jsonl_reader_matches_read_documents(tmp_path, gpt2, paragraphs):
     assert {"17", "1e+20", "0.5", "a.jsonl:4", "a.jsonl:9", "sur\ufffd"} <= set(ids)
 
 
-def test_core_jsonl_reader_resumes_a_killed_run(tmp_path, gpt2, paragraphs):
-    src = tmp_path / "in.jsonl"
-    src.write_text("\n".join(_awkward_jsonl_lines(paragraphs[:400])) + "\n", "utf-8")
+@pytest.mark.parametrize("parts", [1, 5])
+def test_core_jsonl_reader_resumes_a_killed_run(tmp_path, gpt2, paragraphs, parts):
+    import zstandard
+
+    lines = _awkward_jsonl_lines(paragraphs[:400])
+    if parts == 1:
+        src = tmp_path / "in.jsonl"
+        src.write_text("\n".join(lines) + "\n", "utf-8")
+    else:  # prep's layout: a directory of .jsonl.zst files, read as one stream
+        src = tmp_path / "in"
+        src.mkdir()
+        step = -(-len(lines) // parts)
+        for i in range(parts):
+            body = ("\n".join(lines[i * step:(i + 1) * step]) + "\n").encode()
+            (src / f"docs-{i:05d}.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(body))
     write_shards(src, tmp_path / "whole", gpt2, shard_size=1_500, val_fraction=0.1)
+    write_shards(read_documents(src), tmp_path / "python", gpt2, shard_size=1_500, val_fraction=0.1)
+    assert all_files(tmp_path / "whole") == all_files(tmp_path / "python")
 
     def dying():
         for i, d in enumerate(read_documents(src)):

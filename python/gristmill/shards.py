@@ -200,12 +200,14 @@ def write_shards(
         units = _units(documents, text_field, txt_mode)
         for core_file, group in itertools.groupby(units, key=lambda u: u[0] is not None):
             if core_file:
-                for path, _ in group:
-                    seen += writer.add_jsonl(
-                        tok._core, os.fspath(path), text_field=text_field, id_field="id",
-                        skip=max(0, start - seen), max_docs=_BATCH_DOCS, max_bytes=_BATCH_BYTES,
-                        progress=None if bar is None else functools.partial(_bar_update, bar),
-                    )
+                # One call for a run of files: the core reads the next ones while this one is
+                # encoded, and batches run on across files.
+                seen += writer.add_jsonl(
+                    tok._core, [os.fspath(path) for path, _ in group], text_field=text_field,
+                    id_field="id", skip=max(0, start - seen), max_docs=_BATCH_DOCS,
+                    max_bytes=_BATCH_BYTES,
+                    progress=None if bar is None else functools.partial(_bar_update, bar),
+                )
             else:
                 seen = _add_records(writer, tok, (r for _, r in group), seen, start, bar)
         if saved is not None:

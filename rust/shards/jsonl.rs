@@ -1,14 +1,16 @@
 //! JSON-lines documents read in the core, so `gristmill tokenize` decompresses and parses
 //! beside the encoder instead of in Python.
 //!
-//! A reader thread decompresses (`.zst`) and cuts the stream into blocks of whole lines; each
-//! block's lines are parsed on all threads and handed on as `(texts, ids)` in input order. Only
-//! the text and id fields are kept; other fields are skipped without being built.
+//! Reader threads, one per file and a few files at once, decompress (`.zst`) and cut the
+//! stream into blocks of whole lines; each block's lines are parsed on all threads and handed
+//! on as `(texts, ids)` in input order, files one after another. Only the text and id fields
+//! are kept; other fields are skipped without being built.
 //!
 //! Records mean what `gristmill.prep.read_documents` makes of them: blank lines are skipped,
 //! a record without an id gets `"<file name>:<line>"`, a non-string id is written as Python's
-//! `str()` of it (list and object ids excepted: they get a placeholder), lone surrogates in `\u` escapes become U+FFFD, and a bad line stops the read
-//! with an error naming the file and line.
+//! `str()` of it (list and object ids excepted: they get a placeholder), lone surrogates in
+//! `\u` escapes become U+FFFD, and a bad line stops the read with an error naming the file and
+//! line.
 
 use super::ShardError;
 use rayon::prelude::*;
@@ -242,46 +244,75 @@ fn parse_block(
     Ok(parsed?.into_iter().flatten().collect())
 }
 
-/// Streams the records of a JSON-lines file in batches of at most `max_docs` documents or
-/// about `max_bytes` of text (the first ones smaller, doubling up to it), after skipping the first `skip` records (a resumed run), calling
-/// `sink` with each. Decompression and line cutting run on a reader thread that keeps up to a
-/// batch of blocks (`max_bytes`, at least two) ready while `sink` (the encoder) works; each
-/// block's lines are parsed on the rayon pool. Memory is bounded by about two batches. Returns the number of records in the file, skipped ones included.
+/// Files decompressed at once: the one being parsed and those after it. Decompressing runs
+/// about ten times faster per core than encoding, so one reader per eight pool threads keeps
+/// the encoder fed from many files; at least two, so the next file is ready when one ends.
+fn open_readers(files: usize) -> usize {
+    crate::parallel::num_threads()
+        .div_ceil(8)
+        .max(2)
+        .min(files.max(1))
+}
+
+/// A file being read on its own thread, its blocks waiting in a bounded channel.
+type FileReader<'scope> = (
+    mpsc::Receiver<Result<Block, ShardError>>,
+    std::thread::ScopedJoinHandle<'scope, Option<u64>>,
+);
+
+/// Streams the records of JSON-lines files, in order, in batches of at most `max_docs`
+/// documents or about `max_bytes` of text (the first ones smaller, doubling up to it), after
+/// skipping the first `skip` records (a resumed run), calling `sink` with each. A batch runs
+/// on from one file into the next, so many small files cost no more than one large one.
+///
+/// Each file is decompressed and cut into blocks on a reader thread of its own, the next
+/// files' readers working while this one is parsed ([`open_readers`] at once); together they
+/// keep about a batch of blocks (`max_bytes`) ready while `sink` (the encoder) works. Each
+/// block's lines are parsed on the rayon pool. Memory is bounded by about two batches.
+/// Returns the number of records in the files, skipped ones included.
 ///
 /// Errors: a missing or unreadable file; a line that is not UTF-8, not JSON, or not an object
 /// with a string text field (naming the file and line); an empty file.
 pub fn read_jsonl_batches(
-    path: &Path,
+    paths: &[PathBuf],
     fields: &JsonlFields,
     skip: u64,
     max_docs: usize,
     max_bytes: usize,
     mut sink: impl FnMut(DocBatch) -> Result<(), ShardError>,
 ) -> Result<u64, ShardError> {
-    let path: PathBuf = path.to_path_buf();
+    let readers = open_readers(paths.len());
+    // Room for a whole batch of blocks, so decompression runs a batch ahead of the encoder
+    // instead of waiting behind it (memory: about one batch of input).
+    let ahead = ((max_bytes / BLOCK_BYTES).clamp(2, 64) / readers).max(2);
     std::thread::scope(|scope| {
-        // Room for a whole batch of blocks, so decompression runs a batch ahead of the
-        // encoder instead of waiting behind it (memory: about one batch of input).
-        let ahead = (max_bytes / BLOCK_BYTES).clamp(2, 64);
-        let (tx, rx) = mpsc::sync_channel::<Result<Block, ShardError>>(ahead);
-        let reader_path = path.clone();
-        let reader = scope.spawn(move || {
-            let r = read_blocks(&reader_path, &tx);
-            if let Err(e) = r {
-                let _ = tx.send(Err(e));
-                return None;
-            }
-            r.ok()
-        });
+        let start_reader = |path: &PathBuf| -> FileReader<'_> {
+            let (tx, rx) = mpsc::sync_channel::<Result<Block, ShardError>>(ahead);
+            let path = path.clone();
+            let thread = scope.spawn(move || match read_blocks(&path, &tx) {
+                Ok(lines) => Some(lines),
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    None
+                }
+            });
+            (rx, thread)
+        };
+        let mut open: std::collections::VecDeque<FileReader<'_>> =
+            paths.iter().take(readers).map(start_reader).collect();
         let mut seen = 0u64;
         let mut batch = DocBatch::default();
         // The first batches are smaller, so the encoder starts before a whole batch has been
         // decompressed and parsed (the cut between batches does not change the output).
         let mut limit = (max_bytes / 8).max(1);
-        let result = (|| -> Result<(), ShardError> {
-            for block in rx.iter() {
+        for (i, path) in paths.iter().enumerate() {
+            let (rx, thread) = open.pop_front().expect("a reader per file");
+            if let Some(next) = paths.get(i + readers) {
+                open.push_back(start_reader(next));
+            }
+            let result = rx.iter().try_for_each(|block| {
                 let block = block?;
-                let records = crate::parallel::install(|| parse_block(&path, &block, fields))?;
+                let records = crate::parallel::install(|| parse_block(path, &block, fields))?;
                 for (text, id) in records {
                     seen += 1;
                     if seen <= skip {
@@ -295,16 +326,16 @@ pub fn read_jsonl_batches(
                         limit = limit.saturating_mul(2).min(max_bytes);
                     }
                 }
+                Ok(())
+            });
+            drop(rx); // stops the reader if the sink failed (the others stop as `open` drops)
+            let lines = thread
+                .join()
+                .expect("the jsonl reader thread does not panic");
+            result?;
+            if lines == Some(0) {
+                return Err(input_error(path, 1, "empty file, expected JSON lines"));
             }
-            Ok(())
-        })();
-        drop(rx); // stops the reader if the sink failed
-        let lines = reader
-            .join()
-            .expect("the jsonl reader thread does not panic");
-        result?;
-        if lines == Some(0) {
-            return Err(input_error(&path, 1, "empty file, expected JSON lines"));
         }
         if !batch.texts.is_empty() {
             sink(batch)?;
@@ -588,7 +619,7 @@ pub(crate) mod tests {
 
     fn read_all(path: &Path, skip: u64) -> Result<(Vec<String>, Vec<String>, u64), ShardError> {
         let (mut texts, mut ids) = (Vec::new(), Vec::new());
-        let n = read_jsonl_batches(path, &fields(), skip, 2, 1 << 20, |b| {
+        let n = read_jsonl_batches(&[path.to_path_buf()], &fields(), skip, 2, 1 << 20, |b| {
             assert!(b.texts.len() <= 2);
             texts.extend(b.texts);
             ids.extend(b.ids);
@@ -653,6 +684,58 @@ pub(crate) mod tests {
             assert!(err.contains(&format!("bad{i}.jsonl")), "{err}");
             assert!(err.contains(want), "{err} lacks {want}");
         }
+    }
+
+    #[test]
+    fn files_are_one_stream_in_order_and_errors_name_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..5)
+            .map(|i| {
+                let body = format!("{{\"text\": \"{i}a\"}}\n{{\"text\": \"{i}b\"}}\n");
+                write(dir.path(), &format!("f{i}.jsonl.zst"), body.as_bytes())
+            })
+            .collect();
+        let read = |paths: &[PathBuf], skip| {
+            let mut texts = Vec::new();
+            let mut ids = Vec::new();
+            let n = read_jsonl_batches(paths, &fields(), skip, 3, 1 << 20, |b| {
+                texts.extend(b.texts);
+                ids.extend(b.ids);
+                Ok(())
+            })?;
+            Ok::<_, ShardError>((texts, ids, n))
+        };
+        let (texts, ids, n) = read(&paths, 0).unwrap();
+        assert_eq!(n, 10);
+        assert_eq!(
+            texts,
+            ["0a", "0b", "1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b"]
+        );
+        assert_eq!(
+            (ids[2].as_str(), ids[9].as_str()),
+            ("f1.jsonl.zst:1", "f4.jsonl.zst:2")
+        );
+        // A resumed run skips across file ends.
+        let (texts, _, n) = read(&paths, 5).unwrap();
+        assert_eq!((texts[0].as_str(), texts.len(), n), ("2b", 5, 10));
+
+        let mut bad = paths.clone();
+        bad[3] = write(
+            dir.path(),
+            "bad.jsonl",
+            b"{\"text\": \"ok\"}\n{\"text\": 1}\n",
+        );
+        let err = read(&bad, 0).unwrap_err().to_string();
+        assert!(err.contains("bad.jsonl") && err.contains("line 2"), "{err}");
+        bad[3] = write(dir.path(), "empty.jsonl", b"");
+        let err = read(&bad, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("empty.jsonl") && err.contains("empty file"),
+            "{err}"
+        );
+        bad[3] = dir.path().join("missing.jsonl");
+        let err = read(&bad, 0).unwrap_err().to_string();
+        assert!(err.contains("missing.jsonl"), "{err}");
     }
 
     #[test]

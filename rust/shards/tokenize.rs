@@ -1,6 +1,6 @@
-//! `gristmill tokenize` for one JSON-lines file, as a pipeline whose stages overlap: a reader
-//! thread decompresses, the calling thread parses (on the pool) and batches, an encoder thread
-//! encodes (on the pool) and writes. Without the encoder thread, parsing batch `k + 1` would
+//! `gristmill tokenize` for JSON-lines files, as one pipeline whose stages overlap: reader
+//! threads decompress (the next files while this one is parsed), the calling thread parses (on
+//! the pool) and batches, an encoder thread encodes (on the pool) and writes. Without the encoder thread, parsing batch `k + 1` would
 //! wait for encoding batch `k` to end, and the tail of every batch (its last documents, on
 //! fewer threads than the pool has) would leave cores idle.
 //!
@@ -11,19 +11,19 @@ use super::jsonl::{read_jsonl_batches, DocBatch, JsonlFields};
 use super::writer::{DatasetWriter, OverlappedWriter};
 use super::ShardError;
 use crate::bpe::Encoder;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
-/// Encodes the records of `path` (after the first `skip`) into `writer`, in batches of at most
+/// Encodes the records of `paths`, in order (after the first `skip`), into `writer`, in batches of at most
 /// `max_docs` documents or about `max_bytes` of text. `report(docs, bytes, tokens)` is called
 /// between batches with the documents and bytes read and the tokens written since its last
-/// call (an error from it stops the run). Returns the records in the file, skipped ones
+/// call (an error from it stops the run). Returns the records in the files, skipped ones
 /// included. The bytes written are those of [`DatasetWriter::add_texts`] called batch by batch.
 pub fn tokenize_jsonl(
     writer: &mut DatasetWriter,
     encoder: &Encoder,
-    path: &Path,
+    paths: &[PathBuf],
     fields: &JsonlFields,
     (skip, max_docs, max_bytes): (u64, usize, usize),
     mut report: impl FnMut(usize, usize, u64) -> Result<(), ShardError>,
@@ -48,7 +48,7 @@ pub fn tokenize_jsonl(
             written.fetch_add(overlapped.finish()?, Ordering::Relaxed);
             Ok(())
         });
-        let read = read_jsonl_batches(path, fields, skip, max_docs, max_bytes, |batch| {
+        let read = read_jsonl_batches(paths, fields, skip, max_docs, max_bytes, |batch| {
             let (docs, bytes) = (batch.texts.len(), batch.bytes);
             // A closed channel means the encoder stopped: its error is returned below.
             tx.send(batch)
@@ -72,7 +72,7 @@ mod tests {
     use crate::shards::writer::tests::{byte_encoder, settings, snapshot, texts};
     use crate::shards::EotMode;
     use std::fs;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     /// A JSON-lines file of `docs` (ids `id-<text>`) in `dir`, zstd-compressed for `.zst`.
     fn input(dir: &Path, name: &str, docs: &[String], tail: &str) -> PathBuf {
@@ -90,9 +90,9 @@ mod tests {
         path
     }
 
-    /// Tokenizes `input` into a new dataset `out` in batches of `batch` documents.
+    /// Tokenizes `inputs` into a new dataset `out` in batches of `batch` documents.
     fn run(
-        input: &Path,
+        inputs: &[PathBuf],
         out: &Path,
         shard_size: u64,
         batch: usize,
@@ -103,7 +103,7 @@ mod tests {
         let n = tokenize_jsonl(
             &mut w,
             &byte_encoder(),
-            input,
+            inputs,
             &fields(),
             (0, batch, 1 << 20),
             report,
@@ -119,7 +119,7 @@ mod tests {
         let path = input(tmp.path(), "in.jsonl.zst", &docs, "");
         let (mut docs_seen, mut tokens) = (0, 0);
         let piped = tmp.path().join("piped");
-        let n = run(&path, &piped, 64, 7, |d, _, t| {
+        let n = run(&[path], &piped, 64, 7, |d, _, t| {
             docs_seen += d;
             tokens += t;
             Ok(())
@@ -142,11 +142,32 @@ mod tests {
     }
 
     #[test]
+    fn many_files_write_what_their_concatenation_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let docs = texts(300);
+        let whole = input(tmp.path(), "whole.jsonl", &docs, "");
+        // Uneven parts, compressed and not, more of them than files read at once.
+        let cuts = [0, 1, 40, 41, 150, 220, 300];
+        let parts: Vec<PathBuf> = cuts
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| {
+                let name = format!("part{i}.jsonl{}", if i % 2 == 0 { ".zst" } else { "" });
+                input(tmp.path(), &name, &docs[w[0]..w[1]], "")
+            })
+            .collect();
+        let (one, many) = (tmp.path().join("one"), tmp.path().join("many"));
+        assert_eq!(run(&[whole], &one, 64, 7, |_, _, _| Ok(())).unwrap(), 300);
+        assert_eq!(run(&parts, &many, 64, 7, |_, _, _| Ok(())).unwrap(), 300);
+        assert_eq!(snapshot(&one), snapshot(&many));
+    }
+
+    #[test]
     fn a_bad_line_stops_the_run_with_its_number() {
         let tmp = tempfile::tempdir().unwrap();
         let tail = "{\"text\": 5}\n{\"text\": \"after\"}\n";
         let path = input(tmp.path(), "in.jsonl", &texts(100), tail);
-        let err = run(&path, &tmp.path().join("out"), 64, 4, |_, _, _| Ok(())).unwrap_err();
+        let err = run(&[path], &tmp.path().join("out"), 64, 4, |_, _, _| Ok(())).unwrap_err();
         assert!(matches!(err, ShardError::Input { line: 101, .. }), "{err}");
     }
 
@@ -155,7 +176,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = input(tmp.path(), "in.jsonl", &texts(500), "");
         let mut calls = 0;
-        let err = run(&path, &tmp.path().join("a"), 16, 4, |_, _, _| {
+        let err = run(&[path.clone()], &tmp.path().join("a"), 16, 4, |_, _, _| {
             calls += 1;
             Err(ShardError::Settings("interrupted".into()))
         })
@@ -173,7 +194,7 @@ mod tests {
         let err = tokenize_jsonl(
             &mut w,
             &byte_encoder(),
-            &path,
+            &[path],
             &fields(),
             batches,
             |_, _, _| Ok(()),
