@@ -35,9 +35,8 @@ fn build_table() -> Vec<u8> {
             unreachable!("built-in pattern {pattern} is a Unicode class")
         };
         for range in class.iter() {
-            for cp in range.start() as usize..=range.end() as usize {
-                table[cp] |= flag;
-            }
+            let code_points = range.start() as usize..=range.end() as usize;
+            table[code_points].iter_mut().for_each(|bits| *bits |= flag);
         }
     }
     table

@@ -553,7 +553,7 @@ mod tests {
             }
             // Max by count; BTreeMap iterates pairs in increasing order, so `>=` keeps the
             // greatest pair among equal counts.
-            let mut best: Option<(&(Vec<u8>, Vec<u8>), u64)> = None;
+            let mut best: Option<(&crate::bpe::vocab::Merge, u64)> = None;
             for (p, &c) in &pairs {
                 if best.is_none_or(|(_, bc)| c >= bc) {
                     best = Some((p, c));

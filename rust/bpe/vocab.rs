@@ -139,9 +139,12 @@ pub fn format_tiktoken(encoder: &Encoder) -> String {
 
 // ---- merges from ranks -------------------------------------------------------------------
 
+/// A merge: the two tokens' bytes that it joins.
+pub type Merge = (Vec<u8>, Vec<u8>);
+
 /// The merge that creates each multi-byte token, in rank order: the two parts its bytes fall
 /// into when merged with every token ranked below it.
-pub fn merges_from_ranks(encoder: &Encoder) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BpeError> {
+pub fn merges_from_ranks(encoder: &Encoder) -> Result<Vec<Merge>, BpeError> {
     let mut merges = Vec::new();
     for (bytes, rank) in encoder.mergeable_ranks() {
         if bytes.len() < 2 {

@@ -176,10 +176,16 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = input(tmp.path(), "in.jsonl", &texts(500), "");
         let mut calls = 0;
-        let err = run(&[path.clone()], &tmp.path().join("a"), 16, 4, |_, _, _| {
-            calls += 1;
-            Err(ShardError::Settings("interrupted".into()))
-        })
+        let err = run(
+            std::slice::from_ref(&path),
+            &tmp.path().join("a"),
+            16,
+            4,
+            |_, _, _| {
+                calls += 1;
+                Err(ShardError::Settings("interrupted".into()))
+            },
+        )
         .unwrap_err();
         assert_eq!((calls, err.to_string()), (1, "interrupted".to_string()));
 
