@@ -231,9 +231,17 @@ fn parse_block(
     block: &Block,
     fields: &JsonlFields,
 ) -> Result<Vec<(String, String)>, ShardError> {
-    let mut lines: Vec<&[u8]> = block.bytes.split(|&b| b == b'\n').collect();
-    if block.bytes.last() == Some(&b'\n') {
-        lines.pop();
+    // memchr finds the newlines with vector instructions (a byte-by-byte split cost more
+    // than parsing the lines' JSON envelope).
+    let bytes = &block.bytes;
+    let mut lines: Vec<&[u8]> = Vec::new();
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', bytes) {
+        lines.push(&bytes[start..end]);
+        start = end + 1;
+    }
+    if start < bytes.len() {
+        lines.push(&bytes[start..]);
     }
     let parsed: Result<Vec<Option<(String, String)>>, ShardError> = lines
         .par_iter()

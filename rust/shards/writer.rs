@@ -146,16 +146,18 @@ impl ShardFile {
                 format::MAX_SHARD_TOKENS
             )));
         }
+        // Sized first, then filled in fixed-width steps, so the loop compiles to vector code.
         self.scratch.clear();
+        self.scratch.resize(tokens.len() * self.dtype.width(), 0);
         match self.dtype {
             Dtype::U16 => {
-                for &t in tokens {
-                    self.scratch.extend_from_slice(&(t as u16).to_le_bytes());
+                for (dst, &t) in self.scratch.chunks_exact_mut(2).zip(tokens) {
+                    dst.copy_from_slice(&(t as u16).to_le_bytes());
                 }
             }
             Dtype::U32 => {
-                for &t in tokens {
-                    self.scratch.extend_from_slice(&t.to_le_bytes());
+                for (dst, &t) in self.scratch.chunks_exact_mut(4).zip(tokens) {
+                    dst.copy_from_slice(&t.to_le_bytes());
                 }
             }
         }
