@@ -200,8 +200,9 @@ def write_shards(
         units = _units(documents, text_field, txt_mode)
         for core_file, group in itertools.groupby(units, key=lambda u: u[0] is not None):
             if core_file:
-                # One call for a run of files: the core reads the next ones while this one is
-                # encoded, and batches run on across files.
+                # One call for a run of files: the core reads the next one while this one is
+                # encoded, and batches run on across files. (groupby looks at the unit after
+                # the run to end it; units are lazy, so that opens no file.)
                 seen += writer.add_jsonl(
                     tok._core, [os.fspath(path) for path, _ in group], text_field=text_field,
                     id_field="id", skip=max(0, start - seen), max_docs=_BATCH_DOCS,
@@ -209,7 +210,8 @@ def write_shards(
                     progress=None if bar is None else functools.partial(_bar_update, bar),
                 )
             else:
-                seen = _add_records(writer, tok, (r for _, r in group), seen, start, bar)
+                records = itertools.chain.from_iterable(r for _, r in group)
+                seen = _add_records(writer, tok, records, seen, start, bar)
         if saved is not None:
             saved.result()
     if bar is not None:
@@ -224,18 +226,19 @@ def _core_reads(path: Path) -> bool:
 
 
 def _units(documents: Any, text_field: str, txt_mode: str) -> Iterator[tuple[Path | None, Any]]:
-    """``(path, None)`` for each JSON-lines file the core reads itself, ``(None, (id, text))``
-    for every other input document, in input order, streamed."""
+    """``(path, None)`` for each JSON-lines file the core reads itself, ``(None, records)`` for
+    every other input (``records``: a lazy stream of ``(id, text)``, so that looking at the next
+    unit opens no file), in input order."""
     if isinstance(documents, (str, os.PathLike)):
         documents = [Path(documents)]
     if _is_hf_dataset(documents):
         documents = [documents]
     for item in documents:
         if isinstance(item, str):
-            yield None, (None, item)
+            yield None, [(None, item)]
             continue
         if not isinstance(item, os.PathLike):
-            yield from ((None, r) for r in _records(item if _is_hf_dataset(item) else [item], text_field))
+            yield None, _records(item if _is_hf_dataset(item) else [item], text_field)
             continue
         path = Path(item)
         if not path.exists():
@@ -244,8 +247,8 @@ def _units(documents: Any, text_field: str, txt_mode: str) -> Iterator[tuple[Pat
             if _core_reads(f):
                 yield f, None
             else:
-                for d in read_documents([f], text_field=text_field, txt_mode=txt_mode):
-                    yield None, (d.id, d.text)
+                docs = read_documents([f], text_field=text_field, txt_mode=txt_mode)  # a generator
+                yield None, ((d.id, d.text) for d in docs)
 
 
 def _add_records(writer, tok: Tokenizer, records: Iterator, seen: int, start: int, bar) -> int:

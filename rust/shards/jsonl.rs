@@ -252,15 +252,10 @@ fn parse_block(
     Ok(parsed?.into_iter().flatten().collect())
 }
 
-/// Files decompressed at once: the one being parsed and those after it. Decompressing runs
-/// about ten times faster per core than encoding, so one reader per eight pool threads keeps
-/// the encoder fed from many files; at least two, so the next file is ready when one ends.
-fn open_readers(files: usize) -> usize {
-    crate::parallel::num_threads()
-        .div_ceil(8)
-        .max(2)
-        .min(files.max(1))
-}
+/// Files decompressed at once: the one being parsed and the next, so a file's first blocks
+/// are ready when the one before it ends. (Each file is decompressed by one thread; on many
+/// cores that thread, not the encoder, can set the pace of a `.zst` input.)
+const OPEN_READERS: usize = 2;
 
 /// A file being read on its own thread, its blocks waiting in a bounded channel.
 type FileReader<'scope> = (
@@ -274,10 +269,10 @@ type FileReader<'scope> = (
 /// on from one file into the next, so many small files cost no more than one large one.
 ///
 /// Each file is decompressed and cut into blocks on a reader thread of its own, the next
-/// files' readers working while this one is parsed ([`open_readers`] at once); together they
-/// keep about a batch of blocks (`max_bytes`) ready while `sink` (the encoder) works. Each
-/// block's lines are parsed on the rayon pool. Memory is bounded by about two batches.
-/// Returns the number of records in the files, skipped ones included.
+/// file's reader working while this one is parsed ([`OPEN_READERS`]); together they keep
+/// about a batch of blocks (`max_bytes`) ready while `sink` (the encoder) works. Each block's
+/// lines are parsed on the rayon pool. Memory is bounded by about two batches. Returns the
+/// number of records in the files, skipped ones included (0 for no files).
 ///
 /// Errors: a missing or unreadable file; a line that is not UTF-8, not JSON, or not an object
 /// with a string text field (naming the file and line); an empty file.
@@ -289,7 +284,7 @@ pub fn read_jsonl_batches(
     max_bytes: usize,
     mut sink: impl FnMut(DocBatch) -> Result<(), ShardError>,
 ) -> Result<u64, ShardError> {
-    let readers = open_readers(paths.len());
+    let readers = OPEN_READERS;
     // Room for a whole batch of blocks, so decompression runs a batch ahead of the encoder
     // instead of waiting behind it (memory: about one batch of input).
     let ahead = ((max_bytes / BLOCK_BYTES).clamp(2, 64) / readers).max(2);

@@ -1,11 +1,12 @@
 //! `gristmill tokenize` for JSON-lines files, as one pipeline whose stages overlap: reader
-//! threads decompress (the next files while this one is parsed), the calling thread parses (on
-//! the pool) and batches, an encoder thread encodes (on the pool) and writes. Without the encoder thread, parsing batch `k + 1` would
-//! wait for encoding batch `k` to end, and the tail of every batch (its last documents, on
-//! fewer threads than the pool has) would leave cores idle.
+//! threads decompress (the next file while this one is parsed), the calling thread parses (on
+//! the pool) and batches, an encoder thread encodes (on the pool) and writes. Without the
+//! encoder thread, parsing batch `k + 1` would wait for encoding batch `k` to end, and the tail
+//! of every batch (its last documents, on fewer threads than the pool has) would leave cores
+//! idle.
 //!
-//! Memory is bounded by the batch size: the reader holds up to a batch of input ahead, one
-//! parsed batch waits in the channel, one is being encoded and one written.
+//! Memory is bounded by the batch size: the two readers hold up to a batch of input ahead
+//! between them, one parsed batch waits in the channel, one is being encoded and one written.
 
 use super::jsonl::{read_jsonl_batches, DocBatch, JsonlFields};
 use super::writer::{DatasetWriter, OverlappedWriter};
@@ -15,8 +16,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
-/// Encodes the records of `paths`, in order (after the first `skip`), into `writer`, in batches of at most
-/// `max_docs` documents or about `max_bytes` of text. `report(docs, bytes, tokens)` is called
+/// Encodes the records of `paths`, in order (after the first `skip`), into `writer`, in
+/// batches of at most `max_docs` documents or about `max_bytes` of text. `report(docs, bytes, tokens)` is called
 /// between batches with the documents and bytes read and the tokens written since its last
 /// call (an error from it stops the run). Returns the records in the files, skipped ones
 /// included. The bytes written are those of [`DatasetWriter::add_texts`] called batch by batch.

@@ -70,8 +70,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShardError> {
 }
 
 /// Bytes of a shard handed to the kernel before their writeback to disk is started, so the
-/// fsync that closes the shard waits for its last few megabytes, not the whole shard (and
-/// dirty pages do not pile up in memory).
+/// fsync that closes the shard waits for at most its last 9 MB (this and the write buffer),
+/// not the whole shard, and dirty pages do not pile up in memory.
 const WRITEBACK_BYTES: u64 = 8 << 20;
 
 /// Starts writing `len` bytes of `file` from `offset` to disk, without waiting for them.
@@ -84,8 +84,8 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
         unsafe {
             libc::sync_file_range(
                 file.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
+                offset as _,
+                len as _,
                 libc::SYNC_FILE_RANGE_WRITE,
             );
         }
