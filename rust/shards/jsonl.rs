@@ -1,7 +1,7 @@
 //! JSON-lines documents read in the core, so `gristmill tokenize` decompresses and parses
 //! beside the encoder instead of in Python.
 //!
-//! Reader threads, one per file and a few files at once, decompress (`.zst`) and cut the
+//! Reader threads, one per file and two files at once, decompress (`.zst`) and cut the
 //! stream into blocks of whole lines; each block's lines are parsed on all threads and handed
 //! on as `(texts, ids)` in input order, files one after another. Only the text and id fields
 //! are kept; other fields are skipped without being built.
@@ -284,10 +284,9 @@ pub fn read_jsonl_batches(
     max_bytes: usize,
     mut sink: impl FnMut(DocBatch) -> Result<(), ShardError>,
 ) -> Result<u64, ShardError> {
-    let readers = OPEN_READERS;
     // Room for a whole batch of blocks, so decompression runs a batch ahead of the encoder
     // instead of waiting behind it (memory: about one batch of input).
-    let ahead = ((max_bytes / BLOCK_BYTES).clamp(2, 64) / readers).max(2);
+    let ahead = ((max_bytes / BLOCK_BYTES).clamp(2, 64) / OPEN_READERS).max(2);
     std::thread::scope(|scope| {
         let start_reader = |path: &PathBuf| -> FileReader<'_> {
             let (tx, rx) = mpsc::sync_channel::<Result<Block, ShardError>>(ahead);
@@ -302,7 +301,7 @@ pub fn read_jsonl_batches(
             (rx, thread)
         };
         let mut open: std::collections::VecDeque<FileReader<'_>> =
-            paths.iter().take(readers).map(start_reader).collect();
+            paths.iter().take(OPEN_READERS).map(start_reader).collect();
         let mut seen = 0u64;
         let mut batch = DocBatch::default();
         // The first batches are smaller, so the encoder starts before a whole batch has been
@@ -310,7 +309,7 @@ pub fn read_jsonl_batches(
         let mut limit = (max_bytes / 8).max(1);
         for (i, path) in paths.iter().enumerate() {
             let (rx, thread) = open.pop_front().expect("a reader per file");
-            if let Some(next) = paths.get(i + readers) {
+            if let Some(next) = paths.get(i + OPEN_READERS) {
                 open.push_back(start_reader(next));
             }
             let result = rx.iter().try_for_each(|block| {
