@@ -68,7 +68,7 @@ def edit(text: str, rate: float, rng: random.Random) -> str:
 
 
 def build_corpus(path: Path, n_docs: int | None, seed: int = 0) -> int:
-    from gristmill.prep import read_documents
+    from gristmill.documents import read_documents
 
     rng = random.Random(seed)
     records = []
@@ -95,7 +95,7 @@ def read_ids(path: Path) -> list[str]:
 
 def run_gristmill(corpus: Path, work: Path, exact: bool, memory_limit: str = "1GB") -> dict:
     from gristmill.dedup import DedupConfig, dedup
-    from gristmill.prep import read_documents
+    from gristmill.documents import read_documents
 
     params = os.environ.get("BENCH_DEDUP_PERMUTATIONS")
     permutations = json.loads(Path(params).read_text()) if params else None

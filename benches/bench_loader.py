@@ -220,7 +220,7 @@ def bench_tokenize(size: str, work: Path) -> tuple[list[dict], dict]:
         tiktoken_write_shards(tik, src, work / "tt", shard_size)
 
     def gristmill_python_reader():
-        from gristmill.prep import read_documents
+        from gristmill.documents import read_documents
 
         shutil.rmtree(work / "py", ignore_errors=True)
         write_shards(read_documents(src), work / "py", fresh_tokenizers.pop(), shard_size=shard_size)

@@ -7,7 +7,11 @@
 //! hands token arrays to numpy without a copy. It has one section per core module.
 
 pub mod bpe;
+pub mod compress;
 pub mod dedup;
+/// What the parsers' fuzz tests share (each parser's `mod fuzz` sits beside it).
+#[cfg(test)]
+pub(crate) mod fuzz;
 pub mod parallel;
 pub mod shards;
 pub mod text;
@@ -1687,9 +1691,68 @@ mod python {
         crate::parallel::num_threads()
     }
 
+    // ---- compress: zstd document files --------------------------------------------------
+
+    fn compress_err(e: crate::compress::CompressError) -> PyErr {
+        if e.is_not_found() {
+            PyFileNotFoundError::new_err(e.to_string())
+        } else {
+            PyValueError::new_err(e.to_string())
+        }
+    }
+
+    /// A `.zst` file decompressed by the core (`gristmill.documents` makes it a binary stream).
+    /// A truncated or damaged file raises ValueError naming it.
+    #[pyclass(module = "gristmill._core")]
+    struct ZstdReader {
+        inner: Option<crate::compress::ZstdFile>,
+    }
+
+    #[pymethods]
+    impl ZstdReader {
+        #[new]
+        fn new(path: PathBuf) -> PyResult<Self> {
+            let inner = crate::compress::ZstdFile::open(&path).map_err(compress_err)?;
+            Ok(ZstdReader { inner: Some(inner) })
+        }
+
+        /// Up to `size` bytes; fewer only at the end of the file.
+        fn read<'py>(&mut self, py: Python<'py>, size: usize) -> PyResult<Bound<'py, PyBytes>> {
+            let file = self
+                .inner
+                .as_mut()
+                .ok_or_else(|| PyValueError::new_err("read of a closed file"))?;
+            let mut buf = vec![0u8; size];
+            let n = py
+                .detach(|| file.read_full(&mut buf))
+                .map_err(compress_err)?;
+            Ok(PyBytes::new(py, &buf[..n]))
+        }
+
+        fn close(&mut self) {
+            self.inner = None;
+        }
+    }
+
+    /// `data` as one zstd frame with its content size and checksum.
+    #[pyfunction]
+    #[pyo3(signature = (data, level = 3))]
+    fn zstd_compress<'py>(
+        py: Python<'py>,
+        data: &[u8],
+        level: i32,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let out = py
+            .detach(|| crate::compress::compress(data, level))
+            .map_err(|e| PyValueError::new_err(format!("zstd: {e}")))?;
+        Ok(PyBytes::new(py, &out))
+    }
+
     #[pymodule(gil_used = false)]
     fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("TokenizerError", m.py().get_type::<TokenizerError>())?;
+        m.add_class::<ZstdReader>()?;
+        m.add_function(wrap_pyfunction!(zstd_compress, m)?)?;
         m.add_class::<CoreBPE>()?;
         m.add_function(wrap_pyfunction!(split_pieces, m)?)?;
         m.add_function(wrap_pyfunction!(_mark_forked, m)?)?;

@@ -26,7 +26,7 @@ from gristmill.dedup import (
     parse_size,
     shingle_hashes,
 )
-from gristmill.prep import Document, read_documents
+from gristmill.documents import Document, read_documents
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -349,7 +349,7 @@ def test_resume_after_a_crash(tmp_path, shared_data, after_pass):
 _KILL_SCRIPT = """
 import json, sys, time
 from gristmill.dedup import DedupConfig, dedup
-from gristmill.prep import read_documents
+from gristmill.documents import read_documents
 docs = list(read_documents(sys.argv[1]))
 def slow():
     for d in docs:
@@ -380,6 +380,42 @@ def test_resume_after_sigkill(tmp_path, shared_data):
     assert outputs(out, "docs") == outputs(tmp_path / "ref", "docs")
     assert outputs(out, "removed") == outputs(tmp_path / "ref", "removed")
     assert report["removed"] == ref["removed"]
+
+
+_RSS_SCRIPT = """
+import json, resource, sys
+from gristmill.dedup import DedupConfig, dedup
+report = dedup([sys.argv[1]], sys.argv[2], DedupConfig(memory_limit=sys.argv[3], lines=True))
+print(json.dumps(report["outputs"]))
+"""
+
+
+def test_peak_memory_stays_within_the_limit(tmp_path):
+    """Peak RSS of a whole run (scan, resolve, apply) stays within memory_limit plus the
+    fixed overhead the dedup module documents, on a corpus larger than the limit."""
+    from gristmill.dedup import RSS_OVERHEAD
+
+    rng = random.Random(4)
+    vocab = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(5000)]
+    corpus = tmp_path / "in.jsonl"
+    with open(corpus, "w", encoding="utf-8") as f:
+        for i in range(4000):  # ~28 MB: 4,000 texts of 800 words, every third one twice
+            text = " ".join(rng.choices(vocab, k=800))
+            f.write(json.dumps({"id": str(i), "text": text}) + "\n")
+            if i % 3 == 0:
+                f.write(json.dumps({"id": f"{i}~copy", "text": text}) + "\n")
+    limit = 16 << 20
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RSS_SCRIPT, str(corpus), str(tmp_path / "out"), str(limit)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    assert status == 0, stderr.decode()
+    outputs = json.loads(stdout)
+    assert len(outputs["kept"]) > 1 and len(outputs["removed"]) > 1  # shards ended by bytes
+    peak = usage.ru_maxrss * 1024  # kilobytes on Linux
+    assert peak <= limit + RSS_OVERHEAD, f"peak RSS {peak >> 20} MB"
 
 
 def test_work_dir_refuses_another_configuration(tmp_path):

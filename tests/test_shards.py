@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from gristmill import Tokenizer
 from gristmill.cli import main as cli_main
-from gristmill.prep import Document, read_documents
+from gristmill.documents import Document, read_documents
 from gristmill.shards import (
     FORMAT,
     ShardDataset,
@@ -241,7 +241,7 @@ def test_core_jsonl_reader_resumes_a_killed_run(tmp_path, gpt2, paragraphs, part
     ],
 )
 def test_core_jsonl_reader_names_file_and_line(tmp_path, gpt2, body, line, what):
-    from gristmill.prep import InputFormatError
+    from gristmill.documents import InputFormatError
 
     src = tmp_path / "bad.jsonl"
     src.write_bytes(body)
@@ -587,12 +587,135 @@ def test_rewriting_with_other_settings_is_refused(small, gpt2, paragraphs):
         write_shards(paragraphs[:200], small, gpt2, shard_size=3_000)
 
 
+def _edit_manifest(d: Path, edit) -> None:
+    m = json.loads((d / "manifest.json").read_text())
+    edit(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+def _put_token(path: Path, at: int, token: int) -> None:
+    """Writes uint16 ``token`` at token ``at`` of a shard, header untouched."""
+    data = bytearray(path.read_bytes())
+    data[1024 + 2 * at : 1026 + 2 * at] = np.uint16(token).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_wrong_checksum_in_the_manifest_is_blamed_on_the_manifest(small):
+    def edit(m):
+        m["splits"]["train"]["shards"][1]["checksum"] = "xxh3-64:0123456789abcdef"
+
+    _edit_manifest(small, edit)
+    with pytest.raises(ShardFormatError) as e:
+        ShardDataset(small)
+    msg = str(e.value)
+    assert msg.startswith(f"{small / 'manifest.json'}: ") and "train_000001.idx" not in msg, msg
+    assert "checksum xxh3-64:0123456789abcdef for train_000001.bin" in msg, msg
+
+
+def test_wrong_checksum_in_the_index_is_blamed_on_the_index(small):
+    path = small / "train_000001.idx"
+    data = bytearray(path.read_bytes())
+    data[32] ^= 1  # the index's copy of the shard's checksum
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardFormatError, match=r"train_000001.idx: checksum at byte 32 is xxh3-64:\w+, "
+                                               r"but the tokens of .*train_000001.bin hash to"):
+        ShardDataset(small)
+
+
+@pytest.mark.parametrize("entry", ["file", "index"])
+@pytest.mark.parametrize("where", ["../outside.bin", "/abs/train_000000.bin", "sub/../../x.bin"])
+def test_manifest_entries_outside_the_dataset_are_refused(small, entry, where):
+    def edit(m):
+        m["splits"]["train"]["shards"][0][entry] = where
+
+    _edit_manifest(small, edit)
+    with pytest.raises(ShardFormatError) as e:
+        ShardDataset(small)
+    assert str(e.value) == (
+        f"{small / 'manifest.json'}: split \"train\" shard 0: {entry} \"{where}\" is outside the "
+        "dataset folder; entries must be paths relative to manifest.json, without '..'"
+    )
+
+
+def test_the_manifest_records_each_shards_largest_token(dataset):
+    for split in dataset.splits:
+        bounds = shard_bounds(dataset, split)
+        for i, entry in enumerate(dataset.manifest["splits"][split]["shards"]):
+            assert entry["max_token"] == int(dataset.tokens(split, bounds[i], bounds[i + 1]).max())
+
+
+def _out_of_vocab(small: Path, *, record: bool) -> str:
+    """Token 1234 of train_000001.bin becomes 50300; the manifest records it if ``record``,
+    else (an older manifest) records no largest token at all. Returns the shard's path."""
+    _put_token(small / "train_000001.bin", 1234, 50300)
+
+    def edit(m):
+        for s in m["splits"]["train"]["shards"]:
+            del s["max_token"]
+        if record:
+            m["splits"]["train"]["shards"][1]["max_token"] = 50300
+
+    _edit_manifest(small, edit)
+    return str(small / "train_000001.bin")
+
+
+@pytest.mark.parametrize("record", [True, False])
+def test_tokens_outside_the_model_vocab_are_named(small, record):
+    ShardDataset(small).check(vocab_size=50257)  # gpt2's own: fine
+    path = _out_of_vocab(small, record=record)
+    ds = ShardDataset(small)
+    largest = "largest recorded 50300" if record else "largest in the shard 50300"
+    with pytest.raises(ShardFormatError) as e:
+        ds.check(vocab_size=50257)
+    assert str(e.value) == (
+        f"{path}: token id 50300 at token 1234 ({largest}) is outside the model's vocabulary "
+        "of 50257; retokenize with the model's tokenizer or use a model with a larger vocab"
+    )
+    ds.check(vocab_size=50301)
+
+
+def test_verify_catches_a_manifest_that_misstates_the_largest_token(small):
+    def edit(m):
+        m["splits"]["train"]["shards"][0]["max_token"] = 7
+
+    _edit_manifest(small, edit)
+    ds = ShardDataset(small)
+    ds.check(vocab_size=50257)  # what is recorded is trusted without verify
+    with pytest.raises(ShardFormatError, match=r"manifest.json: lists 7 as the largest token of "
+                                               r".*train_000000.bin, the file's largest is \d+"):
+        ds.check(vocab_size=50257, verify=True)
+
+
+TRAIN_TINY = {"model": "tiny", "n_layer": 1, "n_embd": 32, "block_size": 32, "batch_size": 2,
+              "max_steps": 1, "eval_interval": 1, "eval_batches": 1, "progress": False,
+              "plot": False, "device": "cpu"}
+
+
+def test_train_checks_the_data_before_step_0(small, tmp_path_factory, capsys):
+    pytest.importorskip("torch")
+    from gristmill.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    path = _out_of_vocab(small, record=True)
+    with pytest.raises(ShardFormatError, match=f"^{path}: token id 50300 at token 1234"):
+        train(data=str(small), out_dir=str(out), **TRAIN_TINY)
+    assert not list(out.glob("ckpt-*"))
+    # A damaged byte (tokens in range) is found by --verify, before any step.
+    _put_token(small / "train_000001.bin", 1234, 11)
+    flags = [f"--{k}={v}" for k, v in TRAIN_TINY.items()]
+    assert cli_main(["train", f"--data={small}", f"--out_dir={out}", "--verify", *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gristmill train: error: ") and err.count("\n") == 1, err
+    assert "train_000001.bin: checksum of bytes 1024..5024" in err, err
+    assert not list(out.glob("ckpt-*"))
+
+
 KILLED_WRITER = textwrap.dedent(
     """
     import itertools, os, signal, sys, time
     import gristmill.shards as shards
     from gristmill import Tokenizer
-    from gristmill.prep import read_documents
+    from gristmill.documents import read_documents
 
     src, out, kill_at, delay = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     shards._BATCH_DOCS = 50

@@ -321,3 +321,99 @@ def test_cli_encode(tmp_path):
     out = subprocess.run([sys.executable, "-m", "gristmill", "encode", str(tmp_path / "missing.txt")],
                          capture_output=True, text=True)
     assert out.returncode == 1 and "missing.txt" in out.stderr and "Traceback" not in out.stderr
+
+
+# ---- one-line errors (issue 18) and Tokenizer.resolve (issue 19) ------------------------------
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32, 2**70])
+def test_decode_of_an_impossible_id_names_it(bad):
+    tok = Tokenizer.from_name("gpt2")
+    for call in (lambda: tok.decode([31373, bad]), lambda: tok.decode_bytes([bad]),
+                 lambda: tok.decode_single_token_bytes(bad), lambda: tok.decode_tokens_bytes([bad])):
+        with pytest.raises(TokenizerError, match=rf"token id {bad} is not in the vocabulary"):
+            call()
+
+
+def test_not_utf8_tokenizer_files_name_the_real_line(tmp_path):
+    first = tmp_path / "first.tiktoken"
+    first.write_bytes(b"\xff\xfe 0\n")
+    with pytest.raises(TokenizerError, match=r"first.tiktoken: line 1: "):
+        Tokenizer.from_tiktoken_file(first)
+    third = tmp_path / "third.tiktoken"
+    third.write_bytes(b"IQ== 0\nIg== 1\n\xff 2\n")
+    with pytest.raises(TokenizerError, match=r"third.tiktoken: line 3: "):
+        Tokenizer.from_tiktoken_file(third)
+
+
+def test_hf_json_errors_never_say_line_0(tmp_path):
+    hf = tmp_path / "tokenizer.json"
+    hf.write_text(json.dumps({"model": {"type": "WordPiece"}}))
+    with pytest.raises(TokenizerError, match=r"tokenizer.json: .*model.type") as e:
+        Tokenizer.from_hf_json(hf)
+    assert "line 0" not in str(e.value)
+    tok = Tokenizer.from_name("gpt2")
+    tok.save_hf_json(hf)
+    doc = json.loads(hf.read_text())
+    doc["model"]["merges"][2] = "no-space-here"
+    hf.write_text(json.dumps(doc))
+    with pytest.raises(TokenizerError, match=r"tokenizer.json: model.merges\[2\]") as e:
+        Tokenizer.from_hf_json(hf)
+    assert "line 0" not in str(e.value)
+
+
+def test_empty_tiktoken_file_is_named(tmp_path):
+    empty = tmp_path / "empty.tiktoken"
+    empty.write_bytes(b"")
+    with pytest.raises(TokenizerError, match=r"empty.tiktoken: .*no tokens"):
+        Tokenizer.from_tiktoken_file(empty)
+    with pytest.raises(TokenizerError, match=r"empty.tiktoken: .*no tokens"):
+        Tokenizer.load(empty)
+
+
+def test_bad_tokenizer_config_is_a_tokenizer_error_naming_file_and_place(tmp_path):
+    d = tmp_path / "tok"
+    Tokenizer.from_name("gpt2").save(d, hf_json=False)
+    cfg = d / "tokenizer_config.json"
+    cfg.write_text('{"name": "x",\n "pattern": gpt2}\n')
+    with pytest.raises(TokenizerError, match=r"tokenizer_config.json: line 2: invalid JSON"):
+        Tokenizer.load(d)
+    cfg.write_text(json.dumps({"name": "x", "pattern": "gpt2"}))
+    with pytest.raises(TokenizerError, match=r"tokenizer_config.json: .*special_tokens"):
+        Tokenizer.load(d)
+    cfg.write_text(json.dumps({"pattern": "gpt2", "special_tokens": ["<|endoftext|>"]}))
+    with pytest.raises(TokenizerError, match=r"tokenizer_config.json: .*special_tokens"):
+        Tokenizer.load(d)
+    cfg.write_text("[1, 2]")
+    with pytest.raises(TokenizerError, match=r"tokenizer_config.json: .*object"):
+        Tokenizer.load(d)
+
+
+def test_resolve_names_paths_and_tokenizers(tmp_path, shared_data):
+    gpt2 = Tokenizer.resolve("gpt2")
+    assert gpt2.name == "gpt2" and Tokenizer.resolve(gpt2) is gpt2
+    assert Tokenizer.resolve("r50k_base").fingerprint == gpt2.fingerprint
+    saved = gpt2.save(tmp_path / "saved")
+    for spec in (saved, str(saved), saved / "tokenizer.tiktoken", saved / "tokenizer.json"):
+        assert Tokenizer.resolve(spec).encode("hello world") == [31373, 995], spec
+    assert Tokenizer.resolve(shared_data / "gpt2.tiktoken").n_vocab == 50257
+    # A Hugging Face model folder: tokenizer.json, or GPT-2's vocab.json + merges.txt.
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    gpt2.save_hf_json(hf / "tokenizer.json")
+    (hf / "tokenizer_config.json").write_text('{"model_max_length": 1024}')  # HF's own, not ours
+    assert Tokenizer.resolve(hf).fingerprint == gpt2.fingerprint
+
+
+def test_resolve_refuses_what_it_cannot_find(tmp_path):
+    with pytest.raises(TokenizerError, match=r"unknown tokenizer 'nope'.*gpt2"):
+        Tokenizer.resolve("nope")
+    with pytest.raises(TokenizerError, match=r"missing/tok.tiktoken: no such tokenizer file"):
+        Tokenizer.resolve(tmp_path / "missing" / "tok.tiktoken")
+    with pytest.raises(TokenizerError, match=r"missing/tok.tiktoken: no such tokenizer file"):
+        Tokenizer.resolve(str(tmp_path / "missing" / "tok.tiktoken"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TokenizerError, match=r"empty: no tokenizer in this folder.*tokenizer.tiktoken"):
+        Tokenizer.resolve(tmp_path / "empty")
+    with pytest.raises(TypeError, match="a tokenizer name, a path or a Tokenizer"):
+        Tokenizer.resolve(3)

@@ -10,7 +10,8 @@ import os as _os
 from gristmill import _core
 from gristmill._core import FilterConfigError, TokenizerError
 from gristmill.dedup import DedupConfig, DedupError, dedup
-from gristmill.prep import InputFormatError, PrepConfig, prep, read_documents
+from gristmill.documents import Document, InputFormatError, read_documents
+from gristmill.prep import PrepConfig, prep
 from gristmill.shards import BatchSampler, ShardDataset, ShardFormatError, write_shards
 from gristmill.tokenizer import Tokenizer, split_pieces
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from gristmill import __version__
+from gristmill.defaults import SAMPLE, TOKENIZE, TOKENIZER
 
 
 def _ray_engine(command: str):
@@ -147,19 +148,21 @@ def _add_tokenize(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or directories of documents")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="the dataset directory")
     p.add_argument(
-        "--tokenizer", "-t", default="gpt2",
+        "--tokenizer", "-t", default=TOKENIZE["tokenizer"],
         help="built-in name (gpt2) or a saved tokenizer directory / .tiktoken / tokenizer.json",
     )
-    p.add_argument("--shard-size", type=int, default=100_000_000, metavar="N", help="tokens per shard")
+    p.add_argument("--shard-size", type=int, default=TOKENIZE["shard_size"], metavar="N",
+                   help="tokens per shard")
     val = p.add_mutually_exclusive_group()
-    val.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+    val.add_argument("--val-fraction", type=float, default=TOKENIZE["val_fraction"], metavar="F",
                      help="fraction of documents for the val split, spread evenly")
     val.add_argument("--val-docs", type=int, default=None, metavar="N",
                      help="the first N documents go to the val split")
-    p.add_argument("--text-field", default="text", help="the text's field in jsonl/parquet records")
-    p.add_argument("--eot", choices=("append", "prepend"), default="append",
-                   help="put end-of-text after each document (default) or before it (llm.c)")
-    p.add_argument("--txt-mode", choices=("file", "paragraphs"), default="file",
+    p.add_argument("--text-field", default=TOKENIZE["text_field"],
+                   help="the text's field in jsonl/parquet records")
+    p.add_argument("--eot", choices=("append", "prepend"), default=TOKENIZE["eot"],
+                   help="put end-of-text after each document or before it (llm.c)")
+    p.add_argument("--txt-mode", choices=("file", "paragraphs"), default=TOKENIZE["txt_mode"],
                    help=".txt inputs: one document per file, or per blank-line-separated block")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_engine_args(p)
@@ -299,19 +302,21 @@ def _add_dedup(sub) -> None:
     p.add_argument("--lines", action="store_true", help="C4 line dedup: a shared line kept in one document")
     p.add_argument("--spans", action="store_true", help="3-sentence span dedup (datatrove style)")
     p.add_argument("--minhash", action="store_true", help="near-duplicates by MinHash LSH")
-    p.add_argument("--bands", type=int, default=14, help="LSH bands (default 14)")
-    p.add_argument("--rows", type=int, default=8, help="rows per band (default 8)")
-    p.add_argument("--ngram", type=int, default=5, help="words per shingle (default 5)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the MinHash permutations")
+    from gristmill.dedup import DedupConfig as D  # its defaults are the command's
+
+    p.add_argument("--bands", type=int, default=D.bands, help="LSH bands")
+    p.add_argument("--rows", type=int, default=D.rows, help="rows per band")
+    p.add_argument("--ngram", type=int, default=D.ngram, help="words per shingle")
+    p.add_argument("--seed", type=int, default=D.seed, help="seed of the MinHash permutations")
     p.add_argument(
         "--threshold", type=float, default=None,
         help="also require this Jaccard similarity (estimated from signatures) for a merge",
     )
-    p.add_argument("--memory-limit", default="1GB", help="index memory before spilling to disk (default 1GB)")
+    p.add_argument("--memory-limit", default=D.memory_limit, help="index memory before spilling to disk")
     p.add_argument("--work-dir", default=None, help="indexes and checkpoints (default DIR/.dedup-work)")
-    p.add_argument("--format", default="jsonl.zst", choices=("jsonl.zst", "jsonl", "parquet"))
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--id-field", default="id")
+    p.add_argument("--format", default=D.fmt, choices=("jsonl.zst", "jsonl", "parquet"), help="output format")
+    p.add_argument("--text-field", default="text", help="field holding the text")
+    p.add_argument("--id-field", default="id", help="field holding the id")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_engine_args(p)
     p.set_defaults(func=_run_dedup)
@@ -366,15 +371,16 @@ def _add_tokenizer(sub) -> None:
     )
     t.add_argument("files", nargs="+", metavar="FILE", help="input files or directories")
     t.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
-    t.add_argument("--vocab-size", type=int, default=32768,
-                   help="ids in all: 256 bytes + merges + special tokens (default 32768)")
-    t.add_argument("--pattern", default="gpt2",
-                   help="pre-tokenizer: gpt2, cl100k, o200k or a regex (default gpt2)")
+    t.add_argument("--vocab-size", type=int, default=TOKENIZER["vocab_size"],
+                   help="ids in all: 256 bytes + merges + special tokens")
+    t.add_argument("--pattern", default=TOKENIZER["pattern"],
+                   help="pre-tokenizer: gpt2, cl100k, o200k or a regex")
     t.add_argument("--special-token", action="append", dest="special_tokens", metavar="TOKEN",
                    help="a special token (repeatable; default <|endoftext|>), ids after the merges")
-    t.add_argument("--min-frequency", type=int, default=2,
-                   help="never merge pairs seen fewer times (default 2)")
-    t.add_argument("--text-field", default="text", help="text field of jsonl/parquet records")
+    t.add_argument("--min-frequency", type=int, default=TOKENIZER["min_frequency"],
+                   help="never merge pairs seen fewer times")
+    t.add_argument("--text-field", default=TOKENIZER["text_field"],
+                   help="text field of jsonl/parquet records")
     t.add_argument("--name", help="tokenizer name (default: the output directory's name)")
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     t.set_defaults(func=_run_tokenizer_train)
@@ -382,7 +388,6 @@ def _add_tokenizer(sub) -> None:
 
 
 def _run_tokenizer_train(args) -> int:
-    from gristmill.tokenizer import ENDOFTEXT
     from gristmill.tokenizer_train import format_stats, train_tokenizer
 
     out = Path(args.output)
@@ -390,7 +395,7 @@ def _run_tokenizer_train(args) -> int:
         [Path(f) for f in args.files],
         args.vocab_size,
         args.pattern,
-        args.special_tokens if args.special_tokens is not None else [ENDOFTEXT],
+        args.special_tokens if args.special_tokens is not None else list(TOKENIZER["special_tokens"]),
         min_frequency=args.min_frequency,
         progress=not args.quiet,
         name=args.name or out.resolve().name,
@@ -485,20 +490,20 @@ def _add_sample(sub) -> None:
     p.add_argument("--prompt", "-p", action="append", default=None,
                    help="prompt text (repeat for a batch); default: end-of-text")
     p.add_argument("--prompt-file", type=Path, help="a file whose whole text is one prompt")
-    p.add_argument("--max-new-tokens", "-n", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--frequency-penalty", type=float, default=0.0)
-    p.add_argument("--presence-penalty", type=float, default=0.0)
-    p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", "-n", type=int, default=SAMPLE["max_new_tokens"], help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=SAMPLE["temperature"], help="0: greedy")
+    p.add_argument("--top-k", type=int, default=SAMPLE["top_k"], help="keep the k most likely (0: off)")
+    p.add_argument("--top-p", type=float, default=SAMPLE["top_p"], help="nucleus sampling")
+    p.add_argument("--min-p", type=float, default=SAMPLE["min_p"], help="drop tokens below min-p x the top one")
+    p.add_argument("--repetition-penalty", type=float, default=SAMPLE["repetition_penalty"], help=">1 discourages repeats")
+    p.add_argument("--frequency-penalty", type=float, default=SAMPLE["frequency_penalty"], help="per earlier occurrence")
+    p.add_argument("--presence-penalty", type=float, default=SAMPLE["presence_penalty"], help="once per token seen")
+    p.add_argument("--num-beams", type=int, default=SAMPLE["num_beams"], help="beam search when > 1")
+    p.add_argument("--length-penalty", type=float, default=SAMPLE["length_penalty"], help="beam scores / length ** this")
     p.add_argument("--early-stopping", choices=["false", "true", "never"], default="false")
     p.add_argument("--num-samples", type=int, default=1, help="completions per prompt")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=SAMPLE["seed"], help="random seed (default: unseeded)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-stream", action="store_true", help="print each completion when done")
     p.set_defaults(func=_run_sample)
@@ -607,8 +612,30 @@ def _run_eval(args) -> int:
     return 0
 
 
+class _ShowDefaults(argparse.HelpFormatter):
+    """Adds "(default: X)" to each option's help, from the value argparse will use (which
+    comes from gristmill.defaults or the stage's config), unless the help already says."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = action.option_strings and not (
+            default is None or default is False or default is argparse.SUPPRESS)
+        if shown and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub-)command's parser: shows the defaults in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _ShowDefaults)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gristmill",
         description="From raw web text to a trained GPT: prep, tokenizer, tokenize, train, sample.",
     )

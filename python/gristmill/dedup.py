@@ -20,7 +20,6 @@ duplicates; for a shared line, the document whose id hashes lowest (as C4 does w
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,7 +30,9 @@ from typing import Any, Callable, Union
 
 from gristmill import _core
 from gristmill._core import DedupError
-from gristmill.prep import Document, DocumentWriter, PathLike, batched, read_documents
+from gristmill.documents import Document, DocumentWriter, PathLike, batched, read_documents
+from gristmill.progress import progress_bar
+from gristmill.storage import write_json_atomic
 
 __all__ = [
     "DedupConfig",
@@ -199,25 +200,6 @@ def _documents(inputs: Source, text_field: str, id_field: str) -> Iterator[Docum
     return read_documents(inputs, text_field=text_field, id_field=id_field)
 
 
-def _write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _progress(enabled: bool, desc: str, total: int | None = None, initial: int = 0):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is in the prep extra
-        return None
-    return tqdm(total=total, initial=initial, desc=desc, unit="doc", dynamic_ncols=True)
-
-
 def _clean_work_dir(work: Path) -> None:
     for p in work.iterdir():
         if p.is_file() and _WORK_FILES.match(p.name):
@@ -293,7 +275,7 @@ def dedup(
     scanner = _core.DedupScanner(str(work), cfg.core_json(), memory, cfg.checkpoint_docs)
     if not scanner.finished:
         start = scanner.docs_done
-        bar = _progress(progress, "dedup scan", initial=start)
+        bar = progress_bar(progress, desc="dedup scan", initial=start, unit="doc")
         docs = islice(_documents(inputs, text_field, id_field), start, None)
         for batch in batched(docs, cfg.batch_size):
             scanner.add_batch(start, [d.id for d in batch], [d.text for d in batch])
@@ -332,7 +314,7 @@ def dedup(
     total = applier.total
     shard_docs = state["shard_docs"]  # as the interrupted run cut them, if there was one
     start = state["shards_done"] * shard_docs
-    bar = _progress(progress, "dedup apply", total=total, initial=start)
+    bar = progress_bar(progress, desc="dedup apply", total=total, initial=start, unit="doc")
     docs = islice(_documents(inputs, text_field, id_field), start, None)
     for shard in batched(docs, shard_docs):
         index = state["shards_done"]
@@ -361,7 +343,7 @@ def dedup(
         state["kept_files"] += [p.name for p in kept.paths]
         state["removed_files"] += [p.name for p in removed.paths]
         state["shards_done"] = index + 1
-        _write_json_atomic(state_path, state)
+        write_json_atomic(state_path, state)
     if bar is not None:
         bar.close()
     if start != total:
@@ -396,7 +378,7 @@ def dedup(
         "seconds": {k: round(v, 3) for k, v in timings.items()},
         "config": cfg.core_dict(),
     }
-    _write_json_atomic(report_path, report)
+    write_json_atomic(report_path, report)
     if not keep_work:
         _clean_work_dir(work)
     return report

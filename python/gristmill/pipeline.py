@@ -33,6 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from gristmill.defaults import SAMPLE, TOKENIZE, TOKENIZER
+
 PathLike = Union[str, "os.PathLike[str]"]
 STAGES = ("prep", "tokenizer", "tokenize", "train", "sample")
 
@@ -141,16 +143,18 @@ def _stage_tokenizer(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) 
 
     t0 = time.perf_counter()
     texts = (d.text for d in read_documents(clean_documents(dirs["prep"])))
+    s = {**TOKENIZER, **s}  # a setting left out means what it means everywhere
     tok = Tokenizer.train(
         texts,
-        vocab_size=s.get("vocab_size", 4096),
-        pattern=s.get("pattern", "gpt2"),
-        special_tokens=tuple(s.get("special_tokens", ["<|endoftext|>"])),
+        vocab_size=int(s["vocab_size"]),
+        pattern=s["pattern"],
+        special_tokens=tuple(s["special_tokens"]),
+        min_frequency=int(s["min_frequency"]),
         progress=progress,
         name=s.get("name", "tokenizer"),
     )
     tok.save(out)
-    return {"n_vocab": tok.n_vocab, "pattern": s.get("pattern", "gpt2"),
+    return {"n_vocab": tok.n_vocab, "pattern": s["pattern"],
             "seconds": round(time.perf_counter() - t0, 2), "fingerprint": tok.fingerprint}
 
 
@@ -159,8 +163,9 @@ def _stage_tokenize(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -
     from gristmill.shards import ShardDataset, write_shards
 
     t0 = time.perf_counter()
-    settings = {"shard_size": int(s.get("shard_size", 100_000_000)),
-                "val_fraction": float(s.get("val_fraction", 0.05)), "progress": progress}
+    settings = {"shard_size": int(s.get("shard_size", TOKENIZE["shard_size"])),
+                "val_fraction": float(s.get("val_fraction", TOKENIZE["val_fraction"])),
+                "progress": progress}
     if cfg.get("engine", "local") == "ray":  # the same dataset, encoded on a Ray cluster
         from gristmill import ray_engine
 
@@ -188,8 +193,9 @@ def _stage_sample(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> 
     prompts = s.get("prompts", ["\n"])
     texts = sample_text(
         dirs["train"], prompts,
-        max_new_tokens=int(s.get("max_new_tokens", 200)), temperature=float(s.get("temperature", 0.8)),
-        top_k=s.get("top_k", 50), seed=int(s.get("seed", 1337)),
+        max_new_tokens=int(s.get("max_new_tokens", SAMPLE["max_new_tokens"])),
+        temperature=float(s.get("temperature", SAMPLE["temperature"])),
+        top_k=int(s.get("top_k", SAMPLE["top_k"])), seed=s.get("seed", SAMPLE["seed"]),
     )
     body = "".join(f"=== prompt: {p!r}\n{p}{t}\n\n" for p, t in zip(prompts, texts))
     tmp = out / ".samples.txt.tmp"

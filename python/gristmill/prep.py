@@ -1,392 +1,34 @@
-"""Corpus preparation: reading and writing documents, and the filter + dedup pipeline.
+"""Corpus preparation: the filter + dedup pipeline over documents.
 
-Readers stream: memory stays bounded whatever the corpus size. The per-document work
-(cleaning, quality filters, dedup) runs in the Rust core.
+The per-document work (cleaning, quality filters, dedup) runs in the Rust core; reading and
+writing documents is :mod:`gristmill.documents`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
-import io
 import itertools
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
 
-if TYPE_CHECKING:  # annotations only: typing_extensions is not a dependency
-    from typing_extensions import Self
-
-from gristmill.storage import UrlPath, as_path
-
-PathLike = Union[str, "os.PathLike[str]"]
-
-
-@dataclass
-class Document:
-    """One document: its id, its text and any other fields of its record."""
-
-    id: str
-    text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-class InputFormatError(ValueError):
-    """A record that cannot be read; the message names the file and the line or row."""
-
-
-def _open_binary(path: Path) -> io.BufferedIOBase:
-    if isinstance(path, UrlPath):
-        return path.open_binary()
-    name = path.name
-    if name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if name.endswith(".zst"):
-        try:
-            import zstandard
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                f"{path}: reading .zst needs zstandard: pip install 'gristmill[prep]'"
-            ) from e
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
-    return open(path, "rb")
-
-
-class _BadRecords:
-    """Raises on a bad record, or (with ``skip``) counts it and lets the reader go on."""
-
-    def __init__(self, skip: bool, sink: list | None):
-        self.skip, self.sink = skip, sink
-
-    def __call__(self, message: str) -> None:
-        if not self.skip:
-            raise InputFormatError(message)
-        if self.sink is not None:
-            self.sink.append(message)
-
-
-def _decode(raw: bytes, path: Path, lineno: int, bad: _BadRecords) -> str | None:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        bad(f"{path}: line {lineno}: invalid UTF-8 at byte {e.start} of the line ({e.reason})")
-        return None
-
-
-def _read_jsonl(path: Path, text_field: str, id_field: str, bad: _BadRecords) -> Iterator[Document]:
-    seen_any = False
-    with _open_binary(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            seen_any = True
-            line = _decode(raw, path, lineno, bad)
-            if line is None or not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad(f"{path}: line {lineno}: invalid JSON ({e.msg} at column {e.colno})")
-                continue
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                found = type(record.get(text_field)).__name__ if isinstance(record, dict) else "no object"
-                bad(
-                    f"{path}: line {lineno}: expected an object with a string field "
-                    f"{text_field!r}, found {found if found != 'NoneType' else 'none'}"
-                )
-                continue
-            text = record.pop(text_field)
-            doc_id = record.pop(id_field, None)
-            yield Document(str(doc_id) if doc_id is not None else f"{path.name}:{lineno}", text, record)
-    if not seen_any:
-        bad(f"{path}: line 1: empty file, expected JSON lines")
-
-
-def _read_parquet(
-    path: Path, text_field: str, id_field: str, bad: _BadRecords, batch_size: int = 1024
-) -> Iterator[Document]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as e:  # pragma: no cover
-        raise ImportError(f"{path}: reading parquet needs pyarrow: pip install 'gristmill[prep]'") from e
-    pf = pq.ParquetFile(path.open_random() if isinstance(path, UrlPath) else path)
-    if text_field not in pf.schema_arrow.names:
-        raise InputFormatError(f"{path}: no column {text_field!r} (columns: {pf.schema_arrow.names})")
-    row = 0
-    for batch in pf.iter_batches(batch_size=batch_size):
-        for record in batch.to_pylist():
-            row += 1
-            text = record.pop(text_field)
-            if not isinstance(text, str):
-                bad(f"{path}: row {row}: {text_field!r} is not a string")
-                continue
-            doc_id = record.pop(id_field, None)
-            yield Document(str(doc_id) if doc_id is not None else f"{path.name}:{row}", text, record)
-
-
-def _read_txt(path: Path, split_paragraphs: bool, bad: _BadRecords) -> Iterator[Document]:
-    with _open_binary(path) as f:
-        data = f.read()
-    if not data:
-        bad(f"{path}: line 1: empty file")
-        return
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        bad(f"{path}: line {line}: invalid UTF-8 at byte {e.start} ({e.reason})")
-        return
-    if not split_paragraphs:
-        yield Document(path.name, text)
-        return
-    block: list[str] = []
-    n = 0
-    for line in text.splitlines(keepends=True):
-        if line.strip():
-            block.append(line)
-        elif block:
-            n += 1
-            yield Document(f"{path.name}:{n}", "".join(block).rstrip("\n"))
-            block = []
-    if block:
-        n += 1
-        yield Document(f"{path.name}:{n}", "".join(block).rstrip("\n"))
-
-
-def _is_hf_dataset(obj: Any) -> bool:
-    return type(obj).__module__.startswith("datasets.") and hasattr(obj, "features")
-
-
-def _read_hf(ds: Any, text_field: str, id_field: str, bad: _BadRecords) -> Iterator[Document]:
-    """Rows of a Hugging Face ``Dataset`` or ``IterableDataset`` (streamed, row by row)."""
-    name = getattr(getattr(ds, "info", None), "dataset_name", None) or "dataset"
-    for row_no, record in enumerate(ds, 1):
-        record = dict(record)
-        text = record.pop(text_field, None)
-        if not isinstance(text, str):
-            bad(f"{name}: row {row_no}: expected a string field {text_field!r}")
-            continue
-        doc_id = record.pop(id_field, None)
-        yield Document(str(doc_id) if doc_id is not None else f"{name}:{row_no}", text, record)
-
-
-_DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".parquet", ".txt", ".text", ".md")
-
-
-def _document_files(directory: Path) -> list[Path]:
-    """The data files under ``directory``, in sorted order. Hidden entries, gristmill's own
-    bookkeeping (reports, manifests, state) and removed documents (``removed/`` folders and
-    ``removed-*`` shards, which prep and dedup write beside the kept ones) are skipped, so a
-    prep or dedup output folder reads as its kept documents."""
-    files = []
-    found = directory.files(recursive=True) if isinstance(directory, UrlPath) else sorted(directory.rglob("*"))
-    for q in found:
-        rel = q.relative_to(directory).parts
-        if not isinstance(q, UrlPath) and not q.is_file() or any(part.startswith(".") or part == "removed" for part in rel):
-            continue
-        name = q.name.lower()
-        base = name[:-4] if name.endswith(".zst") else name[:-3] if name.endswith(".gz") else name
-        if name.startswith("removed-") or not base.endswith(_DATA_SUFFIXES):
-            continue
-        if base.endswith(".json") and base.endswith(("report.json", "manifest.json", "state.json", "stage.json")):
-            continue
-        files.append(q)
-    return files
-
-
-def read_documents(
-    paths: PathLike | Iterable[PathLike] | Any,
-    *,
-    text_field: str = "text",
-    id_field: str = "id",
-    txt_mode: str = "file",
-    skip_bad: bool = False,
-    bad_records: list | None = None,
-) -> Iterator[Document]:
-    """Streams documents from files or a Hugging Face dataset, in order.
-
-    Formats by extension: ``.jsonl``/``.json`` (one object per line; also ``.gz``/``.zst``
-    compressed), ``.parquet``, and ``.txt`` (one document per file, or per blank-line-separated
-    block with ``txt_mode="paragraphs"``). Fields other than text and id are kept as metadata.
-    Directories are read recursively in sorted order, skipping hidden files, reports and
-    removed documents (a prep output folder with dedup on holds the filtered shards and, in
-    ``deduped/``, the final ones: read the latter, or use :func:`clean_documents`). A ``datasets.Dataset`` or
-    ``IterableDataset`` (or a list of them) is read row by row.
-
-    Args:
-        paths: files, directories, or Hugging Face datasets.
-        text_field, id_field: the record fields holding the text and the id.
-        txt_mode: ``"file"`` or ``"paragraphs"`` for ``.txt`` input.
-        skip_bad: skip bad records (malformed JSON, missing text, invalid UTF-8, empty files)
-            instead of raising; their messages are appended to ``bad_records``.
-
-    Raises:
-        InputFormatError: naming the file and line (or row) of a bad record.
-        FileNotFoundError: for a missing path.
-
-    >>> next(read_documents(["missing.jsonl"]))
-    Traceback (most recent call last):
-    ...
-    FileNotFoundError: missing.jsonl: no such file or directory
-    """
-    if isinstance(paths, (str, os.PathLike)) or _is_hf_dataset(paths):
-        paths = [paths]
-    if txt_mode not in ("file", "paragraphs"):
-        raise ValueError(f"txt_mode must be 'file' or 'paragraphs', not {txt_mode!r}")
-    bad = _BadRecords(skip_bad, bad_records)
-    for p in paths:
-        if _is_hf_dataset(p):
-            yield from _read_hf(p, text_field, id_field, bad)
-            continue
-        path = as_path(p)
-        if path.is_dir():
-            files = _document_files(path)
-            yield from read_documents(
-                files, text_field=text_field, id_field=id_field, txt_mode=txt_mode,
-                skip_bad=skip_bad, bad_records=bad_records,
-            )
-            continue
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or directory")
-        name = path.name.lower()
-        for suffix in (".gz", ".zst"):
-            name = name.removesuffix(suffix)
-        if name.endswith((".jsonl", ".json", ".ndjson")):
-            yield from _read_jsonl(path, text_field, id_field, bad)
-        elif name.endswith(".parquet"):
-            yield from _read_parquet(path, text_field, id_field, bad)
-        elif name.endswith((".txt", ".text", ".md")):
-            yield from _read_txt(path, txt_mode == "paragraphs", bad)
-        else:
-            raise InputFormatError(f"{path}: unknown format (expected .txt, .jsonl[.gz|.zst] or .parquet)")
-
-
-def _atomic_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _shard_bytes(docs: list[Document], fmt: str) -> bytes:
-    """The bytes of one shard of ``docs`` in ``fmt`` (jsonl, jsonl.zst or parquet)."""
-    records = [{"id": d.id, "text": d.text, **d.metadata} for d in docs]
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(records), sink)
-        return sink.getvalue().to_pybytes()
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-    if fmt == "jsonl.zst":
-        import zstandard
-
-        data = zstandard.ZstdCompressor(level=3).compress(data)
-    return data
-
-
-class DocumentWriter:
-    """Writes documents to numbered shards ``<prefix>-00000.jsonl.zst`` (or ``.parquet``).
-
-    Each shard is written to a temporary name and renamed into place when complete, so a
-    crashed run never leaves a half shard that reads as whole; ``existing_shards`` tells a
-    rerun which shards are already done.
-
-    >>> with DocumentWriter("out", docs_per_shard=2) as w:  # doctest: +SKIP
-    ...     w.write(Document("a", "hello"))
-    """
-
-    def __init__(
-        self,
-        directory: PathLike,
-        prefix: str = "docs",
-        docs_per_shard: int = 100_000,
-        fmt: str = "jsonl.zst",
-        start_shard: int = 0,
-    ):
-        if fmt not in ("jsonl.zst", "jsonl", "parquet"):
-            raise ValueError(f"format must be jsonl.zst, jsonl or parquet, not {fmt!r}")
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.prefix, self.docs_per_shard, self.fmt = prefix, docs_per_shard, fmt
-        self.shard_index = start_shard
-        self.paths: list[Path] = []
-        self._pending: list[Document] = []
-
-    @property
-    def pending(self) -> int:
-        """Documents written but not yet in a finished shard."""
-        return len(self._pending)
-
-    def shard_path(self, index: int) -> Path:
-        return self.directory / f"{self.prefix}-{index:05d}.{self.fmt}"
-
-    def write(self, doc: Document) -> None:
-        self._pending.append(doc)
-        if len(self._pending) >= self.docs_per_shard:
-            self.flush()
-
-    def flush(self) -> None:
-        """Writes the pending documents as one complete shard."""
-        if not self._pending:
-            return
-        path = self.shard_path(self.shard_index)
-        tmp = _atomic_path(path)
-        if self.fmt == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            records = [{"id": d.id, "text": d.text, **d.metadata} for d in self._pending]
-            pq.write_table(pa.Table.from_pylist(records), tmp)
-        else:
-            data = _shard_bytes(self._pending, self.fmt)
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self.paths.append(path)
-        self.shard_index += 1
-        self._pending = []
-
-    def close(self) -> None:
-        self.flush()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type, *_) -> None:
-        # On error, pending documents are dropped rather than written as if complete.
-        if exc_type is None:
-            self.close()
-
-
-def iter_texts(docs: Iterable[Document | str | dict], text_field: str = "text") -> Iterator[str]:
-    """Texts from documents, plain strings, or dict records (e.g. a Hugging Face dataset)."""
-    for d in docs:
-        if isinstance(d, str):
-            yield d
-        elif isinstance(d, Document):
-            yield d.text
-        else:
-            yield d[text_field]
-
-
-def batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
-    """Lists of up to ``n`` items, in order."""
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-
+from gristmill.documents import (  # noqa: F401  (Document, InputFormatError, read_documents: re-exported)
+    Document,
+    DocumentWriter,
+    InputFormatError,
+    PathLike,
+    batched,
+    is_hf_dataset,
+    read_documents,
+)
+from gristmill.progress import progress_bar
+from gristmill.storage import UrlPath, as_path, write_atomic, write_json_atomic
 
 # ---- the filter pipeline --------------------------------------------------------------------
 
@@ -562,7 +204,7 @@ class FilterPipeline:
         return outcomes, json.loads(stats)
 
 
-def _sort_outcomes(
+def sort_outcomes(
     docs: list[Document], outcomes: list[Any], counts: dict[str, Any], examples_per_rule: int,
     earlier_examples: dict[str, list] | None = None,
 ) -> tuple[list[Document], list[Document]]:
@@ -595,7 +237,7 @@ def _sort_outcomes(
     return kept, removed
 
 
-def _add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
+def add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
     for key, value in part.items():
         if key == "rules":
             rules = total.setdefault("rules", {})
@@ -607,24 +249,11 @@ def _add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
             total[key] = total.get(key, 0) + value
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    if isinstance(path, UrlPath):
-        path.write_atomic((json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-        return
-    tmp = _atomic_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fingerprint(inputs: list[Any], config: PrepConfig, specs: list[dict[str, Any]]) -> str:
+def run_fingerprint(inputs: list[Any], config: PrepConfig, specs: list[dict[str, Any]]) -> str:
     """Identifies a run: the inputs (path, size, mtime) and every setting that shapes output."""
     described = []
     for p in inputs:
-        if _is_hf_dataset(p):
+        if is_hf_dataset(p):
             described.append(["dataset", getattr(p, "_fingerprint", None) or repr(p)])
             continue
         path = as_path(p)
@@ -641,7 +270,7 @@ def _fingerprint(inputs: list[Any], config: PrepConfig, specs: list[dict[str, An
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-class _Run:
+class PrepRun:
     """The state of one ``prep`` run, checkpointed after every finished output shard so that a
     rerun can skip the input it already covered (see ``prep``)."""
 
@@ -667,7 +296,7 @@ class _Run:
         self.resumed = self.state is not fresh and self.state["consumed"] > 0
 
     def save(self) -> None:
-        _write_json_atomic(self.path, self.state)
+        write_json_atomic(self.path, self.state)
 
 
 def _remove_stale_outputs(directory: Path, prefix: str, fmt: str, first_stale: int) -> None:
@@ -726,13 +355,13 @@ def prep(
     (1234, 56)
     """
     config = config or PrepConfig()
-    if isinstance(inputs, (str, os.PathLike)) or _is_hf_dataset(inputs):
+    if isinstance(inputs, (str, os.PathLike)) or is_hf_dataset(inputs):
         inputs = [inputs]
     inputs = list(inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pipeline = FilterPipeline(config)
-    run = _Run(out, _fingerprint(inputs, config, pipeline.specs), pipeline.names, overwrite)
+    run = PrepRun(out, run_fingerprint(inputs, config, pipeline.specs), pipeline.names, overwrite)
     st = run.state
     if st["complete"] and (out / "report.json").exists():
         return json.loads((out / "report.json").read_text("utf-8"))
@@ -755,7 +384,7 @@ def prep(
         skip_bad=config.skip_bad, bad_records=bad_records,
     )
     docs = itertools.islice(docs, st["consumed"], None) if st["consumed"] else docs
-    bar = _progress_bar(progress, st)
+    bar = progress_bar(progress, desc="prep", unit="doc", unit_scale=True, initial=st["consumed"])
     started = time.perf_counter()
     consumed = st["consumed"]
     # Records of the current, unfinished shard: everything before it is in the state.
@@ -770,7 +399,7 @@ def prep(
             st[key] += pending[key]
             pending[key] = 0
         for name, stats in pending["filters"].items():
-            _add_stats(st["filters"].setdefault(name, {}), stats)
+            add_stats(st["filters"].setdefault(name, {}), stats)
         pending["filters"] = {}
         for key, ex in pending["examples"].items():
             have = st["examples"].setdefault(key, [])
@@ -787,11 +416,11 @@ def prep(
         texts = [d.text for d in batch]
         outcomes, stats = pipeline.apply_with_stats(texts)
         for name, s in zip(pipeline.names, stats):
-            _add_stats(pending["filters"].setdefault(name, {}), s)
+            add_stats(pending["filters"].setdefault(name, {}), s)
         pending_bad.extend(bad_records)
         bad_records.clear()
         consumed += len(batch)
-        kept, gone = _sort_outcomes(batch, outcomes, pending, config.examples_per_rule, st["examples"])
+        kept, gone = sort_outcomes(batch, outcomes, pending, config.examples_per_rule, st["examples"])
         for doc in kept:
             writer.write(doc)
         for doc in gone if removed is not None else ():
@@ -810,11 +439,11 @@ def prep(
 
     dedup_report = _deduplicate(out, config, progress) if config.dedup else None
 
-    return _finish(run, pipeline, config, out, removed_dir if removed else None,
+    return finish_run(run, pipeline, config, out, removed_dir if removed else None,
                    time.perf_counter() - started, dedup_report)
 
 
-def _finish(run: _Run, pipeline: FilterPipeline, config: PrepConfig, out: Path,
+def finish_run(run: PrepRun, pipeline: FilterPipeline, config: PrepConfig, out: Path,
             removed_dir: Path | None, seconds: float, dedup_report: dict[str, Any] | None,
             ) -> dict[str, Any]:
     """Writes the report (JSON and HTML) of a finished run, marks the run complete and
@@ -823,7 +452,7 @@ def _finish(run: _Run, pipeline: FilterPipeline, config: PrepConfig, out: Path,
     if dedup_report is not None:
         report["dedup"] = dedup_report
         report["docs_final"] = dedup_report["documents_kept"]
-    _write_json_atomic(out / "report.json", report)
+    write_json_atomic(out / "report.json", report)
     _write_html_atomic(out / "report.html", report)
     run.state["complete"] = True
     run.save()
@@ -849,16 +478,6 @@ def clean_documents(prep_dir: PathLike) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"{prep_dir}: no docs-* shards; run gristmill prep first")
     return [f for f in files if not f.name.startswith(".")]
-
-
-def _progress_bar(enabled: bool, state: dict[str, Any]):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(unit=" docs", unit_scale=True, initial=state["consumed"], desc="prep")
 
 
 def _report(
@@ -950,12 +569,4 @@ def _write_html_atomic(path: Path, report: dict[str, Any]) -> None:
         "<h1>gristmill prep</h1><h2>Funnel</h2><table>" + "".join(bars) + "</table>"
         f"<pre>{escape(format_report(report))}</pre><h2>Removed examples</h2>" + "".join(examples)
     )
-    if isinstance(path, UrlPath):
-        path.write_atomic(page.encode("utf-8"))
-        return
-    tmp = _atomic_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, page)

@@ -71,25 +71,26 @@ from typing import Any
 
 import numpy as np
 
-from gristmill.prep import (
+from gristmill.documents import (
     Document,
     DocumentWriter,
-    FilterPipeline,
     PathLike,
-    PrepConfig,
-    _add_stats,
-    _document_files,
-    _fingerprint,
-    _finish,
-    _is_hf_dataset,
-    _Run,
-    _shard_bytes,
-    _sort_outcomes,
-    _write_json_atomic,
     batched,
+    document_files,
+    is_hf_dataset,
     read_documents,
+    shard_bytes,
 )
-from gristmill.storage import UrlPath, as_path
+from gristmill.prep import (
+    FilterPipeline,
+    PrepConfig,
+    PrepRun,
+    add_stats,
+    finish_run,
+    run_fingerprint,
+    sort_outcomes,
+)
+from gristmill.storage import UrlPath, as_path, write_json_atomic
 
 __all__ = ["INSTALL_HINT", "dedup", "init", "prep", "require_ray", "tokenize"]
 
@@ -181,7 +182,7 @@ def _write(directory: Path | UrlPath, name: str, fmt: str, docs: list[Document])
         return None
     if isinstance(directory, UrlPath):  # temp name, then fs.move (see UrlPath.write_atomic)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / f"{name}.{fmt}").write_atomic(_shard_bytes(docs, fmt))
+        (directory / f"{name}.{fmt}").write_atomic(shard_bytes(docs, fmt))
         return f"{name}.{fmt}"
     with _NamedShard(directory, name, fmt) as w:
         for d in docs:
@@ -236,8 +237,8 @@ def _filter_block(batch: dict[str, np.ndarray], *, config: PrepConfig, out: str,
     for docs in batched(_documents(batch), config.batch_size):
         outcomes, stats = pipeline.apply_with_stats([d.text for d in docs])
         for filter_name, s in zip(pipeline.names, stats):
-            _add_stats(counts["filters"].setdefault(filter_name, {}), s)
-        more_kept, more_removed = _sort_outcomes(docs, outcomes, counts, config.examples_per_rule)
+            add_stats(counts["filters"].setdefault(filter_name, {}), s)
+        more_kept, more_removed = sort_outcomes(docs, outcomes, counts, config.examples_per_rule)
         kept += more_kept
         removed += more_removed
     fmt = config.output_format
@@ -357,15 +358,15 @@ def _apply_block(batch: dict[str, np.ndarray], *, decisions_ref: list, out: str,
 
 
 def _input_files(inputs: Any) -> list[str]:
-    if isinstance(inputs, (str, os.PathLike)) or _is_hf_dataset(inputs):
+    if isinstance(inputs, (str, os.PathLike)) or is_hf_dataset(inputs):
         inputs = [inputs]
     files: list[str] = []
     for p in inputs:
-        if _is_hf_dataset(p):
+        if is_hf_dataset(p):
             raise NotImplementedError("the Ray engine reads files and directories, not Hugging Face datasets")
         path = as_path(p)
         if path.is_dir():
-            files.extend(str(q.resolve()) for q in _document_files(path))
+            files.extend(str(q.resolve()) for q in document_files(path))
         elif path.exists():
             files.append(str(path.resolve()))
         else:
@@ -551,7 +552,7 @@ def dedup(
     }
     if kept + report["documents_removed"] != n_docs:
         raise RuntimeError(f"Ray dedup lost documents: {n_docs} in, {kept} kept, {report['documents_removed']} removed")
-    _write_json_atomic(out / REPORT_NAME, report)
+    write_json_atomic(out / REPORT_NAME, report)
     return report
 
 
@@ -618,7 +619,7 @@ def prep(
     out = as_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pipeline = FilterPipeline(config)
-    run = _Run(out, _fingerprint(list(files), config, pipeline.specs), pipeline.names, overwrite)
+    run = PrepRun(out, run_fingerprint(list(files), config, pipeline.specs), pipeline.names, overwrite)
     if run.state["complete"] and (out / "report.json").exists():
         return json.loads((out / "report.json").read_text("utf-8"))
     init(address)
@@ -643,7 +644,7 @@ def prep(
         for key in ("docs_in", "bytes_in", "docs_out", "bytes_out"):
             st[key] += c[key]
         for name, stats in c["filters"].items():
-            _add_stats(st["filters"].setdefault(name, {}), stats)
+            add_stats(st["filters"].setdefault(name, {}), stats)
         for key, ex in c["examples"].items():
             have = st["examples"].setdefault(key, [])
             have.extend(ex[: max(0, config.examples_per_rule - len(have))])
@@ -654,7 +655,7 @@ def prep(
         shards = sorted(out.glob(f"docs-*.{fmt}"))
         dedup_report = dedup(shards, out / "deduped", dedup_cfg, block_docs=config.batch_size,
                              progress=progress)
-    return _finish(run, pipeline, config, out, removed_dir if config.keep_removed else None,
+    return finish_run(run, pipeline, config, out, removed_dir if config.keep_removed else None,
                    time.perf_counter() - started, dedup_report)
 
 

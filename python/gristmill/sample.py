@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gristmill.defaults import SAMPLE
 from gristmill.model import GPT, KVCache, find_checkpoint, load_model
 
 # ---- settings --------------------------------------------------------------------------------
@@ -37,21 +38,21 @@ class SamplingConfig:
     """How to pick tokens. ``temperature=0`` is greedy; ``num_beams>1`` is beam search
     (deterministic; penalties apply, the sampling filters do not)."""
 
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_k: int = 0  # keep exactly the k most likely tokens (0: off)
-    top_p: float = 1.0  # nucleus: the smallest set holding this much probability
-    min_p: float = 0.0  # drop tokens less likely than min_p x the top token's probability
-    repetition_penalty: float = 1.0  # >1 discourages any token already in the context
-    frequency_penalty: float = 0.0  # subtracted per earlier occurrence in the output
-    presence_penalty: float = 0.0  # subtracted once if the token occurs in the output
-    num_beams: int = 1
-    length_penalty: float = 1.0  # beam scores are divided by length ** length_penalty
+    max_new_tokens: int = SAMPLE["max_new_tokens"]
+    temperature: float = SAMPLE["temperature"]
+    top_k: int = SAMPLE["top_k"]  # keep exactly the k most likely tokens (0: off)
+    top_p: float = SAMPLE["top_p"]  # nucleus: the smallest set holding this much probability
+    min_p: float = SAMPLE["min_p"]  # drop tokens less likely than min_p x the top token's probability
+    repetition_penalty: float = SAMPLE["repetition_penalty"]  # >1 discourages any token already in the context
+    frequency_penalty: float = SAMPLE["frequency_penalty"]  # subtracted per earlier occurrence in the output
+    presence_penalty: float = SAMPLE["presence_penalty"]  # subtracted once if the token occurs in the output
+    num_beams: int = SAMPLE["num_beams"]
+    length_penalty: float = SAMPLE["length_penalty"]  # beam scores are divided by length ** length_penalty
     early_stopping: bool | str = False  # beam search: True, False or "never", as HF
-    num_return_sequences: int = 1  # beams returned per prompt
+    num_return_sequences: int = SAMPLE["num_return_sequences"]  # beams returned per prompt
     stop_tokens: Sequence[int] = ()  # besides end-of-text
     stop_strings: Sequence[str] = ()
-    seed: int | None = None
+    seed: int | None = SAMPLE["seed"]
 
     def check(self) -> None:
         if self.max_new_tokens < 1:

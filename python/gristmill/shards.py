@@ -34,7 +34,9 @@ from typing import Any, Union
 import numpy as np
 
 from gristmill import _core
-from gristmill.prep import Document, _document_files, read_documents
+from gristmill.defaults import TOKENIZE
+from gristmill.documents import Document, document_files, is_hf_dataset, read_documents
+from gristmill.progress import progress_bar
 from gristmill.tokenizer import Tokenizer, _fix_surrogates
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -66,15 +68,11 @@ def _as_tokenizer(tokenizer: Tokenizer | str | PathLike) -> Tokenizer:
     return Tokenizer.load(p) if p.exists() else Tokenizer.from_name(str(tokenizer))
 
 
-def _is_hf_dataset(obj: Any) -> bool:
-    return hasattr(obj, "column_names") and hasattr(obj, "iter") and not isinstance(obj, (str, bytes))
-
-
 def _records(documents: Any, text_field: str) -> Iterator[tuple[str | None, str]]:
     """(source id or None, text) for every input document, streamed."""
     if isinstance(documents, (str, os.PathLike)):
         documents = [Path(documents)]
-    if _is_hf_dataset(documents):
+    if is_hf_dataset(documents):
         # Column batches: far fewer Python objects than row dicts.
         has_id = "id" in (documents.column_names or ())
         for batch in documents.iter(batch_size=1000):
@@ -120,12 +118,12 @@ def write_shards(
     out_dir: PathLike,
     tokenizer: Tokenizer | str | PathLike,
     *,
-    shard_size: int = 100_000_000,
-    val_fraction: float = 0.0,
+    shard_size: int = TOKENIZE["shard_size"],
+    val_fraction: float = TOKENIZE["val_fraction"],
     val_docs: int | None = None,
-    eot: str = "append",
-    text_field: str = "text",
-    txt_mode: str = "file",
+    eot: str = TOKENIZE["eot"],
+    text_field: str = TOKENIZE["text_field"],
+    txt_mode: str = TOKENIZE["txt_mode"],
     progress: bool = False,
 ) -> Path:
     """Tokenizes documents in parallel into fixed-size token shards; resumes a killed run.
@@ -231,19 +229,19 @@ def _units(documents: Any, text_field: str, txt_mode: str) -> Iterator[tuple[Pat
     unit opens no file), in input order."""
     if isinstance(documents, (str, os.PathLike)):
         documents = [Path(documents)]
-    if _is_hf_dataset(documents):
+    if is_hf_dataset(documents):
         documents = [documents]
     for item in documents:
         if isinstance(item, str):
             yield None, [(None, item)]
             continue
         if not isinstance(item, os.PathLike):
-            yield None, _records(item if _is_hf_dataset(item) else [item], text_field)
+            yield None, _records(item if is_hf_dataset(item) else [item], text_field)
             continue
         path = Path(item)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or directory")
-        for f in _document_files(path) if path.is_dir() else [path]:
+        for f in document_files(path) if path.is_dir() else [path]:
             if _core_reads(f):
                 yield f, None
             else:
@@ -287,12 +285,8 @@ def _add_records(writer, tok: Tokenizer, records: Iterator, seen: int, start: in
 
 def _progress_bar(progress: bool, skipped: int):
     if not progress:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a soft dependency
-        return None
-    bar = tqdm(unit="tok", unit_scale=True, desc="tokenize", smoothing=0.1)
+        return None  # no bar: the core is then given no progress callback
+    bar = progress_bar(True, desc="tokenize", unit="tok", unit_scale=True, smoothing=0.1)
     bar.set_postfix(docs=skipped, MB=0, refresh=False)
     bar._gm_docs, bar._gm_bytes, bar._gm_t0 = skipped, 0, time.perf_counter()
     return bar

@@ -20,6 +20,8 @@ from typing import AbstractSet, Literal, Optional, Union
 import numpy as np
 
 from gristmill import _core
+from gristmill._core import TokenizerError
+from gristmill.defaults import TOKENIZER
 
 ENDOFTEXT = "<|endoftext|>"
 PathLike = Union[str, "os.PathLike[str]"]
@@ -180,14 +182,14 @@ class Tokenizer:
     def train(
         cls,
         texts_or_paths,
-        vocab_size: int,
-        pattern: str = "gpt2",
-        special_tokens: Sequence[str] | dict[str, int] = (ENDOFTEXT,),
+        vocab_size: int = TOKENIZER["vocab_size"],
+        pattern: str = TOKENIZER["pattern"],
+        special_tokens: Sequence[str] | dict[str, int] = TOKENIZER["special_tokens"],
         *,
-        min_frequency: int = 2,
+        min_frequency: int = TOKENIZER["min_frequency"],
         progress: bool = False,
         name: str = "custom",
-        text_field: str = "text",
+        text_field: str = TOKENIZER["text_field"],
     ) -> Tokenizer:
         """Trains a byte-level BPE tokenizer (in Rust: parallel counting, incremental merges).
 
@@ -237,17 +239,68 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: PathLike) -> "Tokenizer":
-        """Loads a directory written by :meth:`save` (or a ``.tiktoken``/``tokenizer.json`` file)."""
+        """Loads a folder written by :meth:`save`, a Hugging Face folder (``tokenizer.json``, or
+        GPT-2's ``vocab.json`` + ``merges.txt``), or a ``.tiktoken`` / ``tokenizer.json`` file.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            TokenizerError: a folder holding no tokenizer, or a damaged file (naming the file
+                and its line or key).
+        """
         path = Path(path)
-        if path.is_dir():
-            meta = json.loads((path / "tokenizer_config.json").read_text("utf-8"))
+        if not path.is_dir():
+            if path.name.endswith(".json"):
+                return cls.from_hf_json(path)
+            return cls.from_tiktoken_file(path)
+        if (path / "tokenizer.tiktoken").exists():
+            meta = _read_config(path / "tokenizer_config.json")
             core = _core.CoreBPE.from_tiktoken_file(
                 os.fspath(path / "tokenizer.tiktoken"), meta["special_tokens"], meta["pattern"]
             )
             return cls(core, meta.get("name", path.name))
-        if path.name.endswith(".json"):
-            return cls.from_hf_json(path)
-        return cls.from_tiktoken_file(path)
+        # GPT-2's own pair first: in HF GPT-2 folders it sits beside an equivalent tokenizer.json.
+        for encoder, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+            if (path / encoder).exists() and (path / merges).exists():
+                return cls.from_gpt2_files(path / encoder, path / merges)
+        if (path / "tokenizer.json").exists():
+            return cls.from_hf_json(path / "tokenizer.json")
+        raise TokenizerError(
+            f"{path}: no tokenizer in this folder; expected tokenizer.tiktoken + "
+            "tokenizer_config.json (gristmill), tokenizer.json (Hugging Face) or vocab.json + "
+            "merges.txt (GPT-2)"
+        )
+
+    @classmethod
+    def resolve(cls, spec: Union["Tokenizer", str, "os.PathLike[str]"]) -> "Tokenizer":
+        """The tokenizer ``spec`` names: a :class:`Tokenizer` (returned as is), a path that
+        exists (as :meth:`load` reads it), or a built-in name (as :meth:`from_name`).
+
+        Every stage and command that takes a tokenizer takes it through here.
+
+        Raises:
+            TokenizerError: an unknown name, a path that does not exist, or a damaged file.
+
+        >>> Tokenizer.resolve("gpt2").n_vocab
+        50257
+        """
+        if isinstance(spec, Tokenizer):
+            return spec
+        if not isinstance(spec, (str, os.PathLike)):
+            raise TypeError(f"expected a tokenizer name, a path or a Tokenizer, not {spec!r}")
+        path = Path(spec)
+        if path.exists():
+            return cls.load(path)
+        if isinstance(spec, str) and spec in _BUILTIN:
+            return cls.from_name(spec)
+        if isinstance(spec, str) and not _looks_like_path(spec):
+            raise TokenizerError(
+                f"unknown tokenizer {spec!r}; give a built-in name ({', '.join(sorted(_BUILTIN))}) "
+                "or the path of a tokenizer folder, .tiktoken or tokenizer.json file"
+            )
+        raise TokenizerError(
+            f"{spec}: no such tokenizer file or folder; give the path of a tokenizer folder, "
+            f".tiktoken or tokenizer.json file, or a built-in name ({', '.join(sorted(_BUILTIN))})"
+        )
 
     # ---- saving ---------------------------------------------------------------------------
 
@@ -467,7 +520,11 @@ class Tokenizer:
         Raises:
             TokenizerError: for an id that is not in the vocabulary.
         """
-        return self._core.decode_bytes(_as_id_list(tokens))
+        ids = _as_id_list(tokens)
+        try:
+            return self._core.decode_bytes(ids)
+        except OverflowError:  # an id below 0 or above u32: the core never sees it
+            raise _unknown_id(next(i for i in ids if not 0 <= int(i) < 2**32)) from None
 
     def decode(self, tokens: Sequence[int], errors: str = "replace") -> str:
         """The text of ``tokens``; invalid UTF-8 is replaced with U+FFFD by default."""
@@ -475,11 +532,14 @@ class Tokenizer:
 
     def decode_single_token_bytes(self, token: int) -> bytes:
         """The bytes of one token."""
-        return self._core.token_bytes(int(token))
+        token = int(token)
+        if not 0 <= token < 2**32:
+            raise _unknown_id(token)
+        return self._core.token_bytes(token)
 
     def decode_tokens_bytes(self, tokens: Sequence[int]) -> list[bytes]:
         """The bytes of each token."""
-        return [self._core.token_bytes(int(t)) for t in tokens]
+        return [self.decode_single_token_bytes(t) for t in tokens]
 
     def encode_single_token(self, text_or_bytes: Union[str, bytes]) -> int:
         """The id of a single token given as text or bytes.
@@ -506,6 +566,41 @@ class Tokenizer:
     def merges(self) -> list[tuple[bytes, bytes]]:
         """The merge list (pairs of token bytes) in priority order, recovered from the ranks."""
         return self._core.merges()
+
+
+def _unknown_id(token: int) -> TokenizerError:
+    # The core's wording, for ids it cannot even be given.
+    return TokenizerError(f"token id {token} is not in the vocabulary")
+
+
+def _looks_like_path(spec: str) -> bool:
+    return os.sep in spec or "/" in spec or spec.endswith((".tiktoken", ".json")) or spec.startswith(".")
+
+
+def _read_config(path: Path) -> dict:
+    """A saved tokenizer's ``tokenizer_config.json``, its keys checked."""
+    text = path.read_text("utf-8")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TokenizerError(
+            f"{path}: line {e.lineno}: invalid JSON at column {e.colno}: {e.msg}; "
+            "save the tokenizer again or fix the file"
+        ) from None
+    if not isinstance(meta, dict):
+        raise TokenizerError(f"{path}: expected a JSON object, found {type(meta).__name__}")
+    specials = meta.get("special_tokens")
+    if not isinstance(specials, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) for k, v in specials.items()
+    ):
+        raise TokenizerError(
+            f"{path}: special_tokens: expected an object of token -> id, found {specials!r}"
+        )
+    if not isinstance(meta.get("pattern"), str):
+        raise TokenizerError(
+            f"{path}: pattern: expected a pre-tokenizer name or regex, found {meta.get('pattern')!r}"
+        )
+    return meta
 
 
 def _as_id_list(tokens: Iterable[int]) -> list[int]:

@@ -17,6 +17,8 @@ from typing import Any
 
 from gristmill import _core
 from gristmill._core import TokenizerError
+from gristmill.documents import Document, document_files, read_documents
+from gristmill.progress import progress_bar
 from gristmill.tokenizer import ENDOFTEXT, Tokenizer
 
 #: Merges done per call into the core between progress updates.
@@ -50,14 +52,14 @@ def _is_path(x: Any) -> bool:
 
 
 def _expand(paths: Iterable[Any]) -> list[Path]:
-    """Paths with directories replaced by their files (recursively, sorted, no hidden files)."""
+    """Paths with directories replaced by their document files (see ``document_files``)."""
     out: list[Path] = []
     for p in paths:
         if not (_is_path(p) or isinstance(p, str)):
             raise TypeError(f"expected only paths after a first path, got {type(p).__name__}")
         p = Path(p)
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")))
+            out.extend(document_files(p))
         elif not p.exists():
             raise FileNotFoundError(f"{p}: no such file or directory")
         else:
@@ -66,8 +68,6 @@ def _expand(paths: Iterable[Any]) -> list[Path]:
 
 
 def _texts(items: Iterable[Any], text_field: str) -> Iterator[str]:
-    from gristmill.prep import Document
-
     for i, x in enumerate(items):
         if isinstance(x, str):
             yield x
@@ -81,45 +81,12 @@ def _texts(items: Iterable[Any], text_field: str) -> Iterator[str]:
 
 def _file_texts(path: Path, text_field: str) -> Iterator[str]:
     """The texts of one non-.txt file, with decoding errors naming the file."""
-    from gristmill.prep import read_documents
-
     try:
         for doc in read_documents([path], text_field=text_field):
             yield doc.text
     except UnicodeDecodeError as e:
         bad = e.object[e.start : e.start + 1].hex()
         raise TokenizerError(f"{path}: {e.reason} (byte 0x{bad}); expected UTF-8 text") from None
-
-
-class _NoBar:
-    """Stands in for a tqdm bar when progress is off."""
-
-    n = 0
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def refresh(self) -> None:
-        pass
-
-    def set_postfix_str(self, *args, **kwargs) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
-def _bar(progress: bool, **kwargs):
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover - depends on the environment
-            return _NoBar()
-        return tqdm(**kwargs)
-    return _NoBar()
 
 
 def _count(trainer: _core.BpeTrainer, items: Iterable[Any], paths: bool, text_field: str,
@@ -129,7 +96,7 @@ def _count(trainer: _core.BpeTrainer, items: Iterable[Any], paths: bool, text_fi
     plain = [p.name.lower().endswith((".txt", ".text", ".md")) for p in files]
     # The bar counts bytes of text: its total is known only for uncompressed files.
     total = sum(p.stat().st_size for p in files) if paths and all(plain) else None
-    with _bar(progress, desc="counting", total=total, unit="B", unit_scale=True) as bar:
+    with progress_bar(progress, desc="counting", total=total, unit="B", unit_scale=True) as bar:
 
         def update(_texts: int, nbytes: int) -> None:
             bar.n = nbytes
@@ -183,7 +150,7 @@ def train_tokenizer(
     t0 = time.perf_counter()
     _count(trainer, items, paths, text_field, progress)
     t1 = time.perf_counter()
-    with _bar(progress, desc="merging", total=trainer.target_merges, unit="merge") as bar:
+    with progress_bar(progress, desc="merging", total=trainer.target_merges, unit="merge") as bar:
         while n := trainer.merge(_MERGE_STEP):
             bar.update(n)
     core = trainer.build(explicit_ids)

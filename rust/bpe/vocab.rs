@@ -30,13 +30,19 @@ fn read_text(path: &Path) -> Result<String, BpeError> {
         path: path.to_path_buf(),
         source,
     })?;
-    String::from_utf8(bytes).map_err(|e| BpeError::Parse {
-        path: path.to_path_buf(),
-        line: 0,
-        message: format!(
-            "not UTF-8 (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        ),
+    String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        // Lines count from 1, as editors do.
+        let line = 1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count();
+        parse_error(
+            path,
+            line,
+            format!(
+                "not UTF-8 (byte 0x{:02x} at offset {offset}); expected UTF-8 text",
+                bytes[offset]
+            ),
+        )
     })
 }
 
@@ -46,6 +52,23 @@ fn parse_error(path: &Path, line: usize, message: impl Into<String>) -> BpeError
         line,
         message: message.into(),
     }
+}
+
+/// An error in a JSON file's content, placed by its key (JSON values carry no line numbers).
+fn key_error(path: &Path, key: &str, message: impl std::fmt::Display) -> BpeError {
+    BpeError::Vocab(format!("{}: {key}: {message}", path.display()))
+}
+
+/// Malformed JSON, at serde's line (from 1) and column.
+fn json_syntax_error(path: &Path, e: serde_json::Error) -> BpeError {
+    let text = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let what = text.strip_suffix(&position).unwrap_or(&text);
+    parse_error(
+        path,
+        e.line().max(1),
+        format!("invalid JSON at column {}: {what}", e.column()),
+    )
 }
 
 // ---- GPT-2 byte <-> unicode table --------------------------------------------------------
@@ -118,6 +141,13 @@ pub fn parse_tiktoken(text: &str, path: &Path) -> Result<Vec<(Vec<u8>, Rank)>, B
         })?;
         out.push((bytes, rank));
     }
+    if out.is_empty() {
+        return Err(parse_error(
+            path,
+            1,
+            "no tokens (an empty file?); expected one 'base64 rank' line per token",
+        ));
+    }
     Ok(out)
 }
 
@@ -168,11 +198,11 @@ pub fn merges_from_ranks(encoder: &Encoder) -> Result<Vec<Merge>, BpeError> {
 /// the ids come from `encoder.json`; any other entry there (`<|endoftext|>`) is special.
 pub fn read_gpt2(encoder_json: &Path, vocab_bpe: &Path) -> Result<Vocab, BpeError> {
     let json: Value = serde_json::from_str(&read_text(encoder_json)?)
-        .map_err(|e| parse_error(encoder_json, e.line(), format!("invalid JSON: {e}")))?;
+        .map_err(|e| json_syntax_error(encoder_json, e))?;
     let Value::Object(map) = json else {
-        return Err(parse_error(
+        return Err(key_error(
             encoder_json,
-            1,
+            "top level",
             "expected an object of token -> id",
         ));
     };
@@ -182,10 +212,10 @@ pub fn read_gpt2(encoder_json: &Path, vocab_bpe: &Path) -> Result<Vocab, BpeErro
             .as_u64()
             .filter(|&i| i < Rank::MAX as u64)
             .ok_or_else(|| {
-                parse_error(
+                key_error(
                     encoder_json,
-                    0,
-                    format!("id of {k:?} is not a valid integer: {v}"),
+                    &format!("{k:?}"),
+                    format!("the id {v} is not a valid integer"),
                 )
             })?;
         ids.insert(k, id as Rank);
@@ -278,10 +308,10 @@ fn vocab_from_merges(
 
 fn pattern_from_hf(pre: &Value, path: &Path) -> Result<String, BpeError> {
     let unsupported = |what: String| {
-        parse_error(
+        key_error(
             path,
-            0,
-            format!("unsupported pre_tokenizer {what}; gristmill reads byte-level BPE with a \
+            "pre_tokenizer",
+            format!("unsupported {what}; gristmill reads byte-level BPE with a \
                      ByteLevel pre-tokenizer or a Split(Regex) followed by ByteLevel(use_regex=false)"),
         )
     };
@@ -323,47 +353,62 @@ fn pattern_from_hf(pre: &Value, path: &Path) -> Result<String, BpeError> {
 
 /// Reads a HF `tokenizer.json` holding a byte-level BPE model. Added tokens become special.
 pub fn parse_hf_json(text: &str, path: &Path) -> Result<Vocab, BpeError> {
-    let json: Value = serde_json::from_str(text)
-        .map_err(|e| parse_error(path, e.line(), format!("invalid JSON: {e}")))?;
+    let json: Value = serde_json::from_str(text).map_err(|e| json_syntax_error(path, e))?;
     let model = json
         .get("model")
-        .ok_or_else(|| parse_error(path, 0, "no \"model\""))?;
-    if model.get("type").and_then(Value::as_str) != Some("BPE") {
-        return Err(parse_error(path, 0, "model.type is not \"BPE\""));
+        .ok_or_else(|| key_error(path, "model", "missing; expected a BPE model"))?;
+    let kind = model.get("type").unwrap_or(&Value::Null);
+    if kind.as_str() != Some("BPE") {
+        return Err(key_error(
+            path,
+            "model.type",
+            format!("{kind}, expected \"BPE\" (gristmill reads byte-level BPE)"),
+        ));
     }
     if !json.get("normalizer").is_none_or(Value::is_null) {
-        return Err(parse_error(
+        return Err(key_error(
             path,
-            0,
-            "a normalizer is set; gristmill reads byte-level BPE without one",
+            "normalizer",
+            "set, but gristmill reads byte-level BPE without one",
         ));
     }
     let Some(Value::Object(vocab)) = model.get("vocab") else {
-        return Err(parse_error(path, 0, "model.vocab is not an object"));
+        return Err(key_error(
+            path,
+            "model.vocab",
+            "expected an object of token -> id",
+        ));
     };
     let mut ids: FxHashMap<String, Rank> = FxHashMap::default();
     for (k, v) in vocab {
         let id = v
             .as_u64()
             .filter(|&i| i < Rank::MAX as u64)
-            .ok_or_else(|| parse_error(path, 0, format!("id of {k:?} is not a valid integer")))?;
+            .ok_or_else(|| {
+                key_error(
+                    path,
+                    &format!("model.vocab[{k:?}]"),
+                    format!("the id {v} is not a valid integer"),
+                )
+            })?;
         ids.insert(k.clone(), id as Rank);
     }
     let mut added: Vec<(String, Rank)> = Vec::new();
-    for t in json
+    for (i, t) in json
         .get("added_tokens")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
+        .enumerate()
     {
         let (Some(content), Some(id)) = (
             t.get("content").and_then(Value::as_str),
             t.get("id").and_then(Value::as_u64),
         ) else {
-            return Err(parse_error(
+            return Err(key_error(
                 path,
-                0,
-                format!("added token without content and id: {t}"),
+                &format!("added_tokens[{i}]"),
+                format!("expected \"content\" and \"id\", found {t}"),
             ));
         };
         ids.remove(content);
@@ -387,32 +432,38 @@ pub fn parse_hf_json(text: &str, path: &Path) -> Result<Vocab, BpeError> {
             },
             _ => None,
         };
-        let (a, b) =
-            pair.ok_or_else(|| parse_error(path, 0, format!("merge {i} is not a pair: {m}")))?;
-        merges.push((i + 1, a, b));
+        let (a, b) = pair.ok_or_else(|| {
+            key_error(
+                path,
+                &format!("model.merges[{i}]"),
+                format!("expected a pair (\"a b\" or [\"a\", \"b\"]), found {m}"),
+            )
+        })?;
+        // The index stands in for a line; vocab_from_merges's errors are re-placed below.
+        merges.push((i, a, b));
     }
     let pattern = match json.get("pre_tokenizer") {
         Some(pre) if !pre.is_null() => pattern_from_hf(pre, path)?,
         _ => {
-            return Err(parse_error(
+            return Err(key_error(
                 path,
-                0,
-                "no pre_tokenizer; byte-level BPE needs one",
+                "pre_tokenizer",
+                "missing; byte-level BPE needs one",
             ))
         }
     };
     let mut v = vocab_from_merges(ids, merges, path).map_err(|e| match e {
         BpeError::Parse { line, message, .. } => {
-            parse_error(path, 0, format!("model.merges entry {line}: {message}"))
+            key_error(path, &format!("model.merges[{line}]"), message)
         }
         other => other,
     })?;
     // Entries neither bytes nor merge results are not reachable by BPE; refuse rather than guess.
     if let Some((s, _)) = v.specials.first() {
-        return Err(parse_error(
+        return Err(key_error(
             path,
-            0,
-            format!("vocab entry {s:?} is neither a byte nor made by a merge"),
+            &format!("model.vocab[{s:?}]"),
+            "neither a byte nor made by a merge (not an added token either)",
         ));
     }
     v.specials = added;
@@ -491,6 +542,53 @@ mod tests {
         assert!(e.to_string().starts_with("x.tiktoken: line 2:"), "{e}");
         let e = parse_tiktoken("IQ== zero\n", p).unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
+        let e = parse_tiktoken("\n\n", p).unwrap_err();
+        assert!(
+            e.to_string().starts_with("x.tiktoken: line 1: no tokens"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn not_utf8_is_placed_at_its_line_counted_from_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.tiktoken");
+        for (bytes, line) in [(&b"\xff 0\n"[..], 1), (&b"IQ== 0\nIg== 1\n\xfe 2\n"[..], 3)] {
+            std::fs::write(&path, bytes).unwrap();
+            let e = read_tiktoken(&path).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("v.tiktoken: line {line}: not UTF-8")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_errors_name_file_and_key_never_line_0() {
+        let p = Path::new("tokenizer.json");
+        let cases = [
+            (
+                "{\n  \"model\": 1,,\n}",
+                "tokenizer.json: line 2: invalid JSON at column",
+            ),
+            ("{}", "tokenizer.json: model: missing"),
+            (
+                r#"{"model": {"type": "Unigram"}}"#,
+                "tokenizer.json: model.type: \"Unigram\"",
+            ),
+            (
+                r#"{"model": {"type": "BPE", "vocab": []}}"#,
+                "tokenizer.json: model.vocab: expected",
+            ),
+            (
+                r#"{"model": {"type": "BPE", "vocab": {}, "merges": ["a b", 3]}}"#,
+                "tokenizer.json: model.merges[1]: expected a pair",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = parse_hf_json(text, p).unwrap_err().to_string();
+            assert!(e.contains(want) && !e.contains("line 0"), "{e}");
+        }
     }
 
     proptest::proptest! {
@@ -506,5 +604,211 @@ mod tests {
         fn tiktoken_like_lines_never_panic(lines in proptest::collection::vec("[A-Za-z0-9+/=]{0,8} ?[0-9x-]{0,6}", 0..20)) {
             let _ = parse_tiktoken(&lines.join("\n"), Path::new("fuzz"));
         }
+    }
+}
+
+/// Fuzzing the vocabulary readers (issue 18): arbitrary and damaged files give a vocabulary or
+/// an error, never a panic or a hang, and a file damaged in a way that changes its meaning is
+/// an error. `PROPTEST_CASES` sets the cases (see `crate::fuzz`).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::{apply, config, edits, within};
+    use proptest::prelude::*;
+    use std::path::PathBuf;
+
+    /// 256 bytes, five merges that build " world" and "hell", and `<|endoftext|>`.
+    fn small_encoder() -> Encoder {
+        let mut mergeable: Vec<(Vec<u8>, Rank)> =
+            (0..=255u8).map(|b| (vec![b], b as Rank)).collect();
+        for (i, t) in ["he", "ll", "hell", "lo", " w", "or", " wor", "ld", " world"]
+            .iter()
+            .enumerate()
+        {
+            mergeable.push((t.as_bytes().to_vec(), 256 + i as Rank));
+        }
+        let specials = vec![("<|endoftext|>".to_string(), 265)];
+        Encoder::new(mergeable, specials, Pattern::new("gpt2").unwrap()).unwrap()
+    }
+
+    /// GPT-2's two files for `enc`: `encoder.json` and `vocab.bpe`.
+    fn gpt2_files(enc: &Encoder) -> (String, String) {
+        let mut ids = serde_json::Map::new();
+        for (bytes, rank) in enc.mergeable_ranks() {
+            ids.insert(bytes_to_spelling(bytes), json!(rank));
+        }
+        for (s, id) in enc.special_tokens() {
+            ids.insert(s.clone(), json!(id));
+        }
+        let mut bpe = "#version: 0.2\n".to_string();
+        for (a, b) in merges_from_ranks(enc).unwrap() {
+            bpe += &format!("{} {}\n", bytes_to_spelling(&a), bytes_to_spelling(&b));
+        }
+        (serde_json::to_string(&Value::Object(ids)).unwrap(), bpe)
+    }
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// What a caller does with a vocabulary it read: build the encoder, encode and decode, write
+    /// it back out. None of it may panic; with a known pattern, text comes back whole.
+    fn exercise(mergeable: Vec<(Vec<u8>, Rank)>, specials: Vec<(String, Rank)>, pattern: &str) {
+        let Ok(pattern) = Pattern::new(pattern) else {
+            return;
+        };
+        let known = !matches!(pattern, Pattern::Custom(_));
+        let Ok(enc) = Encoder::new(mergeable, specials, pattern) else {
+            return;
+        };
+        for text in ["hello world", "", "  héllo\n\n<|endoftext|> 12 worlds!"] {
+            let ids = enc.encode(
+                text,
+                &enc.special_tokens().iter().map(|(_, id)| *id).collect(),
+            );
+            if known {
+                assert_eq!(enc.decode_bytes(&ids).unwrap(), text.as_bytes());
+            }
+            let _ = enc.count_ordinary(text);
+        }
+        let _ = enc.decode_bytes(&[0, 1, 265, Rank::MAX - 1]);
+        let text = format_tiktoken(&enc);
+        assert_eq!(
+            parse_tiktoken(&text, Path::new("again")).unwrap().len(),
+            enc.mergeable_ranks().len()
+        );
+        let _ = format_hf_json(&enc);
+    }
+
+    fn gpt2_pattern_with_eot() -> Vec<(String, Rank)> {
+        vec![("<|endoftext|>".to_string(), 1 << 20)]
+    }
+
+    /// Reads the three formats from `dir`, as `CoreBPE`'s constructors do, and exercises what
+    /// they give.
+    fn read_all_formats(dir: PathBuf) {
+        if let Ok(ranks) = read_tiktoken(&dir.join("x.tiktoken")) {
+            let lines = std::fs::read_to_string(dir.join("x.tiktoken")).unwrap();
+            // No line is lost or invented: one entry per line that is not blank.
+            let non_blank = lines
+                .lines()
+                .filter(|l| !l.trim_end_matches('\r').is_empty())
+                .count();
+            assert_eq!(ranks.len(), non_blank);
+            exercise(ranks, gpt2_pattern_with_eot(), "gpt2");
+        }
+        if let Ok(v) = read_hf_json(&dir.join("tokenizer.json")) {
+            let pattern = v.pattern.clone().unwrap_or_default();
+            exercise(v.mergeable, v.specials, &pattern);
+        }
+        if let Ok(v) = read_gpt2(&dir.join("encoder.json"), &dir.join("vocab.bpe")) {
+            exercise(v.mergeable, v.specials, "gpt2");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(48))]
+
+        #[test]
+        fn arbitrary_bytes_are_read_or_refused(
+            tiktoken in prop::collection::vec(any::<u8>(), 0..400),
+            hf in prop::collection::vec(any::<u8>(), 0..400),
+            bpe in prop::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), "x.tiktoken", &tiktoken);
+            write(dir.path(), "tokenizer.json", &hf);
+            write(dir.path(), "encoder.json", &hf);
+            write(dir.path(), "vocab.bpe", &bpe);
+            let d = dir.path().to_path_buf();
+            within(60, "reading arbitrary vocabulary files", move || read_all_formats(d));
+        }
+
+        #[test]
+        fn damaged_files_are_read_or_refused(e_tik in edits(), e_hf in edits(), e_json in edits(), e_bpe in edits()) {
+            let enc = small_encoder();
+            let dir = tempfile::tempdir().unwrap();
+            let (encoder_json, vocab_bpe) = gpt2_files(&enc);
+            let hf = format_hf_json(&enc).unwrap();
+            write(dir.path(), "x.tiktoken", &apply(format_tiktoken(&enc).as_bytes(), &e_tik));
+            let hf_damaged = apply(hf.as_bytes(), &e_hf);
+            write(dir.path(), "tokenizer.json", &hf_damaged);
+            let json_damaged = apply(encoder_json.as_bytes(), &e_json);
+            write(dir.path(), "encoder.json", &json_damaged);
+            write(dir.path(), "vocab.bpe", &apply(vocab_bpe.as_bytes(), &e_bpe));
+            // JSON that no longer parses must be refused, not half read.
+            if serde_json::from_slice::<Value>(&hf_damaged).is_err() {
+                prop_assert!(read_hf_json(&dir.path().join("tokenizer.json")).is_err());
+            }
+            if serde_json::from_slice::<Value>(&json_damaged).is_err() {
+                prop_assert!(read_gpt2(&dir.path().join("encoder.json"), &dir.path().join("vocab.bpe")).is_err());
+            }
+            let d = dir.path().to_path_buf();
+            within(60, "reading damaged vocabulary files", move || read_all_formats(d));
+        }
+
+        /// A tiktoken file with a token removed, a rank repeated or a rank out of range does not
+        /// make an encoder.
+        #[test]
+        fn tiktoken_damage_that_changes_meaning_is_refused(line in 0usize..265, other in 0usize..265, kind in 0..3) {
+            let enc = small_encoder();
+            let mut lines: Vec<String> = format_tiktoken(&enc).lines().map(str::to_string).collect();
+            let token = lines[line].split(' ').next().unwrap().to_string();
+            match kind {
+                // A single byte's line removed: that byte has no token.
+                0 => { lines.remove(line.min(255)); }
+                // Two tokens with one rank.
+                1 => {
+                    prop_assume!(line != other);
+                    let rank = lines[other].split(' ').nth(1).unwrap().to_string();
+                    lines[line] = format!("{token} {rank}");
+                }
+                _ => lines[line] = format!("{token} 4294967296"),
+            }
+            let text = lines.join("\n");
+            let built = parse_tiktoken(&text, Path::new("x.tiktoken"))
+                .and_then(|m| Encoder::new(m, vec![], Pattern::R50k));
+            prop_assert!(built.is_err(), "kind {kind}: {text:?}");
+        }
+
+        /// A tokenizer.json or vocab.bpe with a merge removed (a truncated list) is refused: the
+        /// merged token would otherwise be missing from BPE or read as a special token.
+        #[test]
+        fn merge_lists_missing_a_merge_are_refused(m in 0usize..9) {
+            let enc = small_encoder();
+            let dir = tempfile::tempdir().unwrap();
+            let mut hf: Value = serde_json::from_str(&format_hf_json(&enc).unwrap()).unwrap();
+            hf["model"]["merges"].as_array_mut().unwrap().remove(m);
+            let p = write(dir.path(), "tokenizer.json", hf.to_string().as_bytes());
+            prop_assert!(read_hf_json(&p).is_err());
+
+            let (encoder_json, vocab_bpe) = gpt2_files(&enc);
+            let mut lines: Vec<&str> = vocab_bpe.lines().collect();
+            lines.remove(m + 1); // after the #version line
+            write(dir.path(), "encoder.json", encoder_json.as_bytes());
+            write(dir.path(), "vocab.bpe", lines.join("\n").as_bytes());
+            let got = read_gpt2(&dir.path().join("encoder.json"), &dir.path().join("vocab.bpe"));
+            prop_assert!(got.is_err(), "read as {:?}", got.map(|v| v.specials));
+        }
+    }
+
+    #[test]
+    fn the_fixtures_are_valid() {
+        let enc = small_encoder();
+        let dir = tempfile::tempdir().unwrap();
+        let (encoder_json, vocab_bpe) = gpt2_files(&enc);
+        write(dir.path(), "encoder.json", encoder_json.as_bytes());
+        write(dir.path(), "vocab.bpe", vocab_bpe.as_bytes());
+        let v = read_gpt2(
+            &dir.path().join("encoder.json"),
+            &dir.path().join("vocab.bpe"),
+        )
+        .unwrap();
+        assert_eq!(v.mergeable.len(), 265);
+        assert_eq!(v.specials, vec![("<|endoftext|>".to_string(), 265)]);
+        let v = parse_hf_json(&format_hf_json(&enc).unwrap(), Path::new("t.json")).unwrap();
+        assert_eq!(v.mergeable.len(), 265);
     }
 }

@@ -57,16 +57,10 @@ pub fn find_duplicates(
     entries: impl Iterator<Item = super::Result<ExactEntry>>,
     mut dup: impl FnMut(u64, u64) -> super::Result<()>,
 ) -> super::Result<()> {
-    super::spill::for_each_group(
-        entries,
-        |e| e.hash,
-        |group| {
-            for e in &group[1..] {
-                dup(e.doc, group[0].doc)?;
-            }
-            Ok(())
-        },
-    )
+    super::spill::for_each_in_group(entries, |e| e.hash, 1, |earlier, e| match earlier {
+        [first] => dup(e.doc, first.doc),
+        _ => Ok(()),
+    })
 }
 
 #[cfg(test)]

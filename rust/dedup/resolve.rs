@@ -116,6 +116,9 @@ impl Removed {
     fn new(n: u64) -> Self {
         Removed(vec![0; n.div_ceil(64) as usize])
     }
+    fn mem_bytes(&self) -> usize {
+        self.0.len() * 8
+    }
     fn set(&mut self, d: u64) {
         self.0[(d / 64) as usize] |= 1 << (d % 64);
     }
@@ -124,8 +127,17 @@ impl Removed {
     }
 }
 
+/// The smallest buffer of decisions or removals, whatever the limit.
+const MIN_BUFFER: usize = 1 << 16;
+
 /// Resolves a finished scan in `dir` (a no-op returning the stored counts when already done).
-/// Buffers of decisions and removals spill to runs at `memory_limit` bytes.
+///
+/// `memory_limit` bounds what the pass holds: one bit per document (which were removed), a
+/// buffer of decisions or removals that spills to runs before it would pass the limit, and,
+/// while MinHash clusters are found, a union-find of the documents in some candidate pair
+/// (about 40 bytes each; it alone is not bounded, so a corpus whose near-duplicate
+/// candidates need more than the limit goes over it). Merging reads every run through a
+/// 64 KiB buffer, at most [`super::spill::MAX_FAN_IN`] at once (8 MiB).
 pub fn resolve(dir: &Path, memory_limit: usize) -> Result<ResolveStats> {
     if let Some(stats) = read_json::<ResolveStats>(&dir.join(RESOLVE_MANIFEST))? {
         return Ok(stats);
@@ -146,16 +158,12 @@ pub fn resolve(dir: &Path, memory_limit: usize) -> Result<ResolveStats> {
         memory_spills: manifest.memory_spills,
         ..Default::default()
     };
-    let budget = (memory_limit / 2).max(1 << 16);
+    // What this pass holds at once: the bitset of removed documents, one buffer of decisions
+    // or removals, and during MinHash clustering the union-find (see `budget`).
     let mut removed = Removed::new(n);
+    let budget = |held: usize| memory_limit.saturating_sub(held).max(MIN_BUFFER);
     let mut decisions = Spiller::<DecisionEntry>::new(dir, ".decisions-tmp");
-    let push_decision = |sp: &mut Spiller<DecisionEntry>, e: DecisionEntry| -> Result<()> {
-        sp.push(e);
-        if sp.mem_bytes() >= budget {
-            sp.spill()?;
-        }
-        Ok(())
-    };
+    decisions.set_budget(budget(removed.mem_bytes()));
 
     if cfg.exact {
         let runs = runs_of(dir, &manifest, "exact");
@@ -163,20 +171,19 @@ pub fn resolve(dir: &Path, memory_limit: usize) -> Result<ResolveStats> {
         find_duplicates(Merger::<ExactEntry>::open(&runs, dir)?, |doc, original| {
             removed.set(doc);
             stats.exact_duplicates += 1;
-            push_decision(
-                &mut decisions,
-                DecisionEntry {
-                    doc,
-                    method: Method::Exact as u8,
-                    dup_of: original,
-                },
-            )
+            decisions.push(DecisionEntry {
+                doc,
+                method: Method::Exact as u8,
+                dup_of: original,
+            })
         })?;
     }
 
     if cfg.minhash {
         let runs = runs_of(dir, &manifest, "bands");
         stats.runs_merged += runs.len() as u64;
+        // The union-find grows with the clustered documents: the exact decisions make room.
+        decisions.spill()?;
         let mut uf = UnionFind::new();
         let merged = Merger::<BandEntry>::open(&runs, dir)?;
         let cs = match cfg.threshold {
@@ -197,6 +204,9 @@ pub fn resolve(dir: &Path, memory_limit: usize) -> Result<ResolveStats> {
         stats.rejected_pairs = cs.rejected_pairs;
         let mut members: Vec<u64> = uf.members().collect();
         members.sort_unstable();
+        decisions.set_budget(budget(
+            removed.mem_bytes() + uf.mem_bytes() + members.capacity() * 8,
+        ));
         for m in members {
             let root = uf.find(m);
             if root == m {
@@ -206,27 +216,18 @@ pub fn resolve(dir: &Path, memory_limit: usize) -> Result<ResolveStats> {
             if root != m && !removed.get(m) {
                 removed.set(m);
                 stats.minhash_duplicates += 1;
-                push_decision(
-                    &mut decisions,
-                    DecisionEntry {
-                        doc: m,
-                        method: Method::MinHash as u8,
-                        dup_of: root,
-                    },
-                )?;
+                decisions.push(DecisionEntry {
+                    doc: m,
+                    method: Method::MinHash as u8,
+                    dup_of: root,
+                })?;
             }
         }
     }
     decisions.finish_into(&dir.join(DECISIONS))?;
 
     let mut removals = Spiller::<RemovalEntry>::new(dir, ".removals-tmp");
-    let push_removal = |sp: &mut Spiller<RemovalEntry>, e: RemovalEntry| -> Result<()> {
-        sp.push(e);
-        if sp.mem_bytes() >= budget {
-            sp.spill()?;
-        }
-        Ok(())
-    };
+    removals.set_budget(budget(removed.mem_bytes()));
     if cfg.lines {
         let runs = runs_of(dir, &manifest, "lines");
         stats.runs_merged += runs.len() as u64;
@@ -242,15 +243,12 @@ pub fn resolve(dir: &Path, memory_limit: usize) -> Result<ResolveStats> {
                 };
                 for e in alive {
                     stats.line_removals += 1;
-                    push_removal(
-                        &mut removals,
-                        RemovalEntry {
-                            doc: e.doc,
-                            kind: Method::Lines as u8,
-                            item: e.hash,
-                            keeper: keeper.doc,
-                        },
-                    )?;
+                    removals.push(RemovalEntry {
+                        doc: e.doc,
+                        kind: Method::Lines as u8,
+                        item: e.hash,
+                        keeper: keeper.doc,
+                    })?;
                 }
                 Ok(())
             },
@@ -271,18 +269,15 @@ pub fn resolve(dir: &Path, memory_limit: usize) -> Result<ResolveStats> {
                 };
                 for e in alive {
                     stats.span_removals += 1;
-                    push_removal(
-                        &mut removals,
-                        RemovalEntry {
-                            doc: e.doc,
-                            kind: Method::Spans as u8,
-                            item: Key128 {
-                                hi: 0,
-                                lo: e.sent as u64,
-                            },
-                            keeper: keeper.doc,
+                    removals.push(RemovalEntry {
+                        doc: e.doc,
+                        kind: Method::Spans as u8,
+                        item: Key128 {
+                            hi: 0,
+                            lo: e.sent as u64,
                         },
-                    )?;
+                        keeper: keeper.doc,
+                    })?;
                 }
                 Ok(())
             },

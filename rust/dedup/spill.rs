@@ -217,31 +217,79 @@ impl<R: Record> Drop for Merger<R> {
     }
 }
 
-/// An append buffer of records that spills to numbered run files when asked.
+/// Bytes `v` must grow by to take `add` more items.
+pub fn growth_needed<T>(v: &Vec<T>, add: usize) -> usize {
+    (v.len() + add).saturating_sub(v.capacity()) * std::mem::size_of::<T>()
+}
+
+/// Makes room in `v` for `add` more items. Capacity doubles as `Vec`'s own growth would,
+/// but by at most `spare` bytes beyond the room needed, which are taken from `spare`. A
+/// buffer grown only this way keeps its *capacity*, not just its length, within a budget:
+/// `Vec`'s doubling alone can overshoot a budget by the size of the buffer.
+pub fn reserve_within<T>(v: &mut Vec<T>, add: usize, spare: &mut usize) {
+    let need = v.len() + add;
+    if need <= v.capacity() {
+        return;
+    }
+    let size = std::mem::size_of::<T>().max(1);
+    let want = (2 * v.capacity()).max(need).max(16);
+    let extra = ((want - need) * size).min(*spare) / size;
+    *spare -= extra * size;
+    v.reserve_exact(need + extra - v.len());
+}
+
+/// An append buffer of records that spills to numbered run files: when asked, and by itself
+/// before its capacity would pass its budget.
 pub struct Spiller<R: Record> {
     dir: PathBuf,
     prefix: String,
+    budget: usize,
+    peak: usize,
     pub buf: Vec<R>,
     pub runs: Vec<PathBuf>,
 }
 
 impl<R: Record> Spiller<R> {
+    /// A spiller with no budget: it spills only when asked.
     pub fn new(dir: &Path, prefix: &str) -> Self {
         Spiller {
             dir: dir.to_path_buf(),
             prefix: prefix.to_string(),
+            budget: usize::MAX,
+            peak: 0,
             buf: Vec::new(),
             runs: Vec::new(),
         }
     }
 
-    pub fn push(&mut self, r: R) {
+    /// Sets the bytes the buffer may hold; takes effect at the next push.
+    pub fn set_budget(&mut self, bytes: usize) {
+        self.budget = bytes.max(1);
+    }
+
+    /// Appends a record, first spilling the buffer if growing it would pass the budget.
+    pub fn push(&mut self, r: R) -> Result<()> {
+        let need = growth_needed(&self.buf, 1);
+        if need > 0 && !self.buf.is_empty() && self.mem_bytes() + need > self.budget {
+            self.spill()?;
+        }
+        let mut spare = self
+            .budget
+            .saturating_sub(self.mem_bytes() + growth_needed(&self.buf, 1));
+        reserve_within(&mut self.buf, 1, &mut spare);
         self.buf.push(r);
+        self.peak = self.peak.max(self.mem_bytes());
+        Ok(())
     }
 
     /// Bytes the buffer holds.
     pub fn mem_bytes(&self) -> usize {
         self.buf.capacity() * std::mem::size_of::<R>()
+    }
+
+    /// The most bytes the buffer has held.
+    pub fn peak_bytes(&self) -> usize {
+        self.peak
     }
 
     /// Writes the buffer as the next run (nothing when it is empty) and frees it.
@@ -284,31 +332,33 @@ impl<R: Record> Spiller<R> {
     }
 }
 
-/// Visits the groups of equal keys in a sorted stream: `f(group)` for each maximal run of
-/// records with the same `key(record)`.
-pub fn for_each_group<R, K, I>(
+/// Visits a sorted stream group by group (maximal runs of records with the same
+/// `key(record)`) without holding a group: `f(earlier, record)` for each record, where
+/// `earlier` holds the group's records before it, but only the first `head` (at least one)
+/// of them, and is empty exactly when `record` opens a group. Groups can be huge (a
+/// boilerplate line in millions of documents); what decides them needs only their start.
+pub fn for_each_in_group<R, K, I>(
     records: I,
     key: impl Fn(&R) -> K,
-    mut f: impl FnMut(&[R]) -> Result<()>,
+    head: usize,
+    mut f: impl FnMut(&[R], &R) -> Result<()>,
 ) -> Result<()>
 where
     R: Record,
     K: PartialEq,
     I: Iterator<Item = Result<R>>,
 {
-    let mut group: Vec<R> = Vec::new();
+    let head = head.max(1);
+    let mut earlier: Vec<R> = Vec::with_capacity(head);
     for r in records {
         let r = r?;
-        if let Some(first) = group.first() {
-            if key(first) != key(&r) {
-                f(&group)?;
-                group.clear();
-            }
+        if earlier.first().is_some_and(|first| key(first) != key(&r)) {
+            earlier.clear();
         }
-        group.push(r);
-    }
-    if !group.is_empty() {
-        f(&group)?;
+        f(&earlier, &r)?;
+        if earlier.len() < head {
+            earlier.push(r);
+        }
     }
     Ok(())
 }
@@ -350,7 +400,7 @@ mod tests {
         let all: Vec<Pair> = (0..5000).map(|i| Pair(next() % 97, i)).collect();
         let mut sp = Spiller::new(dir.path(), "t");
         for (i, r) in all.iter().enumerate() {
-            sp.push(*r);
+            sp.push(*r).unwrap();
             if i % 17 == 0 {
                 sp.spill().unwrap(); // ~300 runs: exercises the cascade
             }
@@ -368,22 +418,59 @@ mod tests {
     }
 
     #[test]
-    fn groups() {
+    fn budget_bounds_capacity_not_just_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut next = xorshift(7);
+        let all: Vec<Pair> = (0..20_000).map(|i| Pair(next() % 1000, i)).collect();
+        let budget = 10_000; // bytes: ~600 records of 16 bytes in memory
+        let mut sp = Spiller::new(dir.path(), "b");
+        sp.set_budget(budget);
+        for r in &all {
+            sp.push(*r).unwrap();
+            assert!(sp.mem_bytes() <= budget, "{}", sp.mem_bytes());
+        }
+        assert!(sp.peak_bytes() <= budget && sp.peak_bytes() > budget / 2);
+        assert!(sp.runs.len() >= 20_000 * 16 / budget);
+        let out = dir.path().join("all.run");
+        assert_eq!(sp.finish_into(&out).unwrap(), 20_000);
+        let merged: Vec<Pair> = RunReader::open(&out).unwrap().map(|r| r.unwrap()).collect();
+        let mut expected = all;
+        expected.sort();
+        assert_eq!(merged, expected);
+    }
+
+    #[test]
+    fn groups_are_visited_holding_only_their_head() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.run");
-        let mut v = vec![Pair(1, 0), Pair(2, 1), Pair(1, 2), Pair(3, 3), Pair(2, 4)];
+        let mut v: Vec<Pair> = (0..5).map(|i| Pair(1, i)).collect();
+        v.extend([Pair(2, 9), Pair(3, 7), Pair(3, 8)]);
         write_run(&p, &mut v).unwrap();
-        let mut sizes = Vec::new();
-        for_each_group(
+        let mut seen = Vec::new();
+        for_each_in_group(
             RunReader::<Pair>::open(&p).unwrap(),
             |r| r.0,
-            |g| {
-                sizes.push((g[0].0, g.len()));
+            2,
+            |earlier, r| {
+                seen.push((r.1, earlier.iter().map(|e| e.1).collect::<Vec<_>>()));
                 Ok(())
             },
         )
         .unwrap();
-        assert_eq!(sizes, [(1, 2), (2, 2), (3, 1)]);
+        let e = |x: &[u32]| x.to_vec();
+        assert_eq!(
+            seen,
+            [
+                (0, e(&[])),
+                (1, e(&[0])),
+                (2, e(&[0, 1])),
+                (3, e(&[0, 1])),
+                (4, e(&[0, 1])),
+                (9, e(&[])),
+                (7, e(&[])),
+                (8, e(&[7])),
+            ]
+        );
     }
 
     #[test]

@@ -481,3 +481,161 @@ mod tests {
         assert!(msg.contains("file length"), "{msg}");
     }
 }
+
+/// Fuzzing the header and index decoders (issue 18): arbitrary and damaged bytes are decoded
+/// or refused, never a panic; what they accept holds together; a changed header or a file of
+/// another length is refused. `PROPTEST_CASES` sets the cases (see `crate::fuzz`).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::{apply, config, edits};
+    use proptest::prelude::*;
+
+    fn p() -> &'static Path {
+        Path::new("fuzz.bin")
+    }
+
+    /// An index of `n` documents spread over `4n + 1` tokens, with ids "d0", "d1", ...
+    fn valid_index(n: u64) -> Vec<u8> {
+        let starts: Vec<u64> = (0..n).map(|i| 4 * i).collect();
+        let positions: Vec<u64> = (0..n).map(|i| 10 + i).collect();
+        let ids: String = (0..n).map(|i| format!("d{i}")).collect();
+        let mut offsets = vec![0u64];
+        for i in 0..n {
+            offsets.push(offsets.last().unwrap() + format!("d{i}").len() as u64);
+        }
+        let header = IndexHeader {
+            n_docs: n,
+            n_tokens: 4 * n + 1,
+            first_doc: 3,
+            checksum: 0xfeed,
+            ids_bytes: ids.len() as u64,
+        };
+        encode_index(&header, &starts, &positions, &offsets, ids.as_bytes())
+    }
+
+    /// What an accepted index promises its readers, checked without `decode_index`: every
+    /// array lies inside the file, starts increase below the token count, id offsets run from
+    /// 0 to the id bytes without going back.
+    fn assert_holds_together(bytes: &[u8], h: &IndexHeader) {
+        assert_eq!(h.file_len(), bytes.len() as u64);
+        let [starts, _, id_offsets, ids] = h.array_offsets();
+        assert_eq!(ids as u64 + h.ids_bytes, bytes.len() as u64);
+        let at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
+        let starts: Vec<u64> = (0..h.n_docs as usize).map(|i| at(starts + 8 * i)).collect();
+        assert!(starts.windows(2).all(|w| w[0] < w[1]));
+        assert!(starts.iter().all(|&s| s < h.n_tokens));
+        let offsets: Vec<u64> = (0..=h.n_docs as usize).map(|i| at(id_offsets + 8 * i)).collect();
+        assert_eq!((offsets[0], *offsets.last().unwrap()), (0, h.ids_bytes));
+        assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    fn assert_header_holds_together(bytes: &[u8], file_len: u64, strict: bool, h: &Header) {
+        let int = |i: usize| i32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());
+        assert_eq!(int(0), MAGIC);
+        assert_eq!(Dtype::from_version(int(1)), Some(h.dtype));
+        assert_eq!(int(2) as u64, h.count);
+        assert_eq!(file_len, HEADER_BYTES as u64 + h.count * h.dtype.width() as u64);
+        if strict {
+            assert!((3..HEADER_INTS).all(|i| int(i) == 0));
+        }
+    }
+
+    /// A header whose first three ints are drawn from values near the valid ones.
+    fn near_valid_header() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![Just(MAGIC), any::<i32>()],
+            prop_oneof![Just(1), Just(2), any::<i32>()],
+            prop_oneof![0..100i32, any::<i32>()],
+            prop::collection::vec(prop_oneof![9 => Just(0u8), 1 => any::<u8>()], HEADER_BYTES - 12),
+        )
+            .prop_map(|(m, v, c, rest)| {
+                let mut out = Vec::with_capacity(HEADER_BYTES);
+                for x in [m, v, c] {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+                out.extend(rest);
+                out
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        #[test]
+        fn headers_of_any_bytes_are_decoded_or_refused(
+            bytes in prop_oneof![prop::collection::vec(any::<u8>(), 0..1100), near_valid_header()],
+            len in prop_oneof![Just(None), Just(Some(1024u64)), (0..400u64).prop_map(|n| Some(1024 + n)), any::<u64>().prop_map(Some)],
+            strict in any::<bool>(),
+        ) {
+            let file_len = len.unwrap_or(bytes.len() as u64);
+            if let Ok(h) = decode_header(p(), &bytes, file_len, strict) {
+                assert_header_holds_together(&bytes, file_len, strict, &h);
+            }
+        }
+
+        /// Any byte of a non-empty shard's header changed, or a file of another length, is
+        /// refused when opened strictly (as gristmill opens its own shards).
+        #[test]
+        fn a_changed_header_or_length_is_refused(
+            count in 1u64..5000,
+            wide in any::<bool>(),
+            at in 0..HEADER_BYTES,
+            mask in 0..=255u8,
+            delta in -8i64..8,
+        ) {
+            prop_assume!(mask != 0 || delta != 0);
+            let dtype = if wide { Dtype::U32 } else { Dtype::U16 };
+            let mut h = encode_header(dtype, count);
+            h[at] ^= mask;
+            let len = (HEADER_BYTES as u64 + count * dtype.width() as u64).saturating_add_signed(delta);
+            prop_assert!(decode_header(p(), &h, len, true).is_err());
+        }
+
+        #[test]
+        fn indexes_of_any_bytes_are_decoded_or_refused(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(h) = decode_index(p(), &bytes) {
+                assert_holds_together(&bytes, &h);
+            }
+        }
+
+        /// Indexes past the magic and version, with counts and arrays drawn near valid ones.
+        #[test]
+        fn indexes_with_valid_magic_are_decoded_or_refused(
+            n_docs in prop_oneof![0..6u64, any::<u64>()],
+            n_tokens in prop_oneof![0..30u64, any::<u64>()],
+            ids_bytes in prop_oneof![0..12u64, any::<u64>()],
+            body in prop::collection::vec(prop_oneof![0..16u64, any::<u64>()], 0..20),
+            tail in prop::collection::vec(any::<u8>(), 0..12),
+        ) {
+            let mut bytes = INDEX_MAGIC.to_vec();
+            bytes.extend_from_slice(&INDEX_VERSION.to_le_bytes());
+            for v in [n_docs, n_tokens, 0, 0, ids_bytes, 0, 0] {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in body {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+            bytes.extend(tail);
+            if let Ok(h) = decode_index(p(), &bytes) {
+                assert_holds_together(&bytes, &h);
+            }
+        }
+
+        #[test]
+        fn damaged_indexes_are_decoded_or_refused(n in 0u64..8, e in edits()) {
+            let damaged = apply(&valid_index(n), &e);
+            if let Ok(h) = decode_index(p(), &damaged) {
+                assert_holds_together(&damaged, &h);
+            }
+        }
+
+        /// A cut or extended index (an interrupted copy, an append) is refused.
+        #[test]
+        fn cut_or_extended_indexes_are_refused(n in 0u64..8, cut in any::<prop::sample::Index>(), extra in prop::collection::vec(any::<u8>(), 1..16)) {
+            let valid = valid_index(n);
+            prop_assert!(decode_index(p(), &valid[..cut.index(valid.len())]).is_err());
+            prop_assert!(decode_index(p(), &[valid.clone(), extra].concat()).is_err());
+        }
+    }
+}

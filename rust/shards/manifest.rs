@@ -11,13 +11,16 @@
 //!   "documents": 4173,
 //!   "splits": {"train": {"tokens": …, "documents": …, "shards": [
 //!       {"file": "train_000000.bin", "index": "train_000000.idx", "tokens": …, "documents": …,
-//!        "checksum": "xxh3-64:…", "index_checksum": "xxh3-64:…"}]},
+//!        "checksum": "xxh3-64:…", "index_checksum": "xxh3-64:…", "max_token": 50256}]},
 //!              "val": {…}}
 //! }
 //! ```
 //!
 //! `checksum` covers a shard's tokens (bytes 1024..end; the header is checked field by field),
-//! `index_checksum` the whole index file. File names are relative to the manifest.
+//! `index_checksum` the whole index file. `max_token` is the shard's largest token id, so the
+//! trainer can check the tokens against its model's vocabulary without reading them; manifests
+//! written before it existed lack it (readers then scan the shard). File names are relative to
+//! the manifest and may not leave its folder.
 
 use super::format::{self, Dtype};
 use super::ShardError;
@@ -156,6 +159,9 @@ pub struct ShardEntry {
     pub documents: u64,
     pub checksum: String,
     pub index_checksum: String,
+    /// The largest token id in the shard (None: an empty shard, or an older manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -228,12 +234,54 @@ impl Manifest {
                 ));
             }
         }
+        m.check_paths(path)?;
         Ok(m)
+    }
+
+    /// Every file the manifest names must lie in its folder: a hostile or careless manifest
+    /// must not make a reader open `../secret` or `/etc/passwd`.
+    fn check_paths(&self, path: &Path) -> Result<(), ShardError> {
+        let outside = |what: String, name: &str| {
+            ShardError::manifest(
+                path,
+                format!(
+                    "{what} {name:?} is outside the dataset folder; entries must be paths \
+                     relative to {MANIFEST_NAME}, without '..'"
+                ),
+            )
+        };
+        if let Some(dir) = &self.settings.tokenizer.path {
+            if !is_inside(dir) {
+                return Err(outside("tokenizer path".into(), dir));
+            }
+        }
+        for (name, split) in &self.splits {
+            for (i, s) in split.shards.iter().enumerate() {
+                for (key, value) in [("file", &s.file), ("index", &s.index)] {
+                    if !is_inside(value) {
+                        return Err(outside(format!("split {name:?} shard {i}: {key}"), value));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a manifest serialises") + "\n"
     }
+}
+
+/// True when `name` is a relative path that stays below the folder it is relative to.
+fn is_inside(name: &str) -> bool {
+    use std::path::Component;
+    let p = Path::new(name);
+    // Drive letters and backslashes mean nothing on Unix but leave the folder on Windows.
+    let windows_root = name.contains('\\') || name.as_bytes().get(1) == Some(&b':');
+    !name.is_empty()
+        && !windows_root
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 #[cfg(test)]
@@ -283,6 +331,7 @@ mod tests {
                     documents: 2,
                     checksum: "xxh3-64:00".into(),
                     index_checksum: "xxh3-64:01".into(),
+                    max_token: Some(299),
                 }],
             },
         );
@@ -299,5 +348,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("m.json: line 1"), "{e}");
+    }
+
+    fn one_shard(file: &str) -> Manifest {
+        let mut splits = BTreeMap::new();
+        let shard = ShardEntry {
+            file: file.into(),
+            index: "train_000000.idx".into(),
+            tokens: 7,
+            documents: 2,
+            checksum: "xxh3-64:00".into(),
+            index_checksum: "xxh3-64:01".into(),
+            max_token: None,
+        };
+        let split = SplitEntry {
+            tokens: 7,
+            documents: 2,
+            shards: vec![shard],
+        };
+        splits.insert("train".to_string(), split);
+        Manifest::new(settings(), 2, splits)
+    }
+
+    #[test]
+    fn an_older_manifest_without_max_token_reads() {
+        let m = one_shard("train_000000.bin");
+        let text = m.to_json();
+        assert!(!text.contains("max_token"), "{text}");
+        let back = Manifest::parse(&text, Path::new("m.json")).unwrap();
+        assert_eq!(back.splits["train"].shards[0].max_token, None);
+    }
+
+    #[test]
+    fn entries_outside_the_folder_are_refused() {
+        for ok in ["train_000000.bin", "sub/train_000000.bin", "./a.bin"] {
+            Manifest::parse(&one_shard(ok).to_json(), Path::new("m.json")).unwrap();
+        }
+        for bad in [
+            "../x.bin",
+            "/etc/passwd",
+            "a/../../x",
+            "",
+            "C:x",
+            "\\\\host\\x",
+            "..\\x",
+        ] {
+            let e = Manifest::parse(&one_shard(bad).to_json(), Path::new("d/m.json"))
+                .unwrap_err()
+                .to_string();
+            let expect = format!("d/m.json: split \"train\" shard 0: file {bad:?} is outside");
+            assert!(e.starts_with(&expect), "{e}");
+        }
+        let mut m = one_shard("a.bin");
+        m.settings.tokenizer.path = Some("../tok".into());
+        let e = Manifest::parse(&m.to_json(), Path::new("m.json")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("tokenizer path \"../tok\" is outside"),
+            "{e}"
+        );
     }
 }

@@ -64,6 +64,23 @@ pub enum ShardError {
         expected: String,
         source_of_expected: String,
     },
+    /// A token id the model has no embedding for (checked before training).
+    #[error(
+        "{}: token id {token} at token {offset} ({} {largest}) is outside the model's vocabulary \
+         of {vocab}; retokenize with the model's tokenizer or use a model with a larger vocab",
+        path.display(),
+        if *recorded { "largest recorded" } else { "largest in the shard" }
+    )]
+    TokenRange {
+        path: PathBuf,
+        token: u32,
+        /// Index of the token in the shard.
+        offset: u64,
+        largest: u32,
+        /// Whether `largest` comes from the manifest (else from reading the shard).
+        recorded: bool,
+        vocab: u64,
+    },
     /// A manifest that is unreadable or disagrees with the files it lists.
     #[error("{}: {message}", path.display())]
     Manifest { path: PathBuf, message: String },

@@ -3,7 +3,8 @@
 //! Nothing is read into memory up front: shards and indexes are mapped, and tokens are handed
 //! out as slices of the map (numpy views, through `lib.rs`). Opening checks every header
 //! against its file size and the manifest, as llm.c's C loader does; the checksums, which
-//! need every byte, are checked by [`Dataset::verify`].
+//! need every byte, are checked by [`Dataset::verify`], and the token ids against a model's
+//! vocabulary by [`Dataset::check_tokens`] (from the largest ids the manifest records).
 
 use super::format::{self, Dtype, Header, IndexHeader, HEADER_BYTES};
 use super::manifest::{Manifest, MANIFEST_NAME};
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 /// A token type a shard can hold.
 pub trait Token: bytemuck::Pod + Send + Sync {
@@ -25,6 +26,14 @@ impl Token for u16 {
 }
 impl Token for u32 {
     const DTYPE: Dtype = Dtype::U32;
+}
+
+/// Tokens hashed and scanned per step: small enough to stay in cache between the two.
+const SCAN_TOKENS: usize = 1 << 18;
+
+/// The largest of `tokens`, or None when there are none.
+fn max_of<T: Token + Ord + Into<u32>>(tokens: &[T]) -> Option<u32> {
+    tokens.iter().copied().max().map(Into::into)
 }
 
 fn map_file(path: &Path) -> Result<(Mmap, u64), ShardError> {
@@ -112,6 +121,45 @@ impl Shard {
     pub fn checksum(&self) -> u64 {
         xxh3_64(self.payload())
     }
+
+    /// The largest token id (None for an empty shard). Reads every token.
+    pub fn max_token(&self) -> Option<u32> {
+        match self.dtype() {
+            Dtype::U16 => max_of(self.tokens::<u16>().ok()?),
+            Dtype::U32 => max_of(self.tokens::<u32>().ok()?),
+        }
+    }
+
+    /// [`checksum`](Self::checksum) and [`max_token`](Self::max_token) in one pass.
+    pub fn checksum_and_max(&self) -> (u64, Option<u32>) {
+        fn scan<T: Token + Ord + Into<u32>>(tokens: &[T]) -> (u64, Option<u32>) {
+            let mut hasher = Xxh3::new();
+            let mut max = None;
+            for chunk in tokens.chunks(SCAN_TOKENS) {
+                hasher.update(bytemuck::cast_slice(chunk));
+                max = max.max(max_of(chunk));
+            }
+            (hasher.digest(), max)
+        }
+        let scanned = match self.dtype() {
+            Dtype::U16 => self.tokens::<u16>().map(scan),
+            Dtype::U32 => self.tokens::<u32>().map(scan),
+        };
+        // The dtype matches by construction, so the views cannot fail.
+        scanned.unwrap_or_else(|_| (self.checksum(), None))
+    }
+
+    /// The first token `>= limit`: (its index in the shard, its id).
+    pub fn first_at_least(&self, limit: u64) -> Option<(u64, u32)> {
+        fn find<T: Token + Into<u32>>(tokens: &[T], limit: u64) -> Option<(u64, u32)> {
+            let i = tokens.iter().position(|&t| u64::from(t.into()) >= limit)?;
+            Some((i as u64, tokens[i].into()))
+        }
+        match self.dtype() {
+            Dtype::U16 => find(self.tokens::<u16>().ok()?, limit),
+            Dtype::U32 => find(self.tokens::<u32>().ok()?, limit),
+        }
+    }
 }
 
 /// One memory-mapped document index.
@@ -165,6 +213,50 @@ impl ShardIndex {
                 "UTF-8 text",
             )
         })
+    }
+}
+
+/// The manifest and a shard's index record different checksums for the shard's tokens: hashes
+/// the tokens (this only happens on the way to an error) to blame whichever of the three files
+/// is wrong.
+fn checksum_disagreement(
+    manifest_path: &Path,
+    listed: &str,
+    idx: &ShardIndex,
+    shard: &Shard,
+) -> ShardError {
+    let indexed = format::checksum_text(idx.header().checksum);
+    let actual = format::checksum_text(shard.checksum());
+    if actual == indexed {
+        ShardError::manifest(
+            manifest_path,
+            format!(
+                "lists checksum {listed} for {}, but its tokens hash to {actual}, as its index \
+                 {} records: the manifest is damaged or belongs to other shards",
+                shard.path().display(),
+                idx.path.display()
+            ),
+        )
+    } else if actual == listed {
+        ShardError::field(
+            &idx.path,
+            "checksum",
+            32,
+            indexed,
+            format!(
+                "{actual} (the tokens of {} hash to it, as {MANIFEST_NAME} lists)",
+                shard.path().display()
+            ),
+        )
+    } else {
+        ShardError::Checksum {
+            path: shard.path().to_path_buf(),
+            start: HEADER_BYTES as u64,
+            end: HEADER_BYTES as u64 + shard.payload().len() as u64,
+            found: actual,
+            expected: listed.to_string(),
+            source_of_expected: format!("{MANIFEST_NAME}; its index says {indexed}"),
+        }
     }
 }
 
@@ -237,14 +329,12 @@ impl Split {
                 ));
             }
             if format::checksum_text(h.checksum) != s.checksum {
-                return Err(ShardError::Checksum {
-                    path: idx.path.clone(),
-                    start: 32,
-                    end: 40,
-                    found: format::checksum_text(h.checksum),
-                    expected: s.checksum.clone(),
-                    source_of_expected: MANIFEST_NAME.into(),
-                });
+                return Err(checksum_disagreement(
+                    manifest_path,
+                    &s.checksum,
+                    &idx,
+                    &shard,
+                ));
             }
             if docs == 0 && !shard.is_empty() && idx.starts().first() != Some(&0) {
                 return Err(ShardError::field(
@@ -483,8 +573,8 @@ impl Dataset {
         })
     }
 
-    /// Checks every shard's and index's checksum against the manifest (reads every byte, on
-    /// all threads).
+    /// Checks every shard's and index's checksum, and each shard's largest token id, against
+    /// the manifest (reads every byte, on all threads).
     pub fn verify(&self) -> Result<(), ShardError> {
         let dir = self.manifest_path.parent().unwrap_or(Path::new("."));
         let mut jobs = Vec::new();
@@ -496,7 +586,8 @@ impl Dataset {
         }
         crate::parallel::install(|| {
             jobs.par_iter().try_for_each(|(shard, idx_path, entry)| {
-                let found = format::checksum_text(shard.checksum());
+                let (checksum, max) = shard.checksum_and_max();
+                let found = format::checksum_text(checksum);
                 if found != entry.checksum {
                     return Err(ShardError::Checksum {
                         path: shard.path().to_path_buf(),
@@ -506,6 +597,16 @@ impl Dataset {
                         expected: entry.checksum.clone(),
                         source_of_expected: MANIFEST_NAME.into(),
                     });
+                }
+                if let Some(listed) = entry.max_token.filter(|&m| Some(m) != max) {
+                    return Err(ShardError::manifest(
+                        &self.manifest_path,
+                        format!(
+                            "lists {listed} as the largest token of {}, the file's largest is {}",
+                            shard.path().display(),
+                            max.map_or("none (it is empty)".into(), |m| m.to_string())
+                        ),
+                    ));
                 }
                 let bytes = std::fs::read(idx_path).map_err(|e| ShardError::io(idx_path, e))?;
                 let found = format::checksum_text(xxh3_64(&bytes));
@@ -522,6 +623,44 @@ impl Dataset {
                 Ok(())
             })
         })
+    }
+
+    /// Checks that every token id is below `vocab`, the model's vocabulary size, from the
+    /// largest ids the manifest records; shards it records none for (older manifests) are
+    /// read. Names the first token outside, by shard and position.
+    pub fn check_tokens(&self, vocab: u64) -> Result<(), ShardError> {
+        let mut jobs = Vec::new();
+        for (name, entry) in &self.manifest.splits {
+            for (shard, s) in self.splits[name].shards.iter().zip(&entry.shards) {
+                jobs.push((shard, s.max_token));
+            }
+        }
+        let largest: Vec<(Option<u32>, bool)> = crate::parallel::install(|| {
+            jobs.par_iter()
+                .map(|&(shard, recorded)| match recorded {
+                    Some(m) => (Some(m), true),
+                    None => (shard.max_token(), false),
+                })
+                .collect()
+        });
+        for (&(shard, _), &(max, recorded)) in jobs.iter().zip(&largest) {
+            let Some(max) = max.filter(|&m| u64::from(m) >= vocab) else {
+                continue;
+            };
+            // A recorded maximum that the tokens do not reach is the manifest's error, which
+            // `verify` reports; training itself is safe.
+            if let Some((offset, token)) = shard.first_at_least(vocab) {
+                return Err(ShardError::TokenRange {
+                    path: shard.path().to_path_buf(),
+                    token,
+                    offset,
+                    largest: max,
+                    recorded,
+                    vocab,
+                });
+            }
+        }
+        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ use super::format::{self, Dtype, IndexHeader, HEADER_BYTES};
 use super::manifest::{
     EotMode, Manifest, Settings, ShardEntry, SplitEntry, SplitRule, MANIFEST_NAME, SPLITS,
 };
+use super::reader::Shard;
 use super::ShardError;
 use crate::bpe::{Encoder, Rank};
 use rustc_hash::FxHashSet;
@@ -103,6 +104,8 @@ pub struct ShardFile {
     dtype: Dtype,
     count: u64,
     hasher: Xxh3,
+    /// The largest token written (the manifest records it).
+    max: Option<Rank>,
     scratch: Vec<u8>,
     /// The file offset up to which writeback has been started.
     written_back: u64,
@@ -122,6 +125,7 @@ impl ShardFile {
             dtype,
             count: 0,
             hasher: Xxh3::new(),
+            max: None,
             scratch: Vec::new(),
             written_back: 0,
         })
@@ -135,6 +139,11 @@ impl ShardFile {
     /// renamed into place).
     pub fn checksum(&self) -> u64 {
         self.hasher.digest()
+    }
+
+    /// The largest token written so far.
+    pub fn max_token(&self) -> Option<Rank> {
+        self.max
     }
 
     /// Appends tokens (each must fit the dtype; the writer checks ids against the vocabulary).
@@ -162,6 +171,7 @@ impl ShardFile {
             }
         }
         self.hasher.update(&self.scratch);
+        self.max = self.max.max(tokens.iter().copied().max());
         self.out
             .write_all(&self.scratch)
             .map_err(|e| ShardError::io(&self.tmp, e))?;
@@ -360,7 +370,8 @@ impl DatasetWriter {
         loop {
             let (bin_name, idx_name) = shard_names(split.name, split.shards.len());
             let (bin, idx) = (self.dir.join(&bin_name), self.dir.join(&idx_name));
-            let Some((header, idx_bytes)) = complete_shard(&bin, &idx, dtype, shard_size) else {
+            let Some((header, idx_bytes, max_token)) = complete_shard(&bin, &idx, dtype, shard_size)
+            else {
                 break;
             };
             if header.first_doc != split.docs {
@@ -380,6 +391,7 @@ impl DatasetWriter {
                 documents: header.n_docs,
                 checksum: format::checksum_text(header.checksum),
                 index_checksum: format::checksum_text(xxh3_64(&idx_bytes)),
+                max_token,
             });
             split.tokens += header.n_tokens;
             split.docs += header.n_docs;
@@ -624,6 +636,7 @@ impl DatasetWriter {
         let (bin_name, idx_name) = shard_names(split.name, open.number);
         let count = open.file.count();
         let checksum = open.file.checksum();
+        let max_token = open.file.max_token();
         let header = IndexHeader {
             n_docs: open.starts.len() as u64,
             n_tokens: count,
@@ -650,6 +663,7 @@ impl DatasetWriter {
             documents: header.n_docs,
             checksum: format::checksum_text(checksum),
             index_checksum: format::checksum_text(xxh3_64(&idx_bytes)),
+            max_token,
         });
         Ok(())
     }
@@ -840,23 +854,22 @@ fn parse_shard_name(name: &str, split: &str) -> Option<usize> {
     digits.parse().ok()
 }
 
-/// The index header and bytes of a complete, full shard from an earlier run, or None when the
-/// pair is missing, partial or damaged (it is then written again).
+/// The index header and bytes of a complete, full shard from an earlier run, with the
+/// shard's largest token, or None when the pair is missing, partial or damaged (it is then
+/// written again).
 fn complete_shard(
     bin: &Path,
     idx: &Path,
     dtype: Dtype,
     shard_size: u64,
-) -> Option<(IndexHeader, Vec<u8>)> {
+) -> Option<(IndexHeader, Vec<u8>, Option<Rank>)> {
     let idx_bytes = fs::read(idx).ok()?;
     let header = format::decode_index(idx, &idx_bytes).ok()?;
-    let mut f = File::open(bin).ok()?;
-    let len = f.metadata().ok()?.len();
-    let mut head = vec![0u8; HEADER_BYTES];
-    std::io::Read::read_exact(&mut f, &mut head).ok()?;
-    let h = format::decode_header(bin, &head, len, true).ok()?;
-    let full = h.dtype == dtype && h.count == shard_size && header.n_tokens == shard_size;
-    full.then_some((header, idx_bytes))
+    let shard = Shard::open(bin, true).ok()?;
+    let full = shard.dtype() == dtype && shard.len() == shard_size && header.n_tokens == shard_size;
+    // Read back for the manifest: the index has no room for it, and a resumed run must write
+    // the manifest an uninterrupted one writes.
+    full.then(|| (header, idx_bytes, shard.max_token()))
 }
 
 #[cfg(test)]

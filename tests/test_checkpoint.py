@@ -1,0 +1,202 @@
+"""Checkpoints: layout and checksums, and a damaged or missing file named in one line by
+resume (train), load and the sample command; old checkpoints and HF GPT-2 folders still load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from gristmill import load_model
+from gristmill.cli import main
+from gristmill.train import train
+from standin_shards import StandInShardDataset, byte_tokenizer
+
+torch.set_num_threads(1)  # tiny models: one thread is fastest and deterministic
+
+TINY = {"model": "tiny", "n_layer": 1, "n_embd": 32, "block_size": 32, "batch_size": 2,
+        "seq_len": 16, "warmup_steps": 1, "progress": False, "plot": False, "eval_batches": 1,
+        "eval_interval": 2, "keep_last": 1}
+CKPT = "ckpt-0000002"
+
+
+@pytest.fixture(scope="module")
+def small(shared_data):
+    text = (shared_data / "tinyshakespeare.txt").read_text("utf-8")[:20_000]
+    return StandInShardDataset.from_text(text, byte_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def run(small, tmp_path_factory):
+    """A finished 2-step run: out_dir with ckpt-0000002 (also the best) and best.json."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    train(dataset=small, out_dir=str(out), max_steps=2, **TINY)
+    return out
+
+
+@pytest.fixture
+def copy(run, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(run, dst)
+    return dst
+
+
+def _keep_header_randomize_data(path):
+    """Random bytes over the tensor data, the safetensors header intact: it still parses."""
+    raw = path.read_bytes()
+    start = 8 + struct.unpack("<Q", raw[:8])[0]
+    rng = np.random.default_rng(0)
+    path.write_bytes(raw[:start] + rng.integers(0, 256, len(raw) - start, np.uint8).tobytes())
+
+
+def damage(out, kind):
+    """Damages `out` as `kind`; returns the file the error must name."""
+    ckpt = out / CKPT
+    weights, optim, best = ckpt / "model.safetensors", ckpt / "optimizer.pt", out / "best.json"
+    if kind == "truncated-weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif kind == "empty-weights":
+        weights.write_bytes(b"")
+    elif kind == "random-weights":
+        _keep_header_randomize_data(weights)
+    elif kind == "missing-weights":
+        weights.unlink()
+    elif kind == "best-json-garbage":
+        best.write_text('{"checkpoint": ')
+        return best
+    elif kind == "best-json-no-key":
+        best.write_text('{"step": 2}')
+        return best
+    elif kind == "truncated-optimizer":
+        optim.write_bytes(optim.read_bytes()[:1000])
+        return optim
+    return weights
+
+
+WEIGHT_DEFECTS = ["truncated-weights", "empty-weights", "random-weights", "missing-weights"]
+DEFECTS = [*WEIGHT_DEFECTS, "best-json-garbage", "best-json-no-key", "truncated-optimizer"]
+
+
+def _one_line_naming(err, path):
+    msg = str(err)
+    assert str(path) in msg and "\n" not in msg, msg
+    return msg
+
+
+# ---- the layout ------------------------------------------------------------------------------
+
+
+def test_checkpoint_records_checksums_of_its_files(run):
+    meta = json.loads((run / CKPT / "config.json").read_text())
+    assert meta["format"] == "gristmill-checkpoint-1"
+    for name in ("model.safetensors", "optimizer.pt", "state.json"):
+        data = (run / CKPT / name).read_bytes()
+        assert meta["files"][name] == {"bytes": len(data),
+                                       "sha256": hashlib.sha256(data).hexdigest()}
+    assert json.loads((run / "best.json").read_text())["checkpoint"] == CKPT
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+# ---- damage, resuming ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", DEFECTS)
+def test_resume_from_damaged_checkpoint_is_one_line(small, copy, kind):
+    bad = damage(copy, kind)
+    log_before = (copy / "log.jsonl").read_text()
+    with pytest.raises(ValueError) as e:
+        train(dataset=small, out_dir=str(copy), max_steps=4, **TINY)
+    msg = _one_line_naming(e.value, bad)
+    assert "delete" in msg, msg
+    assert (copy / "log.jsonl").read_text() == log_before  # refused before any step
+    assert bad.name == "best.json" or (copy / CKPT).is_dir()  # nothing deleted for the user
+
+
+def test_resume_after_deleting_the_damaged_checkpoint_starts_over(small, copy):
+    damage(copy, "truncated-weights")
+    shutil.rmtree(copy / CKPT)  # what the error says to do; no earlier one was kept
+    (copy / "best.json").unlink()
+    assert train(dataset=small, out_dir=str(copy), max_steps=2, **TINY)["step"] == 2
+
+
+# ---- damage, loading and sampling ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [k for k in DEFECTS if k != "truncated-optimizer"])
+@pytest.mark.parametrize("target", ["out_dir", "ckpt"])
+def test_load_of_damaged_checkpoint_is_one_line(copy, kind, target):
+    bad = damage(copy, kind)
+    if target == "ckpt" and bad.name == "best.json":
+        load_model(copy / CKPT)  # best.json is not read for a named checkpoint
+        return
+    with pytest.raises(ValueError) as e:
+        load_model(copy if target == "out_dir" else copy / CKPT)
+    _one_line_naming(e.value, bad)
+
+
+def test_load_ignores_the_optimizer(copy):
+    damage(copy, "truncated-optimizer")
+    assert load_model(copy).config.n_embd == 32
+
+
+@pytest.mark.parametrize("kind", DEFECTS[:-1])
+def test_cli_sample_of_damaged_checkpoint_is_one_line(copy, kind, capsys):
+    bad = damage(copy, kind)
+    assert main(["sample", str(copy), "-p", "ab", "-n", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gristmill sample: ") and err.count("\n") == 1 and str(bad) in err, err
+
+
+# ---- older checkpoints and HF folders --------------------------------------------------------
+
+
+def _drop_checksums(out):
+    meta_file = out / CKPT / "config.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["files"]
+    meta_file.write_text(json.dumps(meta))
+
+
+def test_checkpoint_without_checksums_still_loads_and_resumes(small, copy):
+    _drop_checksums(copy)
+    assert load_model(copy).config.n_embd == 32
+    assert train(dataset=small, out_dir=str(copy), max_steps=4, **TINY)["step"] == 4
+
+
+@pytest.mark.parametrize("kind", WEIGHT_DEFECTS)
+def test_checkpoint_without_checksums_damaged_is_still_named(copy, kind):
+    _drop_checksums(copy)
+    bad = damage(copy, kind)
+    with pytest.raises(ValueError) as e:
+        load_model(copy)
+    _one_line_naming(e.value, bad)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_hf_folder_loads_and_damaged_is_one_line(tmp_path, fmt, capsys):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=32, vocab_size=257,
+                                  bos_token_id=256, eos_token_id=256)
+    hf = transformers.GPT2LMHeadModel(cfg)
+    if fmt == "safetensors":
+        hf.save_pretrained(tmp_path)
+    else:  # the older layout: config.json and a pickle
+        hf.config.save_pretrained(tmp_path)
+        torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    byte_tokenizer().save(tmp_path / "tokenizer")
+    assert load_model(tmp_path).config.vocab_size == 257
+    assert main(["sample", str(tmp_path), "-p", "ab", "-n", "2"]) == 0
+    capsys.readouterr()
+    weights = tmp_path / ("model.safetensors" if fmt == "safetensors" else "pytorch_model.bin")
+    weights.write_bytes(weights.read_bytes()[:500])
+    with pytest.raises(ValueError) as e:
+        load_model(tmp_path)
+    _one_line_naming(e.value, weights)
+    assert main(["sample", str(tmp_path), "-p", "ab"]) == 1
+    assert str(weights) in capsys.readouterr().err
