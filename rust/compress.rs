@@ -72,6 +72,13 @@ impl ZstdFile {
             source,
         };
         let file = File::open(path).map_err(err)?;
+        // An empty file is no zstd data at all: most likely a write that never happened.
+        if file.metadata().map_err(err)?.len() == 0 {
+            return Err(err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "empty file, expected zstd data (the file is truncated)",
+            )));
+        }
         let decoder = zstd::stream::read::Decoder::new(file).map_err(err)?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -160,13 +167,95 @@ mod tests {
             .to_string()
             .contains("junk.zst"));
         let missing = dir.path().join("missing.zst");
-        assert!(ZstdFile::open(&missing).unwrap_err().is_not_found());
+        assert!(ZstdFile::open(&missing).err().unwrap().is_not_found());
     }
 
     #[test]
-    fn empty_file_reads_as_empty() {
+    fn empty_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), "empty.zst", b"");
-        assert_eq!(read_all(&path).unwrap(), b"");
+        let e = read_all(&path).unwrap_err().to_string();
+        assert!(e.contains("empty.zst: empty file"), "{e}");
+    }
+}
+
+/// Fuzzing the zstd reader (issue 18): any bytes are decompressed or refused, never a panic;
+/// a cut frame is refused, never read short; a damaged frame is refused or reads the same
+/// bytes (its content checksum). `PROPTEST_CASES` sets the cases (see `crate::fuzz`).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::{apply, config, edits, within};
+    use proptest::prelude::*;
+
+    fn read_all(path: PathBuf) -> Result<Vec<u8>, CompressError> {
+        let mut f = ZstdFile::open(&path)?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 777];
+        loop {
+            let n = f.read_full(&mut buf)?;
+            out.extend_from_slice(&buf[..n]);
+            if n < buf.len() {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    proptest! {
+        #![proptest_config(config(128))]
+
+        #[test]
+        fn any_bytes_are_read_or_refused(
+            bytes in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..200),
+                // past the magic number, so the frame header is parsed
+                prop::collection::vec(any::<u8>(), 0..200).prop_map(|b| [&[0x28, 0xb5, 0x2f, 0xfd][..], &b].concat()),
+            ],
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = write(dir.path(), "x.zst", &bytes);
+            if let Err(e) = within(60, "reading arbitrary zstd", move || read_all(p)) {
+                prop_assert!(e.to_string().contains("x.zst"), "{e}");
+            }
+        }
+
+        #[test]
+        fn cut_or_damaged_frames_are_refused(
+            data in prop::collection::vec(prop_oneof![Just(b'a'), any::<u8>()], 1..3000),
+            frames in 1..3usize,
+            cut in any::<prop::sample::Index>(),
+            e in edits(),
+        ) {
+            let frame = compress(&data, 3).unwrap();
+            let file = frame.repeat(frames);
+            let dir = tempfile::tempdir().unwrap();
+            let at = cut.index(file.len());
+            // A cut between two frames leaves whole frames: a shorter file that is still valid.
+            prop_assume!(at % frame.len() != 0 || at == 0);
+            let cut_path = write(dir.path(), "cut.zst", &file[..at]);
+            let got = read_all(cut_path);
+            if at == 0 {
+                prop_assert_eq!(got.ok(), Some(vec![]));
+            } else {
+                let err = got.err().expect("a cut frame was read");
+                prop_assert!(err.to_string().contains("cut.zst"), "{err}");
+            }
+            let damaged = apply(&file, &e);
+            let p = write(dir.path(), "damaged.zst", &damaged);
+            if let Ok(read) = within(60, "reading damaged zstd", move || read_all(p)) {
+                // Whole frames dropped (a cut or a deletion at a frame boundary) leave fewer
+                // copies; otherwise the bytes are the same.
+                prop_assert!(
+                    read.len() % data.len() == 0 && read.chunks(data.len()).all(|c| c == data),
+                    "damaged frames read as other bytes"
+                );
+            }
+        }
     }
 }

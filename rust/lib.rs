@@ -661,6 +661,12 @@ mod python {
             py.detach(|| self.inner.verify()).map_err(shard_err)
         }
 
+        /// Checks every token id against a vocabulary of `vocab_size` ids.
+        fn check_tokens(&self, py: Python<'_>, vocab_size: u64) -> PyResult<()> {
+            py.detach(|| self.inner.check_tokens(vocab_size))
+                .map_err(shard_err)
+        }
+
         fn num_tokens(&self, split: &str) -> PyResult<u64> {
             Ok(self.inner.split(split).map_err(shard_err)?.num_tokens())
         }
@@ -1205,7 +1211,7 @@ mod python {
         ngram: usize,
         fold_numbers: bool,
     ) -> Bound<'py, PyArray1<u64>> {
-        let w = py.detach(|| dedup::normalize::words(&text, fold_numbers));
+        let w = py.detach(|| dedup::hash_forms::words(&text, fold_numbers));
         dedup::minhash::shingles_of(&w, ngram).into_pyarray(py)
     }
 
@@ -1213,7 +1219,7 @@ mod python {
     #[pyfunction]
     #[pyo3(signature = (text, fold_numbers = true))]
     fn dedup_words(text: &str, fold_numbers: bool) -> Vec<String> {
-        let w = dedup::normalize::words(text, fold_numbers);
+        let w = dedup::hash_forms::words(text, fold_numbers);
         w.iter().map(str::to_string).collect()
     }
 

@@ -7,15 +7,20 @@ import hashlib
 import json
 import shutil
 import struct
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from gristmill import load_model
+from gristmill import CheckpointError, load_model
+from gristmill.checkpoint import load_optimizer_state, read_best, read_run_state
 from gristmill.cli import main
 from gristmill.train import train
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from standin_shards import StandInShardDataset, byte_tokenizer
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and deterministic
@@ -84,6 +89,7 @@ DEFECTS = [*WEIGHT_DEFECTS, "best-json-garbage", "best-json-no-key", "truncated-
 
 
 def _one_line_naming(err, path):
+    assert isinstance(err, CheckpointError), repr(err)
     msg = str(err)
     assert str(path) in msg and "\n" not in msg, msg
     return msg
@@ -178,6 +184,30 @@ def test_checkpoint_without_checksums_damaged_is_still_named(copy, kind):
     _one_line_naming(e.value, bad)
 
 
+def test_checkpoint_without_checksums_truncated_optimizer_is_named_on_resume(small, copy):
+    _drop_checksums(copy)
+    bad = damage(copy, "truncated-optimizer")
+    with pytest.raises(ValueError) as e:
+        train(dataset=small, out_dir=str(copy), max_steps=4, **TINY)
+    assert "delete" in _one_line_naming(e.value, bad)
+
+
+def test_one_home_and_old_names_still_import():
+    import gristmill
+    import gristmill.checkpoint as ckpt
+    import gristmill.model
+    import gristmill.sample
+    import gristmill.train
+
+    assert gristmill.load_model is ckpt.load_model is gristmill.model.load_model
+    assert gristmill.model.from_hf is ckpt.from_hf and gristmill.sample.tokenizer_for is \
+        ckpt.tokenizer_for and gristmill.train.save_checkpoint is ckpt.save_checkpoint
+    assert issubclass(gristmill.CheckpointError, ValueError)
+    # validation in the loop and the eval command: two names for two jobs
+    assert not hasattr(gristmill.train, "evaluate") and callable(gristmill.train.validation_loss)
+    assert callable(gristmill.sample.evaluate)
+
+
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_hf_folder_loads_and_damaged_is_one_line(tmp_path, fmt, capsys):
     transformers = pytest.importorskip("transformers")
@@ -200,3 +230,30 @@ def test_hf_folder_loads_and_damaged_is_one_line(tmp_path, fmt, capsys):
     _one_line_naming(e.value, weights)
     assert main(["sample", str(tmp_path), "-p", "ab"]) == 1
     assert str(weights) in capsys.readouterr().err
+
+
+# ---- fuzzing: any damage to any file is a CheckpointError or loads, never another error -----
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from([f"{CKPT}/model.safetensors", f"{CKPT}/config.json",
+                             f"{CKPT}/state.json", f"{CKPT}/optimizer.pt", "best.json"]),
+       checksums=st.booleans(), cut=st.floats(0, 1), patch=st.binary(min_size=0, max_size=16),
+       truncate=st.booleans())
+def test_fuzzed_checkpoint_files_fail_only_as_checkpoint_errors(run, name, checksums, cut, patch,
+                                                                truncate):
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        shutil.copytree(run, out)
+        if not checksums:
+            _drop_checksums(out)
+        f = out / name
+        raw = f.read_bytes()
+        at = int(cut * len(raw))
+        f.write_bytes(raw[:at] if truncate else raw[:at] + patch + raw[at + len(patch):])
+        for load in (lambda: load_model(out), lambda: read_best(out),
+                     lambda: read_run_state(out / CKPT), lambda: load_optimizer_state(out / CKPT)):
+            try:
+                load()
+            except CheckpointError as e:
+                assert "\n" not in str(e) and str(out) in str(e), str(e)

@@ -555,3 +555,54 @@ def test_cli(tmp_path):
         capture_output=True, text=True, check=False,
     )
     assert r.returncode == 1 and "missing.jsonl" in r.stderr
+
+
+# ---- output folders: nothing of the user's is deleted or overwritten (issue 18) -------------
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_dedup_in_place_is_refused_and_keeps_its_input(tmp_path):
+    # `gristmill dedup inplace -o inplace` overwrote docs-00000 with its own output.
+    docs = [Document(str(i), f"a document about topic {i % 3} with enough words here") for i in range(9)]
+    inplace = tmp_path / "inplace"
+    inplace.mkdir()
+    write_jsonl(inplace / "docs-00000.jsonl", docs)
+    before = _files(inplace)
+    r = subprocess.run([sys.executable, "-m", "gristmill", "dedup", str(inplace), "-o", str(inplace),
+                        "--exact", "--format", "jsonl", "--no-progress"], capture_output=True, text=True, check=False)
+    assert r.returncode == 1 and "is the input" in r.stderr, r.stderr
+    with pytest.raises(ValueError, match="holds the input"):
+        dedup([inplace / "docs-00000.jsonl"], inplace, DedupConfig(fmt="jsonl"))
+    assert _files(inplace) == before
+
+
+def test_dedup_refuses_a_folder_with_files_it_did_not_write(tmp_path):
+    docs = [Document(str(i), f"some text {i % 2} " * 5) for i in range(6)]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "docs-00000.jsonl").write_text("mine\n")
+    with pytest.raises(ValueError, match=r"holds files this run did not write \(docs-00000.jsonl\)"):
+        dedup(lambda: iter(docs), out, DedupConfig(fmt="jsonl"), overwrite=True)
+    assert _files(out) == {"docs-00000.jsonl": b"mine\n"}
+
+
+def test_dedup_overwrite_replaces_its_own_output(tmp_path):
+    docs = [Document(str(i), f"some text {i % 2} " * 5) for i in range(6)]
+    out = tmp_path / "out"
+    first = dedup(lambda: iter(docs), out, DedupConfig(fmt="jsonl", minhash=False))
+    assert dedup(lambda: iter(docs), out, DedupConfig(fmt="jsonl", minhash=False)) == first
+    with pytest.raises(DedupError, match="another configuration"):
+        dedup(lambda: iter(docs), out, DedupConfig(fmt="parquet", exact=False))
+    report = dedup(lambda: iter(docs), out, DedupConfig(fmt="parquet", exact=False), overwrite=True)
+    assert sorted(_files(out)) == sorted(["dedup-report.json", ".gristmill-output.json",
+                                          *report["outputs"]["kept"], *report["outputs"]["removed"]])
+    # An interrupted run with other settings is replaced too (its work directory with it).
+    with pytest.raises(Crash):
+        dedup(crashing(docs, 3), tmp_path / "half", DedupConfig(checkpoint_docs=2))
+    with pytest.raises(DedupError, match="different configuration"):
+        dedup(lambda: iter(docs), tmp_path / "half", DedupConfig(bands=7, rows=16))
+    report = dedup(lambda: iter(docs), tmp_path / "half", DedupConfig(bands=7, rows=16), overwrite=True)
+    assert report["documents_in"] == 6

@@ -5,7 +5,6 @@ import argparse
 import inspect
 
 import pytest
-
 from gristmill import defaults
 from gristmill.cli import build_parser
 from gristmill.shards import write_shards

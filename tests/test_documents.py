@@ -6,9 +6,8 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 import gristmill
+import pytest
 from gristmill import _core
 from gristmill.cli import main
 from gristmill.documents import Document, DocumentWriter, InputFormatError, read_documents

@@ -9,17 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from gristmill.checkpoint import from_hf, load_model, load_weights, save_hf, save_weights
 from gristmill.config import resolve_config
-from gristmill.model import (
-    GPT,
-    GPTConfig,
-    KVCache,
-    from_hf,
-    load_model,
-    load_weights,
-    save_hf,
-    save_weights,
-)
+from gristmill.model import GPT, GPTConfig, KVCache
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and deterministic
 

@@ -125,3 +125,55 @@ def test_killed_during_a_stage_then_rerun(tmp_path, kill_in):
     a, b = _artefacts(whole), _artefacts(killed)
     assert a.keys() == b.keys()
     assert a == b
+
+
+# ---- output folders: nothing of the user's is deleted (issue 18) ----------------------------
+
+
+def test_quickstart_keeps_a_file_it_did_not_write(tmp_path):
+    # `mkdir -p qs/train && echo mine > qs/train/mine.txt && gristmill quickstart --tiny -o qs`
+    # deleted mine.txt (a first run removed each stage folder).
+    qs = tmp_path / "qs"
+    (qs / "train").mkdir(parents=True)
+    (qs / "train" / "mine.txt").write_text("mine\n")
+    proc = subprocess.run([sys.executable, "-m", "gristmill", "quickstart", "--tiny", "--no-progress", "-o", str(qs)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "train/mine.txt" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert (qs / "train" / "mine.txt").read_text() == "mine\n"
+    assert sorted(str(p.relative_to(qs)) for p in qs.rglob("*")) == ["train", "train/mine.txt"]
+
+
+def test_inputs_inside_out_dir_are_refused(tmp_path):
+    # A pipeline whose inputs sit in out_dir/prep/ deleted its own inputs.
+    out = tmp_path / "run"
+    (out / "prep").mkdir(parents=True)
+    (out / "prep" / "raw.txt").write_text("To be, or not to be.\n\nThat is the question.\n")
+    cfg = _tiny_config(out)
+    cfg["inputs"] = [str(out / "prep" / "raw.txt")]
+    with pytest.raises(ValueError, match="holds the input"):
+        run(cfg, progress=False, log=lambda s: None)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["prep", "prep/raw.txt"]
+
+
+def test_a_redone_stage_removes_only_its_own_files(tmp_path):
+    out = tmp_path / "run"
+    cfg = _tiny_config(out, steps=4)
+    run(cfg, progress=False, log=lambda s: None)
+    (out / "sample" / "notes.txt").write_text("mine")
+    cfg["sample"]["max_new_tokens"] = 3  # the sample stage is redone
+    with pytest.raises(ValueError, match=r"sample/: holds files this run did not write \(notes.txt\)"):
+        run(cfg, progress=False, log=lambda s: None)
+    assert (out / "sample" / "notes.txt").read_text() == "mine"
+    assert (out / "sample" / "samples.txt").exists()  # refused before any work
+    (out / "sample" / "notes.txt").unlink()
+    report = run(cfg, progress=False, log=lambda s: None)
+    assert [s for s, r in report["stages"].items() if not r["skipped"]] == ["sample"]
+    # Changed tokenizer settings: every stage from the tokenizer on is redone in place.
+    cfg["tokenizer"]["vocab_size"] = 300
+    report = run(cfg, progress=False, log=lambda s: None)
+    assert [s for s, r in report["stages"].items() if not r["skipped"]] == ["tokenizer", "tokenize", "train", "sample"]
+    with pytest.raises(ValueError, match="holds the output of gristmill run"):
+        from gristmill.prep import PrepConfig, prep
+
+        prep(cfg["inputs"], out, PrepConfig(preset="none"))

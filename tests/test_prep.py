@@ -613,7 +613,7 @@ def test_config_file_and_cli(tmp_path, shared_data):
     assert config.filter_specs()[1]["min_num_sentences"] == 1
     bad = tmp_path / "bad.toml"
     bad.write_text("presett = 'c4'\n")
-    with pytest.raises(ValueError, match="unknown settings"):
+    with pytest.raises(ValueError, match="bad.toml: unknown config key 'presett' .did you mean 'preset'"):
         PrepConfig.from_file(bad)
     src = _write_records(tmp_path / "in.jsonl")
     rc = main(["prep", str(src), "-o", str(tmp_path / "out"), "--config", str(cfg),
@@ -671,3 +671,92 @@ def test_language_config_errors_and_cli_params():
     assert config.filter_names()[0] == "language"
     assert FilterPipeline(config).apply([FOREIGN["deu"]])[0] != ("language", "wrong_language")
     assert PrepConfig(preset="fineweb", disable=["language"]).filter_names()[0] == "gopher_repetition"
+
+
+# ---- output folders: nothing of the user's is deleted or overwritten (issue 18) -------------
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gristmill", *args], capture_output=True, text=True, check=False)
+
+
+def test_prep_in_place_is_refused_and_keeps_its_input(tmp_path):
+    # `gristmill prep inplace -o inplace`, inplace/ holding an earlier prep's shard: the
+    # shard was deleted before it was read and the run said "kept 0 of 0".
+    earlier = tmp_path / "earlier"
+    prep(_write_records(tmp_path / "in.jsonl"), earlier, PrepConfig(preset="none"))
+    inplace = tmp_path / "inplace"
+    inplace.mkdir()
+    (inplace / "docs-00000.jsonl.zst").write_bytes((earlier / "docs-00000.jsonl.zst").read_bytes())
+    before = _files(inplace)
+    r = _cli("prep", str(inplace), "-o", str(inplace), "--preset", "none", "--no-progress")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "is the input" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert _files(inplace) == before
+    # The same with the whole earlier output folder as input and output.
+    before = _files(earlier)
+    with pytest.raises(ValueError, match="is the input"):
+        prep(earlier, earlier, PrepConfig(preset="none"), overwrite=True)
+    assert _files(earlier) == before
+
+
+def test_prep_keeps_shard_named_files_it_did_not_write(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "docs-00003.jsonl.zst").write_bytes(b"mine")
+    (out / "notes.txt").write_text("mine")
+    src = _write_records(tmp_path / "in.jsonl")
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r"out/: holds files this run did not write \(docs-00003.jsonl.zst, notes.txt\)"):
+            prep(src, out, PrepConfig(preset="none"), overwrite=overwrite)
+    assert _files(out) == {"docs-00003.jsonl.zst": b"mine", "notes.txt": b"mine"}
+
+
+def test_output_inside_the_input_is_refused_before_any_work(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write_records(raw / "in.jsonl")
+    for out in (raw / "clean", raw / "a" / "b"):
+        r = _cli("prep", str(raw), "-o", str(out), "--preset", "none", "--no-progress")
+        assert r.returncode == 1 and "is inside the input" in r.stderr, r.stderr
+        assert not out.exists() and not (raw / "a").exists()
+    with pytest.raises(ValueError, match="holds the input"):  # the other way round
+        prep(raw / "in.jsonl", raw, PrepConfig(preset="none"))
+    assert sorted(p.name for p in raw.iterdir()) == ["in.jsonl"]
+
+
+def test_overwrite_replaces_only_the_runs_own_files(tmp_path):
+    src = _write_records(tmp_path / "in.jsonl", RECORDS + RECORDS)
+    out = tmp_path / "out"
+    first = prep(src, out, PrepConfig(preset="none", keep_removed=True, dedup={"exact": True, "minhash": False}))
+    assert first["docs_final"] == 5 and (out / "deduped").is_dir()
+    other = PrepConfig(preset="c4", keep_removed=True, docs_per_shard=2, batch_size=2)
+    with pytest.raises(ValueError, match="other inputs or settings"):
+        prep(src, out, other)
+    (out / "removed" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds files this run did not write \(removed/notes.txt\)"):
+        prep(src, out, other, overwrite=True)
+    (out / "removed" / "notes.txt").unlink()
+    report = prep(src, out, other, overwrite=True)
+    fresh = prep(src, tmp_path / "fresh", other)
+    for r in (report, fresh):
+        r.pop("seconds_last_run")
+    assert report == fresh and "dedup" not in report
+    # The earlier run's deduped/ and shards are gone: the folder reads as the new run only.
+    assert _files(out).keys() == _files(tmp_path / "fresh").keys()
+    assert not (out / "deduped").exists()
+
+
+def test_a_finished_run_is_accepted_again_and_other_commands_folders_refused(tmp_path):
+    src = _write_records(tmp_path / "in.jsonl")
+    out = tmp_path / "out"
+    report = prep(src, out, PrepConfig(preset="none"))
+    assert prep(src, out, PrepConfig(preset="none")) == report
+    from gristmill.dedup import dedup
+
+    with pytest.raises(ValueError, match="holds the output of gristmill prep"):
+        dedup([src], out)

@@ -12,8 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from gristmill.checkpoint import from_hf, save_weights
 from gristmill.cli import main
-from gristmill.model import GPT, GPTConfig, from_hf, save_weights
+from gristmill.model import GPT, GPTConfig
 from gristmill.sample import (
     SamplingConfig,
     TextStream,

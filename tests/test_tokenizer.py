@@ -75,15 +75,15 @@ def test_builtin_rank_files_are_in_saved_form():
         assert tok.__dict__["_ranks_text"] == tok._core.to_tiktoken(), name
 
 
-def test_umask_is_read_without_changing_it():
-    from gristmill.tokenizer import _umask
-
+def test_saved_files_are_shared_as_the_umask_says_and_leave_no_temporary(tmp_path):
     before = os.umask(0o027)
     try:
-        assert _umask() == 0o027
-        assert os.umask(0o027) == 0o027  # unchanged by the read
+        d = Tokenizer.from_name("gpt2").save(tmp_path / "tok")
     finally:
         os.umask(before)
+    names = sorted(p.name for p in d.iterdir())
+    assert names == ["tokenizer.json", "tokenizer.tiktoken", "tokenizer_config.json"]
+    assert {(p.stat().st_mode & 0o777) for p in d.iterdir()} == {0o640}
 
 
 def test_builtin_gpt2_matches_tiktoken_on_shared_texts(shared_data, gpt2_ranks):

@@ -17,9 +17,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from gristmill.checkpoint import load_model
 from gristmill.cli import main
 from gristmill.config import TrainConfig
-from gristmill.model import load_model
 from gristmill.train import TrainingError, lr_at, train
 from standin_shards import (
     Accumulated,

@@ -26,7 +26,8 @@ if hasattr(_os, "register_at_fork"):
 _LAZY = {
     "GPT": "gristmill.model",
     "GPTConfig": "gristmill.model",
-    "load_model": "gristmill.model",
+    "load_model": "gristmill.checkpoint",
+    "CheckpointError": "gristmill.checkpoint",
     "TrainConfig": "gristmill.config",
     "SamplingConfig": "gristmill.sample",
     "generate": "gristmill.sample",
@@ -45,8 +46,10 @@ def __getattr__(name):
 __all__ = [
     "GPT",
     "BatchSampler",
+    "CheckpointError",
     "DedupConfig",
     "DedupError",
+    "Document",
     "FilterConfigError",
     "InputFormatError",
     "PrepConfig",

@@ -7,8 +7,11 @@ itself lives in the stage's module, so the CLI stays a thin layer of argument pa
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
+import types
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -16,6 +19,19 @@ from typing import Optional
 
 from gristmill import __version__
 from gristmill.defaults import SAMPLE, TOKENIZE, TOKENIZER
+
+#: Optional packages: import name -> (what pip calls it, the extra that installs it). A name
+#: not here is a base dependency (or a dependency of one); tests/test_cli.py checks this table
+#: against pyproject.toml and every import under gristmill/.
+OPTIONAL_PACKAGES = {
+    "torch": ("torch", "train"),
+    "safetensors": ("safetensors", "train"),
+    "matplotlib": ("matplotlib", "train"),
+    "yaml": ("pyyaml", "train"),
+    "ray": ("ray", "ray"),
+    "pyarrow": ("pyarrow", "prep"),  # parquet files and URLs
+}
+_PACKAGE_NAMES = {"yaml": "pyyaml"}  # import name -> pip name, where they differ
 
 
 def _ray_engine(command: str):
@@ -33,8 +49,7 @@ def _ray_engine(command: str):
 def _load_tokenizer(spec: str):
     from gristmill.tokenizer import Tokenizer
 
-    p = Path(spec)
-    return Tokenizer.load(p) if p.exists() else Tokenizer.from_name(spec)
+    return Tokenizer.resolve(spec)
 
 
 # ---- encode -------------------------------------------------------------------------------
@@ -97,8 +112,14 @@ def _add_decode(sub) -> None:
 
 def _run_decode(args) -> int:
     tok = _load_tokenizer(args.tokenizer)
-    ids = args.ids or sys.stdin.read().split()
-    sys.stdout.write(tok.decode([int(i) for i in ids]))
+    ids = []
+    for word in args.ids or sys.stdin.read().split():
+        try:
+            ids.append(int(word))
+        except ValueError:
+            raise ValueError(f"{word!r} is not a token id; expected whitespace-separated "
+                             "integers") from None
+    sys.stdout.write(tok.decode(ids))
     return 0
 
 
@@ -122,13 +143,9 @@ def _add_train(sub) -> None:
 
 def _run_train(args) -> int:
     from gristmill.config import overrides_from_args
-    from gristmill.train import TrainingError, train
+    from gristmill.train import train
 
-    try:
-        result = train(config_file=args.config_file, **overrides_from_args(args))
-    except TrainingError as e:
-        print(f"gristmill train: error: {e}", file=sys.stderr)
-        return 1
+    result = train(config_file=args.config_file, **overrides_from_args(args))
     if result["checkpoint"]:
         print(f"done at step {result['step']}: checkpoint {result['checkpoint']}")
     return 0
@@ -239,7 +256,8 @@ def _add_prep(sub) -> None:
                    help="also write removed documents with the reason (DIR/removed/)")
     p.add_argument("--skip-bad", action="store_true", default=None,
                    help="skip bad records (counted in the report) instead of stopping")
-    p.add_argument("--overwrite", action="store_true", help="replace the output of a different run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the output of a run with other inputs or settings (only prep's own files)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_engine_args(p)
     p.set_defaults(func=_run_prep)
@@ -314,6 +332,8 @@ def _add_dedup(sub) -> None:
     )
     p.add_argument("--memory-limit", default=D.memory_limit, help="index memory before spilling to disk")
     p.add_argument("--work-dir", default=None, help="indexes and checkpoints (default DIR/.dedup-work)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the output of a run with another configuration (only dedup's own files)")
     p.add_argument("--format", default=D.fmt, choices=("jsonl.zst", "jsonl", "parquet"), help="output format")
     p.add_argument("--text-field", default="text", help="field holding the text")
     p.add_argument("--id-field", default="id", help="field holding the id")
@@ -337,11 +357,12 @@ def _run_dedup(args) -> int:
         if ray_engine is None:
             return 2
         report = ray_engine.dedup(args.inputs, args.output, config, address=args.address,
-                                  text_field=args.text_field, id_field=args.id_field)
+                                  text_field=args.text_field, id_field=args.id_field,
+                                  overwrite=args.overwrite)
     else:
         report = dedup(
             args.inputs, args.output, config, work_dir=args.work_dir, progress=not args.no_progress,
-            text_field=args.text_field, id_field=args.id_field,
+            text_field=args.text_field, id_field=args.id_field, overwrite=args.overwrite,
         )
     removed = ", ".join(f"{k} {v:,}" for k, v in report["removed"].items() if v) or "none"
     print(f"documents:  {report['documents_in']:,} in, {report['documents_kept']:,} kept")
@@ -469,8 +490,7 @@ def _model_args(p) -> None:
 def _load_for_inference(args):
     import torch
 
-    from gristmill.model import load_model
-    from gristmill.sample import tokenizer_for
+    from gristmill.checkpoint import load_model, tokenizer_for
 
     device = args.device if args.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
@@ -627,11 +647,14 @@ class _ShowDefaults(argparse.HelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Every (sub-)command's parser: shows the defaults in --help."""
+    """Every (sub-)command's parser: shows the defaults in --help, takes --debug."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _ShowDefaults)
         super().__init__(*args, **kwargs)
+        # SUPPRESS: a sub-command's parser must not reset what `gristmill --debug CMD` set.
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="show the traceback of an error (or set GRISTMILL_DEBUG=1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -655,21 +678,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ---- errors -------------------------------------------------------------------------------
+
+# What a user can cause (bad input, a missing file, a damaged checkpoint, a bad setting): the
+# message is the whole story. The project's error types (InputFormatError, TokenizerError,
+# ShardFormatError, DedupError, FilterConfigError) are ValueErrors; EOFError is a truncated
+# stream; a training error is matched by name (importing gristmill.train needs torch). An
+# ImportError the project raised itself (no module name) says what to install.
+_USER_ERRORS = (OSError, ValueError, EOFError)
+_USER_ERROR_NAMES = {"TrainingError", "SafetensorError"}
+
+
+def missing_package_message(e: ModuleNotFoundError) -> str:
+    """What to install for a missing module: the extra that brings it, else the package.
+
+    >>> missing_package_message(ModuleNotFoundError(name="torch.nn"))
+    "needs torch, which is not installed: pip install 'gristmill[train]'"
+    """
+    module = (e.name or "").split(".")[0]
+    package, extra = OPTIONAL_PACKAGES.get(module, (_PACKAGE_NAMES.get(module, module), None))
+    how = f"pip install 'gristmill[{extra}]'" if extra else f"pip install {package}"
+    if module != e.name and isinstance(sys.modules.get(module), types.ModuleType):
+        # The package is there but lacks a part (torch.distributed.fsdp in an old torch).
+        return f"needs {e.name}, which this {package} lacks: {how.replace('install', 'install -U', 1)}"
+    return f"needs {package}, which is not installed: {how}"
+
+
+def _error_line(e: BaseException) -> str:
+    """The one line that tells a user what went wrong and what to do."""
+    if type(e).__name__.startswith("RayTaskError") and isinstance(getattr(e, "cause", None), Exception):
+        e = e.cause  # raised in a Ray task: its text holds the remote traceback; the cause does not
+    if isinstance(e, ModuleNotFoundError) and e.name and not e.name.startswith("gristmill"):
+        return missing_package_message(e)
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        # "[Errno 2] No such file or directory: 'x'" as "x: No such file or directory"
+        where = os.fsdecode(e.filename)
+        if e.filename2 is not None:
+            where += f" -> {os.fsdecode(e.filename2)}"
+        return f"{where}: {e.strerror}"
+    if isinstance(e, OSError) and e.strerror and not e.args[2:]:
+        return e.strerror
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    if (isinstance(e, _USER_ERRORS) or type(e).__name__ in _USER_ERROR_NAMES
+            or (isinstance(e, ImportError) and e.name is None)):
+        return text or type(e).__name__
+    # Not an error we expected anyone to cause: say so, and how to see where it came from.
+    return (f"{type(e).__name__}: {text}" if text else type(e).__name__) + (
+        " (unexpected: rerun with --debug for the traceback, and please report it)")
+
+
+def _debug(args) -> bool:
+    env = os.environ.get("GRISTMILL_DEBUG", "").strip().lower()
+    return getattr(args, "debug", False) or env in ("1", "true", "yes", "on")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``gristmill`` command. Returns the exit status: 0, 1 for an error (one line on
+    stderr: ``gristmill COMMAND: what, what to do``), 2 for usage, 130 when interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    command = " ".join(filter(None, (args.command, getattr(args, "tokenizer_command", None))))
     try:
         return args.func(args) or 0
-    except (OSError, ValueError) as e:
-        # Bad input: one clear line, no traceback.
-        print(f"gristmill {args.command}: error: {e}", file=sys.stderr)
+    except BrokenPipeError:
+        # `gristmill encode big.txt | head`: the reader has gone; nothing more to say.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except KeyboardInterrupt:
-        print(f"gristmill {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except (Exception, KeyboardInterrupt) as e:
+        if _debug(args):
+            raise
+        from gristmill.progress import close_all
+
+        close_all()  # a bar left mid-line would hide the start of the message
+        if isinstance(e, KeyboardInterrupt):
+            print(f"gristmill {command}: interrupted", file=sys.stderr)
+            return 130
+        print(f"gristmill {command}: {_error_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ not import torch, so the ``gristmill`` command can list the keys quickly.
 >>> resolve_config(overrides={"n_layers": "4"})
 Traceback (most recent call last):
 ...
-ValueError: unknown config key 'n_layers' (did you mean 'n_layer'?)
+ValueError: command line: unknown config key 'n_layers' (did you mean 'n_layer'?)
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class TrainConfig:
     tokenizer: str = _f("", "tokenizer (built-in name or directory) checked against the shards "
                             "and saved with each checkpoint")
     out_dir: str = _f("out", "checkpoints, log.jsonl and loss.png go here")
+    verify: bool = _f(False, "check every shard's checksum before step 0 (reads all the data; "
+                             "token ids are checked against the model's vocabulary always)")
     # model
     model: str = _f("gpt2", "preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini) or a "
                             "HF GPT-2 / gristmill checkpoint directory to start from")
@@ -129,28 +131,55 @@ def parse_value(key: str, raw: Any, typ: Any) -> Any:
 
 
 def read_config_file(path: Union[str, Path]) -> dict:
-    """A flat ``{key: value}`` table from a .toml, .yaml/.yml or .json file."""
+    """The one reader of gristmill's config files (pipeline, prep, training): a table from a
+    .toml, .yaml/.yml or .json file. A file that can't be read or parsed is a ValueError
+    naming it (an OSError for a missing one)."""
     path = Path(path)
-    text = path.read_text("utf-8")
-    if path.suffix == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python < 3.11
-            import tomli as tomllib
-        data = tomllib.loads(text)
-    elif path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    elif path.suffix == ".json":
-        data = json.loads(text)
-    else:
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml", ".json"):
         raise ValueError(f"{path}: config files are .toml, .yaml, .yml or .json")
+    try:
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); expected a config file") from None
+    try:
+        if suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python < 3.11
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as e:
+                raise ValueError(str(e).replace("\n", " ")) from None
+    except ValueError as e:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"{path}: not a valid {suffix[1:]} file: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a table of key = value")  # noqa: TRY004 (a config error)
-    # A [model] / [train] section is accepted and flattened.
-    flat = {}
-    for k, v in data.items():
+    return data
+
+
+def check_keys(keys: Any, known: Any, source: str = "config") -> None:
+    """The one check of a config's keys: an unknown one is a ValueError naming ``source``, the
+    key and the closest known key, so that a typo is an error, never a setting ignored."""
+    known = list(known)
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(sorted(known))}"
+            raise ValueError(f"{source}: unknown config key {key!r}{hint}")
+
+
+def _flatten(table: dict) -> dict:
+    """A training config's sections ([model], [train]) flattened into one table."""
+    flat: dict = {}
+    for k, v in table.items():
         flat.update(v if isinstance(v, dict) else {k: v})
     return flat
 
@@ -163,23 +192,24 @@ def resolve_config(path=None, overrides: Optional[dict] = None, cls=TrainConfig,
     """
     types = _field_types(cls)
     values = dataclasses.asdict(base) if base is not None else {}
-    for source in (read_config_file(path) if path else {}, overrides or {}):
-        for key, raw in source.items():
-            key = key.replace("-", "_")
-            if key not in types:
-                close = difflib.get_close_matches(key, types, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"unknown config key {key!r}{hint}")
+    sources = [(str(path), _flatten(read_config_file(path)))] if path else []
+    for name, table in sources + [("command line", overrides or {})]:
+        table = {key.replace("-", "_"): raw for key, raw in table.items()}
+        check_keys(table, types, name)
+        for key, raw in table.items():
             values[key] = parse_value(key, raw, types[key])
     return cls(**values)
 
 
 def add_config_arguments(parser, cls=TrainConfig) -> None:
-    """One ``--key`` option per field (``--n_layer`` and ``--n-layer`` both work)."""
+    """One ``--key`` option per field (``--n_layer`` and ``--n-layer`` both work); a true/false
+    key alone means true (``--verify`` is ``--verify=true``)."""
+    types = _field_types(cls)
     for f in dataclasses.fields(cls):
         names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        flag = {"nargs": "?", "const": "true"} if types[f.name] is bool else {}
         parser.add_argument(*names, dest=f"cfg_{f.name}", metavar="V", default=None,
-                            help=f"{f.metadata.get('help', '')} [{f.default}]")
+                            help=f"{f.metadata.get('help', '')} [{f.default}]", **flag)
 
 
 def overrides_from_args(args, cls=TrainConfig) -> dict:

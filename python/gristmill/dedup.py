@@ -20,7 +20,9 @@ duplicates; for a shared line, the document whose id hashes lowest (as C4 does w
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -30,7 +32,8 @@ from typing import Any, Callable, Union
 
 from gristmill import _core
 from gristmill._core import DedupError
-from gristmill.documents import Document, DocumentWriter, PathLike, batched, read_documents
+from gristmill.documents import Document, DocumentWriter, PathLike, read_documents
+from gristmill.outputs import MARKER, check_apart, claim, remove_own, shard_names
 from gristmill.progress import progress_bar
 from gristmill.storage import write_json_atomic
 
@@ -200,9 +203,63 @@ def _documents(inputs: Source, text_field: str, id_field: str) -> Iterator[Docum
     return read_documents(inputs, text_field=text_field, id_field=id_field)
 
 
+def owned_files(kept_prefix: str = "docs", removed_prefix: str = "removed") -> Callable[[str], bool]:
+    """The rule for which files of a dedup output folder are dedup's own (see
+    :mod:`gristmill.outputs`): its shards, report and default work directory."""
+    shards = shard_names(kept_prefix, removed_prefix)
+
+    def owns(rel: str) -> bool:
+        work, _, name = rel.partition("/")
+        if work == ".dedup-work" and "/" not in name:
+            return _owns_work(name)
+        return rel == REPORT_NAME or shards.fullmatch(rel) is not None
+
+    return owns
+
+
+def _owns_work(rel: str) -> bool:
+    return rel == MARKER or _WORK_FILES.match(rel) is not None
+
+
+def _shares(memory: int) -> tuple[int, int, int]:
+    """How a run shares ``memory_limit``: bytes of the scan's index buffers, of the texts in
+    one batch, and of the documents of the shards being written (see the module docs)."""
+    batch = max(memory // 32, 1)
+    return max(memory - 4 * batch, 1), batch, max(memory // 8, 1)
+
+
+def _batches(docs: Iterable[Document], n: int, max_bytes: int) -> Iterator[list[Document]]:
+    """Lists of up to ``n`` documents whose texts hold up to about ``max_bytes`` in memory
+    (a list ends at the document that reaches it, so one huge document still goes)."""
+    batch: list[Document] = []
+    held = 0
+    for doc in docs:
+        batch.append(doc)
+        held += sys.getsizeof(doc.text)
+        if len(batch) >= n or held >= max_bytes:
+            yield batch
+            batch, held = [], 0
+    if batch:
+        yield batch
+
+
+def _end_shard(
+    shard: tuple[DocumentWriter, DocumentWriter], state: dict[str, Any], docs_done: int, path: Path
+) -> None:
+    """Writes the kept and removed shards of the apply pass and checkpoints after them."""
+    kept, removed = shard
+    kept.close()
+    removed.close()
+    state["kept_files"] += [p.name for p in kept.paths]
+    state["removed_files"] += [p.name for p in removed.paths]
+    state["shards_done"] += 1
+    state["docs_done"] = docs_done
+    write_json_atomic(path, state)
+
+
 def _clean_work_dir(work: Path) -> None:
     for p in work.iterdir():
-        if p.is_file() and _WORK_FILES.match(p.name):
+        if p.is_file() and _owns_work(p.name):
             p.unlink()
     try:
         work.rmdir()
@@ -222,6 +279,7 @@ def dedup(
     kept_prefix: str = "docs",
     removed_prefix: str = "removed",
     keep_work: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Deduplicates a corpus into ``out_dir`` and returns the report (also written there).
 
@@ -238,14 +296,20 @@ def dedup(
             finishes unless ``keep_work``.
         progress: show tqdm progress bars.
         text_field, id_field: record fields of the inputs.
+        overwrite: replace the output (and work directory) of a run with another
+            configuration; only the files dedup writes are removed.
+
+    ``out_dir`` and a given ``work_dir`` must be new or empty folders, or ones this function
+    wrote (see :mod:`gristmill.outputs`), and apart from the inputs.
 
     Returns:
         The report: document counts in and out, removals per method, lines and sentences cut,
         MinHash cluster statistics, how the index was spilled, output files and timings.
 
     Raises:
-        DedupError: invalid configuration, a work directory made with another configuration,
-            or input that changed between passes (the message names the document).
+        DedupError: invalid configuration, an output or work directory made with another
+            configuration, or input that changed between passes (the message names the document).
+        OutputFolderError: an output or work folder holding other files, or overlapping an input.
         FileNotFoundError, InputFormatError: from reading the inputs.
 
     >>> report = dedup(["corpus.jsonl"], "out", DedupConfig(lines=True))  # doctest: +SKIP
@@ -257,27 +321,50 @@ def dedup(
         raise ValueError(f"fmt must be jsonl.zst, jsonl or parquet, not {cfg.fmt!r}")
     memory = parse_size(cfg.memory_limit)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     work = Path(work_dir) if work_dir is not None else out / ".dedup-work"
+    if not callable(inputs):
+        inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)  # read twice
+        check_apart(out, inputs)
+        if work_dir is not None:
+            check_apart(work, inputs)
+    owns = owned_files(kept_prefix, removed_prefix)
+    claim(out, "dedup", owns)
+
+    def replace_earlier() -> None:  # --overwrite: only dedup's own files go
+        remove_own(out, owns)
+        if work.is_dir():
+            _clean_work_dir(work)
+
     report_path = out / REPORT_NAME
     if report_path.exists():
         report = json.loads(report_path.read_text("utf-8"))
         if report.get("config") == cfg.core_dict():
             return report  # finished earlier
-        raise DedupError(
-            f"{report_path}: {out} holds the result of a run with another configuration; "
-            "use another output directory or remove it"
-        )
+        if not overwrite:
+            raise DedupError(
+                f"{out}/: holds the result of a dedup run with another configuration; choose "
+                "another folder, or pass overwrite=True (--overwrite) to replace it"
+            )
+        replace_earlier()
+    claim(work, "dedup-work", _owns_work)
     timings: dict[str, float] = {}
 
     # ---- pass 1: scan -----------------------------------------------------------------
     t0 = time.perf_counter()
-    scanner = _core.DedupScanner(str(work), cfg.core_json(), memory, cfg.checkpoint_docs)
+    index_bytes, batch_bytes, shard_bytes = _shares(memory)
+    try:
+        scanner = _core.DedupScanner(str(work), cfg.core_json(), index_bytes, cfg.checkpoint_docs)
+    except DedupError as e:  # an interrupted run with another configuration
+        if not overwrite or "different configuration" not in str(e):
+            raise
+        replace_earlier()
+        claim(work, "dedup-work", _owns_work)
+        scanner = _core.DedupScanner(str(work), cfg.core_json(), index_bytes, cfg.checkpoint_docs)
     if not scanner.finished:
         start = scanner.docs_done
         bar = progress_bar(progress, desc="dedup scan", initial=start, unit="doc")
         docs = islice(_documents(inputs, text_field, id_field), start, None)
-        for batch in batched(docs, cfg.batch_size):
+        for batch in _batches(docs, cfg.batch_size, batch_bytes):
             scanner.add_batch(start, [d.id for d in batch], [d.text for d in batch])
             start += len(batch)
             if bar is not None:
@@ -300,7 +387,9 @@ def dedup(
         if state_path.exists()
         else {
             "shard_docs": cfg.shard_docs,
+            "shard_bytes": shard_bytes,
             "shards_done": 0,
+            "docs_done": 0,
             "kept": 0,
             "removed": {"exact": 0, "minhash": 0, "lines": 0, "spans": 0},
             "changed": 0,
@@ -312,38 +401,47 @@ def dedup(
     )
     applier = _core.DedupApplier(str(work))
     total = applier.total
-    shard_docs = state["shard_docs"]  # as the interrupted run cut them, if there was one
-    start = state["shards_done"] * shard_docs
+    # Shards end as the interrupted run cut them, if there was one (a state file from before
+    # shards ended by bytes too has only whole shards of shard_docs).
+    shard_docs = state["shard_docs"]
+    shard_bytes = state.setdefault("shard_bytes", shard_bytes)
+    start = state.setdefault("docs_done", state["shards_done"] * shard_docs)
     bar = progress_bar(progress, desc="dedup apply", total=total, initial=start, unit="doc")
     docs = islice(_documents(inputs, text_field, id_field), start, None)
-    for shard in batched(docs, shard_docs):
-        index = state["shards_done"]
-        kept = DocumentWriter(out, kept_prefix, len(shard) + 1, cfg.fmt, start_shard=index)
-        removed = DocumentWriter(out, removed_prefix, len(shard) + 1, cfg.fmt, start_shard=index)
-        for batch in batched(shard, cfg.batch_size):
-            results = applier.apply_batch(start, [d.id for d in batch], [d.text for d in batch])
-            for doc, (action, new_text, method, dup_of, lines_cut, sents_cut) in zip(batch, results):
-                state["lines_cut"] += lines_cut
-                state["sentences_cut"] += sents_cut
-                if action == "keep":
-                    state["kept"] += 1
-                    if new_text is not None:
-                        state["changed"] += 1
-                        doc = Document(doc.id, new_text, doc.metadata)
-                    kept.write(doc)
-                else:
-                    state["removed"][method] += 1
-                    meta = {**doc.metadata, "dedup_method": method, "duplicate_of": dup_of}
-                    removed.write(Document(doc.id, doc.text, meta))
-            start += len(batch)
-            if bar is not None:
-                bar.update(len(batch))
-        kept.close()
-        removed.close()
-        state["kept_files"] += [p.name for p in kept.paths]
-        state["removed_files"] += [p.name for p in removed.paths]
-        state["shards_done"] = index + 1
-        write_json_atomic(state_path, state)
+    shard: tuple[DocumentWriter, DocumentWriter] | None = None  # kept, removed
+    for batch in _batches(docs, cfg.batch_size, batch_bytes):
+        results = applier.apply_batch(start, [d.id for d in batch], [d.text for d in batch])
+        for doc, (action, new_text, method, dup_of, lines_cut, sents_cut) in zip(batch, results):
+            if shard is None:
+                index = state["shards_done"]
+                shard = (
+                    DocumentWriter(out, kept_prefix, shard_docs + 1, cfg.fmt, start_shard=index),
+                    DocumentWriter(out, removed_prefix, shard_docs + 1, cfg.fmt, start_shard=index),
+                )
+            kept, removed = shard
+            state["lines_cut"] += lines_cut
+            state["sentences_cut"] += sents_cut
+            if action == "keep":
+                state["kept"] += 1
+                if new_text is not None:
+                    state["changed"] += 1
+                    doc = Document(doc.id, new_text, doc.metadata)
+                kept.write(doc)
+            else:
+                state["removed"][method] += 1
+                meta = {**doc.metadata, "dedup_method": method, "duplicate_of": dup_of}
+                removed.write(Document(doc.id, doc.text, meta))
+            start += 1
+            if (
+                kept.pending + removed.pending >= shard_docs
+                or kept.pending_bytes + removed.pending_bytes >= shard_bytes
+            ):
+                _end_shard(shard, state, start, state_path)
+                shard = None
+        if bar is not None:
+            bar.update(len(batch))
+    if shard is not None:
+        _end_shard(shard, state, start, state_path)
     if bar is not None:
         bar.close()
     if start != total:

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import sys
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -359,12 +360,28 @@ def shard_bytes(docs: list[Document], fmt: str) -> bytes:
     return data
 
 
+# Bytes of a pending document besides its strings: the Document, its field dict, a list slot.
+_DOC_OVERHEAD = 250
+
+
+def _held_bytes(doc: Document) -> int:
+    """Bytes ``doc`` holds in memory, roughly: strings as Python stores them (1, 2 or 4
+    bytes a character), the values of its other fields shallowly."""
+    n = sys.getsizeof(doc.text) + sys.getsizeof(doc.id) + _DOC_OVERHEAD
+    for k, v in doc.metadata.items():
+        n += sys.getsizeof(k) + sys.getsizeof(v)
+    return n
+
+
 class DocumentWriter:
     """Writes documents to numbered shards ``<prefix>-00000.jsonl.zst`` (or ``.parquet``).
 
     Each shard is written to a temporary name and renamed into place when complete, so a
     crashed run never leaves a half shard that reads as whole; ``existing_shards`` tells a
-    rerun which shards are already done.
+    rerun which shards are already done. A shard ends after ``docs_per_shard`` documents or,
+    with ``max_bytes``, once its documents hold that many bytes in memory (an estimate, see
+    :attr:`pending_bytes`): that bounds the writer's memory whatever the documents' size.
+    Encoding a shard takes up to about three times its pending bytes again, briefly.
 
     >>> with DocumentWriter("out", docs_per_shard=2) as w:  # doctest: +SKIP
     ...     w.write(Document("a", "hello"))
@@ -377,27 +394,39 @@ class DocumentWriter:
         docs_per_shard: int = 100_000,
         fmt: str = "jsonl.zst",
         start_shard: int = 0,
+        max_bytes: int | None = None,
     ):
         if fmt not in ("jsonl.zst", "jsonl", "parquet"):
             raise ValueError(f"format must be jsonl.zst, jsonl or parquet, not {fmt!r}")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.prefix, self.docs_per_shard, self.fmt = prefix, docs_per_shard, fmt
+        self.max_bytes = max_bytes
         self.shard_index = start_shard
         self.paths: list[Path] = []
         self._pending: list[Document] = []
+        self._pending_bytes = 0
 
     @property
     def pending(self) -> int:
         """Documents written but not yet in a finished shard."""
         return len(self._pending)
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes the pending documents hold in memory, estimated: their text and id as
+        Python stores them, their other fields shallowly, and a fixed overhead each."""
+        return self._pending_bytes
+
     def shard_path(self, index: int) -> Path:
         return self.directory / f"{self.prefix}-{index:05d}.{self.fmt}"
 
     def write(self, doc: Document) -> None:
         self._pending.append(doc)
-        if len(self._pending) >= self.docs_per_shard:
+        self._pending_bytes += _held_bytes(doc)
+        if len(self._pending) >= self.docs_per_shard or (
+            self.max_bytes is not None and self._pending_bytes >= self.max_bytes
+        ):
             self.flush()
 
     def flush(self) -> None:
@@ -417,6 +446,7 @@ class DocumentWriter:
         self.paths.append(path)
         self.shard_index += 1
         self._pending = []
+        self._pending_bytes = 0
 
     def close(self) -> None:
         self.flush()

@@ -1,9 +1,9 @@
-"""The GPT-2 model: config presets, GPT-2 initialisation, a KV cache, and weights in and out.
+"""The GPT-2 model: config presets, GPT-2 initialisation, a KV cache, the HF GPT-2 layout.
 
 Read top to bottom: ``GPTConfig`` and its presets, the blocks, ``GPT`` itself, the KV cache the
-sampler uses, then import from and export to the Hugging Face GPT-2 state-dict layout and
-gristmill's own checkpoint directories. Nothing here downloads anything, and nothing loads a
-pickle that could run code (safetensors, or ``torch.load(weights_only=True)``).
+sampler uses, then the conversion of state dicts and configs from and to the Hugging Face GPT-2
+layout. Files are not read or written here: checkpoints, HF folders and weight files are
+:mod:`gristmill.checkpoint`'s.
 
 >>> cfg = GPTConfig.from_preset("tiny", vocab_size=100)
 >>> model = GPT(cfg)
@@ -15,11 +15,9 @@ pickle that could run code (safetensors, or ``torch.load(weights_only=True)``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Union
 
 import torch
@@ -299,29 +297,16 @@ def clean_state_dict(sd: dict) -> dict:
     return out
 
 
-def _read_tensors(directory: Path) -> dict:
-    """All tensors of a HF model directory: model.safetensors (maybe sharded) or the .bin."""
-    from safetensors.torch import load_file
-
-    if (directory / "model.safetensors").exists():
-        return load_file(directory / "model.safetensors")
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for f in files for k, v in load_file(directory / f).items()}
-    if (directory / "pytorch_model.bin").exists():
-        # weights_only: a checkpoint from elsewhere can never run code here.
-        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{directory}: no model.safetensors, model.safetensors.index.json "
-                            "or pytorch_model.bin")
-
-
 def config_from_hf(hf: dict, **overrides) -> GPTConfig:
     """Maps a HF GPT-2 ``config.json`` onto :class:`GPTConfig`.
 
     Raises:
         ValueError: for a model type or option this GPT does not implement.
     """
+    missing = [k for k in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd")
+               if k not in hf]
+    if missing:
+        raise ValueError(f"not a GPT-2 config: no {', '.join(missing)}")
     if hf.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"model_type {hf.get('model_type')!r} is not GPT-2")
     expected = {"activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
@@ -336,27 +321,13 @@ def config_from_hf(hf: dict, **overrides) -> GPTConfig:
     })
 
 
-def from_hf(path: PathLike, **overrides) -> GPT:
-    """Builds a :class:`GPT` from a local HF GPT-2 directory (config.json + weights).
-
-    Both ``GPT2LMHeadModel`` keys (``transformer.h.0...``) and bare ``GPT2Model`` keys
-    (``h.0...``, as in OpenAI's original upload) are accepted. Nothing is downloaded.
+def from_hf_state_dict(hf_sd: dict, config: GPTConfig) -> dict:
+    """A HF GPT-2 state dict (Conv1D weights, unpadded vocab, maybe bare ``GPT2Model`` keys)
+    as :class:`GPT`'s.
 
     Raises:
-        FileNotFoundError: when config.json or the weights are missing.
-        ValueError: when the tensors do not fit the config.
+        ValueError: when the token embedding does not fit ``config``.
     """
-    directory = Path(path)
-    cfg_file = directory / "config.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{cfg_file} not found (expected a HF GPT-2 model directory)")
-    config = config_from_hf(json.loads(cfg_file.read_text("utf-8")), **overrides)
-    model = GPT(config)
-    model.load_state_dict(_from_hf_layout(_read_tensors(directory), config))
-    return model
-
-
-def _from_hf_layout(hf_sd: dict, config: GPTConfig) -> dict:
     sd = {}
     for k, v in hf_sd.items():
         if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
@@ -396,20 +367,10 @@ def to_hf_state_dict(model: GPT) -> dict:
     return out
 
 
-def save_hf(model: GPT, path: PathLike, eos_token_id: int | None = None) -> Path:
-    """Writes a HF GPT-2 directory (config.json + model.safetensors) that
-    ``GPT2LMHeadModel.from_pretrained`` loads.
-
-    >>> save_hf(GPT(GPTConfig.from_preset("tiny", vocab_size=100)), "/tmp/gm-tiny-hf").name
-    'gm-tiny-hf'
-    """
-    from safetensors.torch import save_file
-
-    config = model.config
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
+def config_to_hf(config: GPTConfig, eos_token_id: int | None = None) -> dict:
+    """The HF GPT-2 ``config.json`` of a :class:`GPTConfig` (end-of-text: the last token)."""
     eos = config.vocab_size - 1 if eos_token_id is None else eos_token_id
-    hf_config = {
+    return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "vocab_size": config.vocab_size, "n_positions": config.block_size,
         "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
@@ -418,86 +379,15 @@ def save_hf(model: GPT, path: PathLike, eos_token_id: int | None = None) -> Path
         "initializer_range": 0.02, "bos_token_id": eos, "eos_token_id": eos,
         "tie_word_embeddings": True, "torch_dtype": "float32",
     }
-    tensors = {k: v.cpu() for k, v in to_hf_state_dict(model).items()}
-    atomic_write(directory / "model.safetensors",
-                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic_write(directory / "config.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(hf_config, indent=2) + "\n"))
-    return directory
 
 
-# ---- gristmill checkpoints -------------------------------------------------------------------
+# Reading and writing model folders moved to gristmill.checkpoint; the old names still work.
+_MOVED = ("from_hf", "save_hf", "load_model", "load_weights", "save_weights", "find_checkpoint")
 
 
-def atomic_write(path: PathLike, write) -> None:
-    """Calls ``write(tmp_path)``, fsyncs, then renames onto ``path``: never a half file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def __getattr__(name):
+    if name in _MOVED:
+        import importlib
 
-
-def save_weights(model: GPT, path: PathLike, state_dict: dict | None = None) -> None:
-    """Writes the weights as safetensors, the config in its metadata (lm_head is tied: left out)."""
-    from safetensors.torch import save_file
-
-    sd = clean_state_dict(state_dict if state_dict is not None else model.state_dict())
-    tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items() if k != "lm_head.weight"}
-    meta = {"format": "pt", "gristmill_config": json.dumps(model.config.to_dict())}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-
-
-def load_weights(path: PathLike, **overrides) -> GPT:
-    """Reads a file written by :func:`save_weights`."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if "gristmill_config" not in meta:
-        raise ValueError(f"{path}: no gristmill_config in the safetensors metadata")
-    config = GPTConfig.from_dict({**json.loads(meta["gristmill_config"]), **overrides})
-    model = GPT(config)
-    sd = clean_state_dict(load_file(str(path)))
-    sd["lm_head.weight"] = sd["transformer.wte.weight"]
-    model.load_state_dict(sd)
-    return model
-
-
-def find_checkpoint(path: PathLike, which: str = "best") -> Path:
-    """Resolves a training output dir to one checkpoint dir (``best`` or ``latest``)."""
-    path = Path(path)
-    if (path / "model.safetensors").exists() or (path / "config.json").exists():
-        return path
-    ckpts = sorted(path.glob("ckpt-*[0-9]"))
-    if not ckpts:
-        raise FileNotFoundError(f"{path}: no model.safetensors, config.json or ckpt-* directory")
-    best = path / "best.json"
-    if which == "best" and best.exists():
-        name = json.loads(best.read_text())["checkpoint"]
-        if (path / name).exists():
-            return path / name
-    return ckpts[-1]
-
-
-def load_model(path: PathLike, which: str = "best", **overrides) -> GPT:
-    """A model from a gristmill checkpoint, a training output dir, or a HF GPT-2 directory.
-
-    Raises:
-        FileNotFoundError: when nothing loadable is found at ``path``.
-    """
-    directory = find_checkpoint(path, which)
-    weights = directory / "model.safetensors"
-    if weights.exists():
-        from safetensors import safe_open
-
-        with safe_open(str(weights), "pt") as f:
-            if "gristmill_config" in (f.metadata() or {}):
-                return load_weights(weights, **overrides)
-    return from_hf(directory, **overrides)
+        return getattr(importlib.import_module("gristmill.checkpoint"), name)
+    raise AttributeError(f"module 'gristmill.model' has no attribute {name!r}")

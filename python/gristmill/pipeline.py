@@ -18,6 +18,12 @@ contents. A rerun skips a stage whose output is complete under the same key, res
 that was interrupted under the same key (every stage resumes: prep and tokenize from their
 last complete shard, training from its last checkpoint), and redoes from scratch a stage whose
 key changed.
+
+Nothing else is deleted (see :mod:`gristmill.outputs`): ``out_dir`` must be new or empty, or a
+folder a pipeline wrote, and apart from the inputs; a stage redone removes only the files it
+wrote (a finished stage lists them in ``stage.json``; an interrupted one is known by the names
+it writes), and a stage folder holding anything else is refused before any work, naming what
+is there.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -33,24 +39,30 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from gristmill.config import check_keys, read_config_file
 from gristmill.defaults import SAMPLE, TOKENIZE, TOKENIZER
+from gristmill.outputs import (
+    MARKER,
+    STAGE_RECORD,
+    TEMP,
+    OutputFolderError,
+    check_apart,
+    claim,
+    files_under,
+    remove_own,
+)
+from gristmill.storage import write_atomic
 
 PathLike = Union[str, "os.PathLike[str]"]
 STAGES = ("prep", "tokenizer", "tokenize", "train", "sample")
+_KEYS = ("out_dir", "inputs", "engine", "address", *STAGES)
 
 
 def load_config(path: PathLike) -> dict:
-    """Reads a pipeline TOML file; relative input paths are taken from the file's folder."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python < 3.11
-        import tomli as tomllib
+    """Reads a pipeline file (TOML, YAML or JSON); relative paths are taken from its folder."""
     path = Path(path)
-    with open(path, "rb") as f:
-        try:
-            cfg = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: {e}") from None
+    cfg = read_config_file(path)
+    check_keys(cfg, _KEYS, str(path))
     base = path.resolve().parent
     cfg["inputs"] = [str(base / p) for p in cfg.get("inputs", [])]
     if "out_dir" in cfg:
@@ -58,13 +70,8 @@ def load_config(path: PathLike) -> dict:
     return cfg
 
 
-def _check(cfg: dict) -> None:
-    unknown = set(cfg) - {"out_dir", "inputs", "engine", "address", *STAGES}
-    if unknown:
-        raise ValueError(
-            f"unknown pipeline keys {sorted(unknown)}; expected out_dir, inputs, engine, address, "
-            f"{', '.join(STAGES)}"
-        )
+def _check(cfg: dict, source: str = "pipeline") -> None:
+    check_keys(cfg, _KEYS, source)
     if cfg.get("engine", "local") not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', not {cfg['engine']!r}")
     if not cfg.get("inputs"):
@@ -113,9 +120,53 @@ def _read_record(stage_dir: Path) -> dict:
 
 def _write_record(stage_dir: Path, record: dict) -> None:
     stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = stage_dir / ".stage.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, stage_dir / "stage.json")
+    write_atomic(stage_dir / STAGE_RECORD, json.dumps(record, indent=2, default=str))
+
+
+# ---- what each stage owns in its folder --------------------------------------------------------
+# A finished stage lists the files it wrote in stage.json; an interrupted one is known by the
+# names it writes (a name missing here makes a redo refuse the folder, never delete more).
+_TOKENIZER_FILES = r"tokenizer\.json|tokenizer\.tiktoken|tokenizer_config\.json"
+_STAGE_FILES = {
+    "tokenizer": re.compile(_TOKENIZER_FILES),
+    "tokenize": re.compile(rf"manifest\.json|\.gristmill-tokenize\.json|(train|val)_\d{{6,}}\.(bin|idx)"
+                           rf"|tokenizer/({_TOKENIZER_FILES})"),
+    "train": re.compile(r"(\.?ckpt-\d+(\.(tmp|old)-\d+)?/.+)|best\.json|log\.jsonl|loss\.png|\.loss\.tmp-\d+\.png"),
+    "sample": re.compile(r"samples\.txt"),
+}
+
+
+def _stage_owns(stage: str, record: dict) -> Callable[[str], bool]:
+    if record.get("complete") and isinstance(record.get("files"), list):
+        listed = set(record["files"])
+        return listed.__contains__
+    if stage == "prep":
+        from gristmill.prep import owned_files
+
+        return lambda rel: rel == MARKER or owned_files(rel)
+    return lambda rel: rel == MARKER or _STAGE_FILES[stage].fullmatch(rel) is not None
+
+
+def _written(stage_dir: Path) -> list[str]:
+    """The files of a finished stage, as stage.json lists them: all but the record, and hidden
+    files other than gristmill's own (a marker, the tokenize writer's progress)."""
+    return [rel for rel in files_under(stage_dir) if rel != STAGE_RECORD and not TEMP.search(rel)
+            and not any(part.startswith(".") and not part.startswith(".gristmill") for part in rel.split("/"))]
+
+
+def _check_stage_dir(stage_dir: Path, owns: Callable[[str], bool]) -> None:
+    """Refuses a stage folder about to be (re)written that holds files the stage did not write."""
+    foreign = [rel for rel in _written(stage_dir) if not rel.startswith(".") and "/." not in rel and not owns(rel)]
+    if foreign:
+        more = f", ... {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise OutputFolderError(f"{stage_dir}/: holds files this run did not write ({', '.join(foreign[:5])}{more}); "
+                                "move them out of the folder, or choose another out_dir")
+
+
+def _owns_top(rel: str) -> bool:
+    """The pipeline's own files in out_dir: the report and the stage folders (which are
+    checked one by one)."""
+    return rel in ("report.json", "report.md") or rel.split("/", 1)[0] in STAGES
 
 
 # ---- the stages -----------------------------------------------------------------------------
@@ -198,10 +249,8 @@ def _stage_sample(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> 
         top_k=int(s.get("top_k", SAMPLE["top_k"])), seed=s.get("seed", SAMPLE["seed"]),
     )
     body = "".join(f"=== prompt: {p!r}\n{p}{t}\n\n" for p, t in zip(prompts, texts))
-    tmp = out / ".samples.txt.tmp"
     out.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, out / "samples.txt")
+    write_atomic(out / "samples.txt", body)
     return {"samples": str(out / "samples.txt"), "n": len(texts)}
 
 
@@ -229,40 +278,49 @@ def run(config: Union[dict, PathLike], *, progress: bool = True, force: bool = F
 
     Raises:
         ValueError, FileNotFoundError: a bad config or missing inputs.
+        OutputFolderError: ``out_dir`` overlaps an input, or holds files the pipeline did not
+            write where it would write (checked before any stage runs).
     """
     cfg = load_config(config) if not isinstance(config, dict) else dict(config)
     _check(cfg)
     out_dir = Path(cfg["out_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_apart(out_dir, cfg["inputs"])
+    claim(out_dir, "run", _owns_top)
     dirs = {stage: out_dir / stage for stage in STAGES}
-    report: dict = {"out_dir": str(out_dir), "stages": {}}
+    # Every stage's key and action first, so a folder that cannot be written is refused
+    # before any stage runs.
+    plan = []
     upstream = ""
     for stage in STAGES:
+        record = _read_record(dirs[stage])
+        cache = record.get("digests", {}) if stage == "prep" else {}
+        extra = [_file_digest(f, cache) for f in _input_files(cfg["inputs"])] if stage == "prep" else None
+        key = upstream = _key(stage, cfg.get(stage, {}), upstream, extra)
+        same = not force and record.get("key") == key
+        action = ("skip" if record.get("complete") else "resume") if same else "redo" if record else "new"
+        owns = _stage_owns(stage, record) if action == "redo" else (lambda rel: False)
+        if action in ("redo", "new"):
+            _check_stage_dir(dirs[stage], owns)
+        plan.append((stage, key, record, action, owns, cache))
+    report: dict = {"out_dir": str(out_dir), "stages": {}}
+    for stage, key, record, action, owns, cache in plan:
         settings = cfg.get(stage, {})
         stage_dir = dirs[stage]
-        record = _read_record(stage_dir)
-        extra: Any = None
-        if stage == "prep":
-            cache = record.get("digests", {})
-            extra = [_file_digest(f, cache) for f in _input_files(cfg["inputs"])]
-        key = _key(stage, settings, upstream, extra)
-        upstream = key
-        if not force and record.get("key") == key and record.get("complete"):
+        if action == "skip":
             log(f"[{stage}] up to date, skipped ({stage_dir})")
             report["stages"][stage] = {"skipped": True, "summary": record.get("summary", {})}
             continue
-        if record.get("key") != key or force:
-            shutil.rmtree(stage_dir, ignore_errors=True)  # other settings: start afresh
-        else:
+        if action == "redo":  # other settings: start afresh, removing only the stage's own files
+            remove_own(stage_dir, owns, keep_marker=False)
+        elif action == "resume":
             log(f"[{stage}] resuming an interrupted run")
-        _write_record(stage_dir, {"key": key, "complete": False,
-                                  "digests": cache if stage == "prep" else {}})
+        _write_record(stage_dir, {"key": key, "complete": False, "digests": cache})
         log(f"[{stage}] running -> {stage_dir}")
         t0 = time.perf_counter()
         summary = _RUNNERS[stage](settings, cfg, stage_dir, dirs, progress)
         seconds = round(time.perf_counter() - t0, 2)
         _write_record(stage_dir, {"key": key, "complete": True, "summary": summary, "seconds": seconds,
-                                  "digests": cache if stage == "prep" else {}})
+                                  "digests": cache, "files": _written(stage_dir)})
         log(f"[{stage}] done in {seconds:.1f}s: " + ", ".join(f"{k}={_short(v)}" for k, v in summary.items()))
         report["stages"][stage] = {"skipped": False, "summary": summary, "seconds": seconds}
     _write_report(out_dir, report)
@@ -284,9 +342,7 @@ def _write_report(out_dir: Path, report: dict) -> None:
         lines.extend(f"- {k}: {_short(v)}" for k, v in r["summary"].items() if not isinstance(v, dict))
         lines.append("")
     for name, text in (("report.json", json.dumps(report, indent=2, default=str)), ("report.md", "\n".join(lines))):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+        write_atomic(out_dir / name, text)
 
 
 # ---- quickstart -----------------------------------------------------------------------------

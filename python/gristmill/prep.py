@@ -7,6 +7,7 @@ writing documents is :mod:`gristmill.documents`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gristmill.config import check_keys, read_config_file
 from gristmill.documents import (  # noqa: F401  (Document, InputFormatError, read_documents: re-exported)
     Document,
     DocumentWriter,
@@ -27,6 +29,7 @@ from gristmill.documents import (  # noqa: F401  (Document, InputFormatError, re
     is_hf_dataset,
     read_documents,
 )
+from gristmill.outputs import MARKER, check_apart, claim, remove_own, shard_names
 from gristmill.progress import progress_bar
 from gristmill.storage import UrlPath, as_path, write_atomic, write_json_atomic
 
@@ -128,35 +131,18 @@ class PrepConfig:
 
     @classmethod
     def from_file(cls, path: PathLike, **overrides: Any) -> PrepConfig:
-        """Reads a TOML or JSON file whose keys are the fields of this class.
+        """Reads a TOML, YAML or JSON file whose keys are the fields of this class.
 
         Raises:
             ValueError: for unknown keys or an unreadable file (naming the file).
         """
-        path = Path(path)
-        raw = path.read_bytes()
-        try:
-            if path.suffix.lower() == ".json":
-                data = json.loads(raw)
-            else:
-                try:
-                    import tomllib
-                except ImportError:  # pragma: no cover - Python < 3.11
-                    import tomli as tomllib
-                data = tomllib.loads(raw.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not a valid config file: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a table of settings")  # noqa: TRY004
+        data = read_config_file(path)
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data, source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> PrepConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown settings {unknown} (known: {sorted(known)})")
+        check_keys(data, [f.name for f in dataclasses.fields(cls)], source)
         return cls(**data)
 
     def filter_specs(self) -> list[dict[str, Any]]:
@@ -270,13 +256,42 @@ def run_fingerprint(inputs: list[Any], config: PrepConfig, specs: list[dict[str,
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+_KEPT, _REMOVED = shard_names("docs"), shard_names("removed")
+
+
+def owned_files(rel: str) -> bool:
+    """The rule for which files of a prep output folder are prep's own (see
+    :mod:`gristmill.outputs`): kept shards, ``removed/`` shards, state, reports, and the
+    ``deduped/`` folder's dedup output; ``rel`` is relative to the folder."""
+    if rel in (PrepRun.STATE, "report.json", "report.html"):
+        return True
+    top, _, rest = rel.partition("/")
+    if top == "removed":
+        return _REMOVED.fullmatch(rest) is not None
+    if top == "deduped":
+        return rest == MARKER or _dedup_owns()(rest)
+    return _KEPT.fullmatch(rel) is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _dedup_owns() -> Any:
+    from gristmill.dedup import owned_files
+
+    return owned_files()
+
+
 class PrepRun:
     """The state of one ``prep`` run, checkpointed after every finished output shard so that a
-    rerun can skip the input it already covered (see ``prep``)."""
+    rerun can skip the input it already covered (see ``prep``).
+
+    Takes the output folder (:func:`gristmill.outputs.claim`): a new or empty one, or one prep
+    wrote, holding nothing but prep's files; with ``overwrite``, the files of a run with other
+    inputs or settings are removed (only those)."""
 
     STATE = "prep-state.json"
 
     def __init__(self, out_dir: Path, fingerprint: str, names: list[str], overwrite: bool):
+        claim(out_dir, "prep", owned_files)
         self.path = out_dir / self.STATE
         fresh = {
             "fingerprint": fingerprint, "complete": False, "consumed": 0, "shards": 0,
@@ -290,26 +305,30 @@ class PrepRun:
                 self.state = old
             elif not overwrite:
                 raise ValueError(
-                    f"{out_dir} holds the output of a run with other inputs or settings; "
-                    "choose another directory or pass overwrite=True (--overwrite)"
+                    f"{out_dir}/: holds the output of a prep run with other inputs or settings; "
+                    "choose another folder, or pass overwrite=True (--overwrite) to replace it"
                 )
+            else:
+                remove_own(out_dir, owned_files)
         self.resumed = self.state is not fresh and self.state["consumed"] > 0
 
     def save(self) -> None:
         write_json_atomic(self.path, self.state)
 
 
-def _remove_stale_outputs(directory: Path, prefix: str, fmt: str, first_stale: int) -> None:
-    """Deletes shards a killed run wrote after its last checkpoint, and temporary files."""
-    if not directory.is_dir():
-        return
-    for q in directory.iterdir():
-        if q.name.startswith(f".{prefix}-") and ".tmp-" in q.name:
-            q.unlink()
-        elif q.name.startswith(f"{prefix}-") and q.name.endswith(f".{fmt}"):
-            index = q.name[len(prefix) + 1 : -len(fmt) - 1]
-            if index.isdigit() and int(index) >= first_stale:
-                q.unlink()
+def _remove_stale_outputs(out: Path, fmt: str, state: dict[str, Any]) -> None:
+    """Removes the shards a killed run of these settings wrote after its last checkpoint (those
+    past the ones ``state`` counts) and temporary files: prep's own files only (the folder
+    holds nothing else, see PrepRun)."""
+    done = {f"docs-{i:05d}.{fmt}" for i in range(state["shards"])}
+    done |= {f"removed/removed-{i:05d}.{fmt}" for i in range(state["removed_shards"])}
+
+    def stale(rel: str) -> bool:
+        top, _, rest = rel.partition("/")
+        shard = _REMOVED.fullmatch(rest) if top == "removed" else _KEPT.fullmatch(rel)
+        return shard is not None and rel not in done
+
+    remove_own(out, stale)
 
 
 def prep(
@@ -341,7 +360,11 @@ def prep(
         out_dir: the output directory (created).
         config: settings; defaults to ``PrepConfig()`` (the ``c4`` preset).
         progress: show a progress bar (tqdm) with documents/s and MB/s.
-        overwrite: replace the output of a run with other inputs or settings.
+        overwrite: replace the output of a run with other inputs or settings (only prep's own
+            files are removed).
+
+    ``out_dir`` must be new or empty, or a folder prep wrote, and apart from the inputs (see
+    :mod:`gristmill.outputs`).
 
     Returns:
         The report as a dict.
@@ -349,6 +372,8 @@ def prep(
     Raises:
         InputFormatError: for a bad record, unless ``config.skip_bad``.
         ValueError: for a bad configuration, or an ``out_dir`` holding another run.
+        OutputFolderError: an ``out_dir`` holding files prep did not write, or overlapping an
+            input.
 
     >>> report = prep(["corpus.jsonl.zst"], "clean/", PrepConfig(preset="c4"))  # doctest: +SKIP
     >>> report["docs_out"], report["filters"]["c4"]["rules"]["too_few_sentences"]["docs"]  # doctest: +SKIP
@@ -359,15 +384,14 @@ def prep(
         inputs = [inputs]
     inputs = list(inputs)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_apart(out, inputs)
     pipeline = FilterPipeline(config)
     run = PrepRun(out, run_fingerprint(inputs, config, pipeline.specs), pipeline.names, overwrite)
     st = run.state
     if st["complete"] and (out / "report.json").exists():
         return json.loads((out / "report.json").read_text("utf-8"))
     removed_dir = out / "removed"
-    _remove_stale_outputs(out, "docs", config.output_format, st["shards"])
-    _remove_stale_outputs(removed_dir, "removed", config.output_format, st["removed_shards"])
+    _remove_stale_outputs(out, config.output_format, st)
 
     # Shards are closed at batch ends (checkpoints), never inside a batch, so a checkpoint
     # covers whole batches and a rerun cuts the input at the same places.

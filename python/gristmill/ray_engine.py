@@ -81,6 +81,7 @@ from gristmill.documents import (
     read_documents,
     shard_bytes,
 )
+from gristmill.outputs import check_apart, claim, remove_own, shard_names
 from gristmill.prep import (
     FilterPipeline,
     PrepConfig,
@@ -407,16 +408,12 @@ def _counts(ds) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r.get("ordinal", 0))
 
 
-def _remove_unreported(directory: Path | UrlPath, prefix: str, fmt: str, reported: set[str]) -> None:
+def _remove_unreported(directory: Path | UrlPath, prefix: str, reported: set[str]) -> None:
     """Deletes shards (and temp files) that no successful task reported: leftovers of failed
-    attempts or of an earlier run."""
-    if not directory.is_dir():
-        return
-    for q in directory.iterdir():
-        stray_tmp = q.name.startswith(f".{prefix}-") and ".tmp-" in q.name
-        stray = q.name.startswith(f"{prefix}-") and q.name.endswith(f".{fmt}") and q.name not in reported
-        if stray_tmp or stray:
-            q.unlink()
+    attempts or of an earlier run. Only shard names in ``directory`` itself: the folder holds
+    nothing else (it was claimed, see gristmill.outputs)."""
+    shards = shard_names(prefix)
+    remove_own(directory, lambda rel: shards.fullmatch(rel) is not None and rel not in reported)
 
 
 def _check_dedup(cfg) -> None:
@@ -443,6 +440,7 @@ def dedup(
     partitions: int | None = None,
     block_docs: int = 2000,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Exact and MinHash dedup on Ray; the same decisions and report counts as
     :func:`gristmill.dedup.dedup` (see the module docstring for how).
@@ -457,6 +455,8 @@ def dedup(
             number of keys, about 2M keys each).
         block_docs: documents per block (and per output shard at most).
         progress: show Ray Data's progress bars.
+        overwrite: replace the output of a run with another configuration (only dedup's own
+            files are removed).
 
     Returns:
         The report, with the keys of the local engine's.
@@ -469,22 +469,26 @@ def dedup(
     {'exact': 12, 'minhash': 40, 'lines': 0, 'spans': 0}
     """
     from gristmill import _core
-    from gristmill.dedup import REPORT_NAME, DedupConfig, DedupError, parse_size
+    from gristmill.dedup import REPORT_NAME, DedupConfig, DedupError, owned_files, parse_size
 
     cfg = config or DedupConfig()
     _check_dedup(cfg)
-    ray = require_ray()
-    init(address)
-    _configure(progress)
-    t0 = time.perf_counter()
     out = as_path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) or is_hf_dataset(inputs) else list(inputs)
+    check_apart(out, inputs)
+    ray = require_ray()
+    claim(out, "dedup", owned_files())
     if (out / REPORT_NAME).exists():  # finished earlier, as the local engine does
         report = json.loads((out / REPORT_NAME).read_text("utf-8"))
         if report.get("config") == cfg.core_dict():
             return report
-        raise DedupError(f"{out / REPORT_NAME}: {out} holds the result of a run with another "
-                         "configuration; use another output directory or remove it")
+        if not overwrite:
+            raise DedupError(f"{out}/: holds the result of a dedup run with another configuration; "
+                             "choose another folder, or pass overwrite=True (--overwrite) to replace it")
+        remove_own(out, owned_files())
+    init(address)
+    _configure(progress)
+    t0 = time.perf_counter()
     files = _input_files(inputs)
     injection = os.environ.get(FAILURE_ENV) or None
     fields = {"text_field": text_field, "id_field": id_field}
@@ -528,8 +532,8 @@ def dedup(
     ))
     kept_files = sorted(f for c in applied for f in c["files"] if f)
     removed_files = sorted(f for c in applied for f in c["removed_files"] if f)
-    _remove_unreported(out, "docs", cfg.fmt, set(kept_files))
-    _remove_unreported(out, "removed", cfg.fmt, set(removed_files))
+    _remove_unreported(out, "docs", set(kept_files))
+    _remove_unreported(out, "removed", set(removed_files))
     by_method = {"exact": 0, "minhash": 0, "lines": 0, "spans": 0}
     for c in applied:
         for k, v in c["removed"].items():
@@ -615,9 +619,10 @@ def prep(
     if dedup_cfg is not None:
         _check_dedup(dedup_cfg)
     require_ray()
-    files = _input_files(inputs)
     out = as_path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) or is_hf_dataset(inputs) else list(inputs)
+    check_apart(out, inputs)
+    files = _input_files(inputs)
     pipeline = FilterPipeline(config)
     run = PrepRun(out, run_fingerprint(list(files), config, pipeline.specs), pipeline.names, overwrite)
     if run.state["complete"] and (out / "report.json").exists():
@@ -633,10 +638,10 @@ def prep(
         fn_kwargs={"config": config, "out": str(out), "injection": injection},
     ))
     fmt = config.output_format
-    _remove_unreported(out, "docs", fmt, {f for c in results for f in c["files"] if f})
+    _remove_unreported(out, "docs", {f for c in results for f in c["files"] if f})
     removed_dir = out / "removed"
     if config.keep_removed:
-        _remove_unreported(removed_dir, "removed", fmt, {f for c in results for f in c["removed_files"] if f})
+        _remove_unreported(removed_dir, "removed", {f for c in results for f in c["removed_files"] if f})
     st = run.state
     st.update(docs_in=0, bytes_in=0, docs_out=0, bytes_out=0, bad_records=[], bad_count=0,
               filters={n: {} for n in pipeline.names}, examples={})
@@ -803,7 +808,8 @@ def tokenize(
     PosixPath('data/manifest.json')
     """
     from gristmill import _core
-    from gristmill.shards import TOKENIZER_DIR, _as_tokenizer
+    from gristmill.shards import TOKENIZER_DIR
+    from gristmill.tokenizer import Tokenizer
 
     require_ray()
     if isinstance(as_path(out_dir), UrlPath):
@@ -812,7 +818,7 @@ def tokenize(
                          "to the URL (inputs may be URLs)")
     if val_docs is not None and val_fraction:
         raise ValueError("give val_fraction or val_docs, not both")
-    tok = _as_tokenizer(tokenizer)
+    tok = Tokenizer.resolve(tokenizer)
     files = _input_files(inputs)
     out = Path(out_dir)
     writer = _core.ShardWriter(

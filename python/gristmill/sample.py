@@ -27,8 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gristmill.checkpoint import load_model, tokenizer_for
 from gristmill.defaults import SAMPLE
-from gristmill.model import GPT, KVCache, find_checkpoint, load_model
+from gristmill.model import GPT, KVCache
+from gristmill.progress import progress_bar
 
 # ---- settings --------------------------------------------------------------------------------
 
@@ -380,52 +382,6 @@ def beam_search(model: GPT, prompts: list[list[int]], config: SamplingConfig | N
 # ---- text in, text out -----------------------------------------------------------------------
 
 
-def _load_tokenizer(spec):
-    from gristmill.tokenizer import Tokenizer
-
-    if isinstance(spec, Tokenizer):
-        return spec
-    p = Path(spec)
-    return Tokenizer.load(p) if p.exists() else Tokenizer.from_name(str(spec))
-
-
-def tokenizer_for(path, model: GPT | None = None, tokenizer=None, required: bool = True):
-    """The tokenizer to use with a checkpoint: ``tokenizer`` if given (checked against the
-    fingerprint the checkpoint recorded), else the copy saved in the checkpoint, else the HF
-    directory's vocab.json + merges.txt / tokenizer.json, else GPT-2's for a 50257-token model.
-
-    Raises:
-        ValueError: on a fingerprint mismatch, or when no tokenizer can be found.
-    """
-    import json
-
-    from gristmill.tokenizer import Tokenizer
-
-    ckpt = find_checkpoint(path) if path is not None else None
-    meta = {}
-    if ckpt is not None and (ckpt / "config.json").exists():
-        meta = json.loads((ckpt / "config.json").read_text())
-    if tokenizer is not None:
-        tok = _load_tokenizer(tokenizer)
-    elif ckpt is not None and (ckpt / "tokenizer").is_dir():
-        tok = Tokenizer.load(ckpt / "tokenizer")
-    elif ckpt is not None and (ckpt / "vocab.json").exists() and (ckpt / "merges.txt").exists():
-        tok = Tokenizer.from_gpt2_files(ckpt / "vocab.json", ckpt / "merges.txt")
-    elif ckpt is not None and (ckpt / "tokenizer.json").exists():
-        tok = Tokenizer.from_hf_json(ckpt / "tokenizer.json")
-    elif model is not None and model.config.vocab_size == 50257:
-        tok = Tokenizer.from_name("gpt2")
-    elif required:
-        raise ValueError(f"no tokenizer found with {path}; pass one (--tokenizer)")
-    else:
-        return None
-    want = meta.get("tokenizer_fingerprint")
-    if want and tok.fingerprint != want:
-        raise ValueError(f"tokenizer {tok.name!r} (fingerprint {tok.fingerprint[:12]}) is not "
-                         f"the one {path} was trained with ({want[:12]})")
-    return tok
-
-
 def _prepare(model_or_path, tokenizer, device=None, dtype=None, required=True):
     path = None
     if isinstance(model_or_path, GPT):
@@ -588,14 +544,7 @@ def evaluate(model_or_path, data, tokenizer=None, *, split: str = "val", batch_s
         n_batches = min(n_batches, max_batches)
     byte_len = torch.as_tensor(token_byte_lengths(tok, model.config.vocab_size), device=dev) \
         if tok is not None else None
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n_batches, unit="batch", desc="eval")
-        except ImportError:
-            pass
+    bar = progress_bar(progress, desc="eval", total=n_batches, unit="batch")
     nats, tokens, nbytes = 0.0, 0, 0
     for i, batch in enumerate(batches):
         if i >= n_batches:

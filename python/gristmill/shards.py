@@ -61,13 +61,6 @@ _BATCH_BYTES = 8 << 20
 # ---- writing --------------------------------------------------------------------------------
 
 
-def _as_tokenizer(tokenizer: Tokenizer | str | PathLike) -> Tokenizer:
-    if isinstance(tokenizer, Tokenizer):
-        return tokenizer
-    p = Path(tokenizer)
-    return Tokenizer.load(p) if p.exists() else Tokenizer.from_name(str(tokenizer))
-
-
 def _records(documents: Any, text_field: str) -> Iterator[tuple[str | None, str]]:
     """(source id or None, text) for every input document, streamed."""
     if isinstance(documents, (str, os.PathLike)):
@@ -166,7 +159,7 @@ def write_shards(
     ...
     ValueError: val_fraction must be in [0, 1), not 1.5
     """
-    tok = _as_tokenizer(tokenizer)
+    tok = Tokenizer.resolve(tokenizer)
     out = Path(out_dir)
     if val_docs is not None and val_fraction:
         raise ValueError("give val_fraction or val_docs, not both")
@@ -330,7 +323,8 @@ class ShardDataset:
     batch samplers for training.
 
     Opening checks every shard's header against its file size and the manifest; ``verify``
-    (or ``verify=True``) also checks every checksum, which reads every byte.
+    (or ``verify=True``) also checks every checksum, which reads every byte; :meth:`check`
+    checks the token ids against a model's vocabulary before training.
 
     Args:
         path: the dataset directory or its ``manifest.json``.
@@ -371,12 +365,30 @@ class ShardDataset:
         return list(self.manifest["splits"])
 
     def verify(self) -> None:
-        """Checks every shard's and index's checksum against the manifest.
+        """Checks every shard's and index's checksum, and each shard's largest token id,
+        against the manifest.
 
         Raises:
             ShardFormatError: naming the damaged file and the byte range checked.
         """
         self._core.verify()
+
+    def check(self, vocab_size: int | None = None, *, verify: bool = False) -> None:
+        """Checks the data before a model trains on it: headers and sizes (checked when the
+        dataset was opened), every checksum with ``verify`` (reads every byte), then that every
+        token id is below ``vocab_size``, the model's vocabulary size.
+
+        The range check reads the largest id of each shard from the manifest; shards of older
+        manifests, which lack it, are read.
+
+        Raises:
+            ShardFormatError: one line naming the shard and the first token outside the
+                vocabulary (or the damaged file).
+        """
+        if verify:
+            self.verify()
+        if vocab_size is not None:
+            self._core.check_tokens(int(vocab_size))
 
     def num_tokens(self, split: str = "train") -> int:
         """Tokens in ``split`` (end-of-text tokens included)."""

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, Union
 
-__all__ = ["UrlPath", "as_path", "atomic_file", "write_atomic", "write_json_atomic"]
+__all__ = ["UrlPath", "as_path", "atomic_file", "fsync_dir", "write_atomic", "write_json_atomic"]
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _FILESYSTEMS: dict[str, Any] = {}
@@ -156,7 +156,7 @@ def _temp_name(name: str) -> str:
     return f".{name}.tmp-{os.getpid()}"
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Union[str, os.PathLike]) -> None:
     """Makes a rename in ``directory`` survive a crash (a no-op where directories can't be
     opened, as on Windows)."""
     try:
@@ -191,7 +191,7 @@ def atomic_file(path: Union[str, os.PathLike]) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_atomic(path: Union[str, os.PathLike, UrlPath], data: Union[bytes, str]) -> None:

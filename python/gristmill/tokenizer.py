@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 from collections.abc import Collection, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from gristmill import _core
 from gristmill._core import TokenizerError
 from gristmill.defaults import TOKENIZER
+from gristmill.storage import write_atomic
 
 ENDOFTEXT = "<|endoftext|>"
 PathLike = Union[str, "os.PathLike[str]"]
@@ -34,37 +34,6 @@ _BUILTIN = {
     "gpt2": ("gpt2.tiktoken", "gpt2", {ENDOFTEXT: 50256}),
     "r50k_base": ("gpt2.tiktoken", "gpt2", {ENDOFTEXT: 50256}),
 }
-
-
-def _umask() -> int:
-    # Linux says it without changing it: setting and restoring it would race with another
-    # thread creating files meanwhile (shards are written while the tokenizer is saved).
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to a temporary name beside ``path``, then renames it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved tokenizer is shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fix_surrogates(text: str) -> str:
@@ -306,11 +275,11 @@ class Tokenizer:
 
     def save_tiktoken(self, path: PathLike) -> None:
         """Writes the mergeable ranks as a tiktoken file (atomically)."""
-        _atomic_write_text(Path(path), self._ranks_text)
+        _write(Path(path), self._ranks_text)
 
     def save_hf_json(self, path: PathLike) -> None:
         """Writes a HF ``tokenizer.json`` that ``tokenizers.Tokenizer.from_file`` encodes identically."""
-        _atomic_write_text(Path(path), self._core.to_hf_json())
+        _write(Path(path), self._core.to_hf_json())
 
     def save(self, directory: PathLike, *, hf_json: bool = True) -> Path:
         """Writes ``tokenizer.tiktoken``, ``tokenizer.json`` (unless ``hf_json=False``; :meth:`load`
@@ -326,7 +295,7 @@ class Tokenizer:
             "n_vocab": self.n_vocab,
             "format": "gristmill-tokenizer-1",
         }
-        _atomic_write_text(d / "tokenizer_config.json", json.dumps(meta, indent=2) + "\n")
+        _write(d / "tokenizer_config.json", json.dumps(meta, indent=2) + "\n")
         return d
 
     # ---- pickling: the vocabulary travels as tiktoken text ----------------------------------
@@ -566,6 +535,11 @@ class Tokenizer:
     def merges(self) -> list[tuple[bytes, bytes]]:
         """The merge list (pairs of token bytes) in priority order, recovered from the ranks."""
         return self._core.merges()
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text)
 
 
 def _unknown_id(token: int) -> TokenizerError:

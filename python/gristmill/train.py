@@ -1,14 +1,14 @@
 """Training loop: shards in, checkpoints, log.jsonl and loss.png out.
 
-Read in run order: the learning-rate schedule, the distributed set-up, checkpoints, the run
-log, evaluation, then :func:`train`, one loop without indirection. Run it as
+Read in run order: the learning-rate schedule, the distributed set-up, the RNG state, the run
+log, validation, then :func:`train`, one loop without indirection. Run it as
 ``gristmill train --data=DIR --model=gpt2 ...`` or, on N GPUs,
 ``torchrun --nproc-per-node N -m gristmill train ...``; or call :func:`train` from Python.
 
-Checkpoints are directories ``out_dir/ckpt-NNNNNNN/`` (model.safetensors, optimizer.pt,
-state.json with the step, sampler positions and every RNG, config.json, the tokenizer), written
-under a temporary name and renamed into place, so an interrupted run resumes exactly where
-the last checkpoint left it (bitwise, on CPU).
+Checkpoints are folders ``out_dir/ckpt-NNNNNNN/`` (layout: :mod:`gristmill.checkpoint`) holding
+the weights, the optimizer, the step, sampler positions and every RNG, so an interrupted run
+resumes exactly where the last checkpoint left it (bitwise, on CPU); a damaged checkpoint is
+named before any step.
 
 >>> train(data="shards/", model="tiny", max_steps=100)  # doctest: +SKIP
 {'step': 100, 'train_loss': ..., 'val_loss': ..., ...}
@@ -22,7 +22,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 import warnings
@@ -32,16 +31,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gristmill.config import DATA_ORDER_KEYS, MODEL_KEYS, TrainConfig, resolve_config
-from gristmill.model import (
-    GPT,
-    PRESETS,
-    GPTConfig,
-    clean_state_dict,
+from gristmill.checkpoint import (
+    list_checkpoints,
     load_model,
-    load_weights,
-    save_weights,
+    load_optimizer_state,
+    prune_checkpoints,
+    read_best,
+    read_run_state,
+    save_checkpoint,
+    update_best,
 )
+from gristmill.config import DATA_ORDER_KEYS, MODEL_KEYS, TrainConfig, resolve_config
+from gristmill.model import GPT, PRESETS, GPTConfig, clean_state_dict
+from gristmill.progress import progress_bar
+from gristmill.storage import atomic_file, write_atomic
+from gristmill.tokenizer import Tokenizer
 
 
 class TrainingError(RuntimeError):
@@ -137,75 +141,6 @@ def _set_rng_state(state: dict, device) -> None:
     random.setstate((p[0], tuple(p[1]), p[2]))
 
 
-# ---- checkpoints -----------------------------------------------------------------------------
-
-
-def _checkpoints(out_dir: Path) -> list[Path]:
-    return sorted(out_dir.glob("ckpt-*[0-9]"))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, obj) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def save_checkpoint(out_dir: Path, step: int, model: GPT, model_sd: dict, optim_sd: dict,
-                    state: dict, meta: dict, tokenizer=None) -> Path:
-    """Writes ``out_dir/ckpt-{step}`` under a temporary name, then renames it into place."""
-    final = out_dir / f"ckpt-{step:07d}"
-    tmp = out_dir / f".{final.name}.tmp-{os.getpid()}"
-    for stale in out_dir.glob(".ckpt-*.tmp-*"):  # left by a run that was killed mid-write
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_weights(model, tmp / "model.safetensors", model_sd)
-    with open(tmp / "optimizer.pt", "wb") as f:
-        torch.save(optim_sd, f)
-        f.flush()
-        os.fsync(f.fileno())
-    _write_json(tmp / "state.json", state)
-    _write_json(tmp / "config.json", meta)
-    if tokenizer is not None:
-        tokenizer.save(tmp / "tokenizer")
-    _fsync_dir(tmp)
-    if final.exists():  # a rerun reached the same step again: replace it
-        trash = out_dir / f".{final.name}.old-{os.getpid()}"
-        os.rename(final, trash)
-        shutil.rmtree(trash)
-    os.rename(tmp, final)
-    _fsync_dir(out_dir)
-    return final
-
-
-def _prune(out_dir: Path, keep_last: int) -> None:
-    best = out_dir / "best.json"
-    keep = {json.loads(best.read_text())["checkpoint"]} if best.exists() else set()
-    ckpts = _checkpoints(out_dir)
-    for old in ckpts[: max(0, len(ckpts) - keep_last)]:
-        if old.name not in keep:
-            shutil.rmtree(old)
-
-
-def _update_best(out_dir: Path, ckpt: Path, step: int, val_loss: float | None) -> None:
-    best = out_dir / "best.json"
-    prev = json.loads(best.read_text()) if best.exists() else None
-    if val_loss is None or (prev and prev["val_loss"] <= val_loss and (out_dir / prev[
-            "checkpoint"]).exists()):
-        return
-    tmp = best.with_name(f".best.json.tmp-{os.getpid()}")
-    _write_json(tmp, {"checkpoint": ckpt.name, "step": step, "val_loss": val_loss})
-    os.replace(tmp, best)
-
-
 # ---- run log: log.jsonl and loss.png ---------------------------------------------------------
 
 
@@ -221,9 +156,7 @@ class RunLog:
                     r = json.loads(line)
                     if r.get("step", 0) <= start_step:
                         self.records.append(r)
-        tmp = self.path.with_name(f".log.jsonl.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (open for the run)
 
     def write(self, record: dict) -> None:
@@ -254,15 +187,14 @@ class RunLog:
         ax.set_ylabel("loss (nats/token)")
         ax.grid(alpha=0.3)
         ax.legend()
-        tmp = self.png.with_name(f".loss.tmp-{os.getpid()}.png")
-        FigureCanvasAgg(fig).print_png(str(tmp))
-        os.replace(tmp, self.png)
+        with atomic_file(self.png) as tmp:
+            FigureCanvasAgg(fig).print_png(str(tmp))
 
     def close(self) -> None:
         self.file.close()
 
 
-# ---- evaluation ------------------------------------------------------------------------------
+# ---- validation ------------------------------------------------------------------------------
 
 
 def _to_device(batch: np.ndarray, device):
@@ -280,9 +212,11 @@ def _num_tokens(ds, split: str) -> int:
 
 
 @torch.no_grad()
-def evaluate(model, ds, split="val", batch_size=8, seq_len=1024, max_batches=20, device="cpu",
-             autocast=contextlib.nullcontext, rank=0, world_size=1) -> float | None:
-    """Mean loss over up to ``max_batches`` sequential batches of ``split`` (None if empty)."""
+def validation_loss(model, ds, split="val", batch_size=8, seq_len=1024, max_batches=20,
+                    device="cpu", autocast=contextlib.nullcontext, rank=0,
+                    world_size=1) -> float | None:
+    """Mean loss over up to ``max_batches`` sequential batches of ``split`` (None if empty):
+    the loop's validation. ``gristmill eval`` is :func:`gristmill.sample.evaluate`."""
     device = torch.device(device)
     n = _num_tokens(ds, split)
     batch_size = min(batch_size, (n - 1) // (seq_len * world_size))  # a small split: fewer rows
@@ -333,16 +267,18 @@ def _open_dataset(cfg: TrainConfig, dataset):
     return ShardDataset(cfg.data)
 
 
-def _load_tokenizer(spec: str):
-    from gristmill.tokenizer import Tokenizer
-
-    return Tokenizer.load(spec) if Path(spec).exists() else Tokenizer.from_name(spec)
+def _check_data(ds, vocab_size: int, verify: bool) -> None:
+    """Before step 0: every token id inside the model's vocabulary (a token outside it fails
+    deep in torch mid-run, naming no shard), and with ``verify`` every checksum."""
+    check = getattr(ds, "check", None)
+    if check is not None:  # a caller's dataset may not have one
+        check(vocab_size=vocab_size, verify=verify)
 
 
 def _build_model(cfg: TrainConfig, ds, resume_from: Path | None) -> GPT:
     overrides = {k: getattr(cfg, k) for k in MODEL_KEYS if getattr(cfg, k) is not None}
     if resume_from is not None:
-        return load_weights(resume_from / "model.safetensors")
+        return load_model(resume_from)  # size and checksum checked
     if cfg.model in PRESETS:
         return GPT(GPTConfig.from_preset(cfg.model, **{"vocab_size": ds.n_vocab, **overrides}))
     model = load_model(cfg.model, **{k: v for k, v in overrides.items() if k == "dropout"})
@@ -385,7 +321,7 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
     ds = _open_dataset(cfg, dataset)
     tokenizer = None
     if cfg.tokenizer:
-        tokenizer = _load_tokenizer(cfg.tokenizer)
+        tokenizer = Tokenizer.resolve(cfg.tokenizer)
         ds.check_tokenizer(tokenizer)
     elif callable(getattr(ds, "tokenizer", None)):  # the copy a ShardDataset keeps beside it
         with contextlib.suppress(OSError, ValueError):
@@ -393,7 +329,7 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
     # -- where we start from
     # Rank 0 decides (the others may look before its last rename lands); out_dir must be on
     # a file system all ranks share.
-    ckpts = _gather(_checkpoints(out_dir) if master and out_dir.exists() else None, world)[0]
+    ckpts = _gather(list_checkpoints(out_dir) if master and out_dir.exists() else None, world)[0]
     if cfg.resume == "no" and ckpts:
         raise ValueError(f"{out_dir} already has checkpoints ({ckpts[-1].name}); use resume=auto "
                          "to continue, or another out_dir")
@@ -402,13 +338,14 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
     if cfg.resume not in ("auto", "must", "no"):
         raise ValueError(f"resume must be auto, must or no, got {cfg.resume!r}")
     resume_from = ckpts[-1] if ckpts else None
-    state = json.loads((resume_from / "state.json").read_text()) if resume_from else None
+    state, saved = read_run_state(resume_from) if resume_from else (None, None)
+    if out_dir.exists():  # every rank: one that went on alone would wait for the others forever
+        read_best(out_dir)  # a damaged best.json stops the run now, not at its first checkpoint
     if state is not None:
         if state["world_size"] != world:
             raise TrainingError(f"{resume_from} was written by {state['world_size']} process(es); "
                                 f"resume with the same number (now {world})")
-        saved = json.loads((resume_from / "config.json").read_text())["train"]
-        changed = [k for k in DATA_ORDER_KEYS if saved.get(k) != getattr(cfg, k)]
+        changed = [k for k in DATA_ORDER_KEYS if saved["train"].get(k) != getattr(cfg, k)]
         if changed:
             say(f"warning: {', '.join(changed)} differ from the checkpoint; the resumed run "
                 "will not see the same batches")
@@ -416,6 +353,7 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
     torch.manual_seed(cfg.seed)
     model = raw_model = _build_model(cfg, ds, resume_from).to(device)
     mcfg = raw_model.config
+    _check_data(ds, mcfg.vocab_size, cfg.verify)
     T = cfg.seq_len or mcfg.block_size
     B = cfg.batch_size
     if T > mcfg.block_size:
@@ -449,8 +387,7 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
     optimizer = raw_model.configure_optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                               device_type=device.type)
     if resume_from is not None:
-        optim_sd = torch.load(resume_from / "optimizer.pt", map_location=device,
-                              weights_only=True)
+        optim_sd = load_optimizer_state(resume_from, device)
         if cfg.fsdp:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -518,16 +455,11 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
                 "tokenizer_fingerprint": ds.tokenizer_fingerprint}
         path = save_checkpoint(out_dir, step, raw_model, clean_state_dict(model_sd), optim_sd,
                                run_state, meta, tokenizer)
-        _update_best(out_dir, path, step, val_loss)
-        _prune(out_dir, cfg.keep_last)
+        update_best(out_dir, path, step, val_loss)
+        prune_checkpoints(out_dir, cfg.keep_last)
         return path
 
-    bar = None
-    if master and cfg.progress:
-        with contextlib.suppress(ImportError):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True)
+    bar = progress_bar(master and cfg.progress, total=cfg.max_steps, initial=step, unit="step")
     losses, val_loss, last_ckpt = [], None, resume_from
     model.train()
     t_last = time.perf_counter()
@@ -583,8 +515,8 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
                         f"{float(grad_norm):.3f}, {tok_s:,.0f} tok/s"
                         + (f", MFU {mfu:.1%}" if mfu else ""))
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-                val_loss = evaluate(model, ds, "val", B, T, cfg.eval_batches, device, autocast,
-                                    rank, world)
+                val_loss = validation_loss(model, ds, "val", B, T, cfg.eval_batches, device,
+                                           autocast, rank, world)
                 if val_loss is not None:
                     best_val = val_loss if best_val is None else min(best_val, val_loss)
                 last_ckpt = checkpoint(val_loss) or last_ckpt

@@ -5,15 +5,11 @@
 //! Aho-Corasick and only honoured where the caller allows them, as in tiktoken.
 
 use super::merge::merge_boundaries;
-use super::{BpeError, Pattern};
+use super::{BpeError, Pattern, Rank, RankMap};
 use crate::parallel;
 use aho_corasick::{AhoCorasick, Input, MatchKind};
 use rayon::prelude::*;
 use rustc_hash::FxHashSet;
-
-/// A token id. For mergeable tokens, the id is also the merge priority (lower merges first).
-pub type Rank = u32;
-pub type RankMap = super::tokenmap::TokenMap;
 
 /// Pieces that are not themselves tokens, with their merged tokens, per thread. Rare words
 /// recur (names, technical terms), and merging costs tens of lookups where the cache costs one.
@@ -33,6 +29,10 @@ thread_local! {
 }
 
 static NEXT_ENCODER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Ids a vocabulary may leave unused below its largest (cl100k leaves a few; specials may sit
+/// high); the decoder's slots for them cost 16 bytes each.
+pub const MAX_UNUSED_IDS: usize = 1 << 20;
 
 #[derive(Clone, Debug)]
 pub struct Encoder {
@@ -62,6 +62,15 @@ impl Encoder {
             .unwrap_or(0);
         if max_id == Rank::MAX {
             return Err(BpeError::Vocab(format!("id {max_id} is reserved")));
+        }
+        // The decoder has a slot per id up to the largest: a damaged rank (4000000000) would
+        // ask for gigabytes and abort the process, so ids may leave only so many gaps.
+        let n_ids = mergeable.len() + specials.len();
+        if max_id as usize >= n_ids + MAX_UNUSED_IDS {
+            return Err(BpeError::Vocab(format!(
+                "id {max_id} is far beyond the {n_ids} tokens (ids may leave at most \
+                 {MAX_UNUSED_IDS} unused); is a rank damaged?"
+            )));
         }
         let mut decoder: Vec<Option<Box<[u8]>>> = vec![None; max_id as usize + 1];
         let mut ranks = RankMap::default();

@@ -8,7 +8,7 @@
 //! over a linked list of parts gives O(n log n); stale heap entries are skipped on pop. Both
 //! pick the same pair at every step: the minimum by (rank, start offset).
 
-use super::encoder::{Rank, RankMap};
+use super::{Rank, RankMap};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 

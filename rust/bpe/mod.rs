@@ -10,11 +10,18 @@ pub mod trainer;
 pub mod vocab;
 
 pub use count::ChunkCounter;
-pub use encoder::{Encoder, Rank};
+pub use encoder::Encoder;
 pub use pretokenize::Pattern;
 pub use trainer::Trainer;
 
 use std::path::PathBuf;
+
+/// A token id. For mergeable tokens, the id is also the merge priority (lower merges first).
+/// It lives here, not in the encoder, so that the encoder and the merge loop both use it
+/// without depending on each other.
+pub type Rank = u32;
+/// Token bytes to rank: the vocabulary's lookup table.
+pub type RankMap = tokenmap::TokenMap;
 
 /// Everything that can go wrong in `bpe`, with enough context to act on.
 #[derive(Debug, thiserror::Error)]

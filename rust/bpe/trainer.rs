@@ -27,7 +27,7 @@
 //! otherwise, so the real maximum is never passed over). Chunks are stored as one flat `u32`
 //! array with per-chunk offsets: a merge rewrites a chunk in place, shrinking it.
 
-use super::encoder::Rank;
+use super::Rank;
 use super::BpeError;
 use crate::parallel;
 use rayon::prelude::*;

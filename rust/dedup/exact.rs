@@ -1,5 +1,5 @@
 //! Exact document dedup: an xxh3 hash (64 or 128 bits) of the normalised text
-//! ([`normalize::exact_form`]: whitespace folded, lower-cased).
+//! ([`hash_forms::exact_form`]: whitespace folded, lower-cased).
 //!
 //! The index is one [`ExactEntry`] (hash, document number) per document. Sorted, the entries
 //! of identical texts are adjacent and ordered by document number, so the first of each group
@@ -7,7 +7,7 @@
 //! With 128 bits an accidental collision needs about 2^64 documents; with 64 bits about 2^32
 //! (four billion), which is why 128 is the default.
 
-use super::normalize::exact_form;
+use super::hash_forms::exact_form;
 use super::spill::Record;
 use super::Key128;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
@@ -57,10 +57,15 @@ pub fn find_duplicates(
     entries: impl Iterator<Item = super::Result<ExactEntry>>,
     mut dup: impl FnMut(u64, u64) -> super::Result<()>,
 ) -> super::Result<()> {
-    super::spill::for_each_in_group(entries, |e| e.hash, 1, |earlier, e| match earlier {
-        [first] => dup(e.doc, first.doc),
-        _ => Ok(()),
-    })
+    super::spill::for_each_in_group(
+        entries,
+        |e| e.hash,
+        1,
+        |earlier, e| match earlier {
+            [first] => dup(e.doc, first.doc),
+            _ => Ok(()),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 //! Unlike C4, blank lines are never deduplicated (C4's input had none left after cleaning), so
 //! paragraph breaks survive.
 
-use super::normalize::line_form;
+use super::hash_forms::line_form;
 use super::spill::Record;
 use super::Key128;
 use rustc_hash::FxHashSet;

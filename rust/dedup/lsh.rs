@@ -92,32 +92,33 @@ pub fn cluster(
     mut check: Option<&mut dyn FnMut(u64, u64) -> Result<bool>>,
 ) -> Result<ClusterStats> {
     let mut stats = ClusterStats::default();
-    super::spill::for_each_group(
+    super::spill::for_each_in_group(
         entries,
         |e| e.key,
-        |group| {
-            if group.len() < 2 {
+        MAX_CHECKS,
+        |earlier, e| {
+            let Some(first) = earlier.first() else {
                 return Ok(());
+            };
+            if earlier.len() == 1 {
+                stats.shared_buckets += 1;
             }
-            stats.shared_buckets += 1;
-            for (i, e) in group.iter().enumerate().skip(1) {
-                match check.as_deref_mut() {
-                    None => {
-                        stats.candidate_pairs += 1;
-                        uf.union(group[0].doc, e.doc);
+            match check.as_deref_mut() {
+                None => {
+                    stats.candidate_pairs += 1;
+                    uf.union(first.doc, e.doc);
+                }
+                Some(check) => {
+                    if uf.find(first.doc) == uf.find(e.doc) {
+                        return Ok(()); // already together: no pair to check
                     }
-                    Some(check) => {
-                        if uf.find(group[0].doc) == uf.find(e.doc) {
-                            continue; // already together: no pair to check
+                    for earlier in earlier {
+                        stats.candidate_pairs += 1;
+                        if check(earlier.doc, e.doc)? {
+                            uf.union(earlier.doc, e.doc);
+                            break;
                         }
-                        for earlier in group[..i].iter().take(MAX_CHECKS) {
-                            stats.candidate_pairs += 1;
-                            if check(earlier.doc, e.doc)? {
-                                uf.union(earlier.doc, e.doc);
-                                break;
-                            }
-                            stats.rejected_pairs += 1;
-                        }
+                        stats.rejected_pairs += 1;
                     }
                 }
             }

@@ -1,6 +1,6 @@
 //! MinHash signatures of word n-gram shingles.
 //!
-//! **Shingles.** The text is normalised into words ([`normalize::words`]: lower-case,
+//! **Shingles.** The text is normalised into words ([`hash_forms::words`]: lower-case,
 //! punctuation and whitespace folded, numbers to `0`); each run of `ngram` consecutive words,
 //! joined by single spaces, is hashed with xxh64 (seed 0) into a 64-bit shingle. A text with
 //! fewer than `ngram` words has no shingles and no signature, so it is never a near-duplicate
@@ -20,7 +20,7 @@
 //! reduction mod 2^61 - 1 is a mask, a shift and an add, no division. See
 //! [`signature_kernel`] for the loop order.
 
-use super::normalize::{words, Words};
+use super::hash_forms::{words, Words};
 use super::{DedupError, Result};
 use xxhash_rust::xxh64::xxh64;
 

@@ -25,7 +25,7 @@ pub mod exact;
 pub mod lines;
 pub mod lsh;
 pub mod minhash;
-pub mod normalize;
+pub mod hash_forms;
 pub mod resolve;
 pub mod scan;
 pub mod spans;

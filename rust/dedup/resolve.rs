@@ -17,7 +17,7 @@ use super::lsh::{cluster, BandEntry};
 use super::minhash::estimated_jaccard;
 use super::scan::{runs_of, ScanManifest};
 use super::spans::SpanEntry;
-use super::spill::{for_each_group, Merger, Record, Spiller};
+use super::spill::{for_each_in_group, Merger, Record, Spiller};
 use super::store::{read_json, write_json, SigStore};
 use super::unionfind::UnionFind;
 use super::{DedupError, Key128, Method, Result};
@@ -232,25 +232,30 @@ pub fn resolve(dir: &Path, memory_limit: usize) -> Result<ResolveStats> {
         let runs = runs_of(dir, &manifest, "lines");
         stats.runs_merged += runs.len() as u64;
         let merged = Merger::<LineEntry>::open(&runs, dir)?;
-        for_each_group(
+        // Sorted by (hash, rank, doc): the first survivor has the lowest id hash.
+        let mut keeper = None;
+        for_each_in_group(
             merged,
             |e| e.hash,
-            |group| {
-                // Sorted by (hash, rank, doc): the first survivor has the lowest id hash.
-                let mut alive = group.iter().filter(|e| !removed.get(e.doc));
-                let Some(keeper) = alive.next() else {
+            1,
+            |earlier, e| {
+                if earlier.is_empty() {
+                    keeper = None;
+                }
+                if removed.get(e.doc) {
+                    return Ok(());
+                }
+                let Some(k) = keeper else {
+                    keeper = Some(e.doc);
                     return Ok(());
                 };
-                for e in alive {
-                    stats.line_removals += 1;
-                    removals.push(RemovalEntry {
-                        doc: e.doc,
-                        kind: Method::Lines as u8,
-                        item: e.hash,
-                        keeper: keeper.doc,
-                    })?;
-                }
-                Ok(())
+                stats.line_removals += 1;
+                removals.push(RemovalEntry {
+                    doc: e.doc,
+                    kind: Method::Lines as u8,
+                    item: e.hash,
+                    keeper: k,
+                })
             },
         )?;
     }
@@ -258,28 +263,33 @@ pub fn resolve(dir: &Path, memory_limit: usize) -> Result<ResolveStats> {
         let runs = runs_of(dir, &manifest, "spans");
         stats.runs_merged += runs.len() as u64;
         let merged = Merger::<SpanEntry>::open(&runs, dir)?;
-        for_each_group(
+        // Sorted by (hash, doc, sentence): the first survivor is the first in input order.
+        let mut keeper = None;
+        for_each_in_group(
             merged,
             |e| e.hash,
-            |group| {
-                // Sorted by (hash, doc, sentence): the first survivor is the first in input order.
-                let mut alive = group.iter().filter(|e| !removed.get(e.doc));
-                let Some(keeper) = alive.next() else {
+            1,
+            |earlier, e| {
+                if earlier.is_empty() {
+                    keeper = None;
+                }
+                if removed.get(e.doc) {
+                    return Ok(());
+                }
+                let Some(k) = keeper else {
+                    keeper = Some(e.doc);
                     return Ok(());
                 };
-                for e in alive {
-                    stats.span_removals += 1;
-                    removals.push(RemovalEntry {
-                        doc: e.doc,
-                        kind: Method::Spans as u8,
-                        item: Key128 {
-                            hi: 0,
-                            lo: e.sent as u64,
-                        },
-                        keeper: keeper.doc,
-                    })?;
-                }
-                Ok(())
+                stats.span_removals += 1;
+                removals.push(RemovalEntry {
+                    doc: e.doc,
+                    kind: Method::Spans as u8,
+                    item: Key128 {
+                        hi: 0,
+                        lo: e.sent as u64,
+                    },
+                    keeper: k,
+                })
             },
         )?;
     }

@@ -90,6 +90,7 @@ pub struct Scanner {
     id_offsets: Vec<u64>,
     id_blob: Vec<u8>,
     sigs: Vec<u64>,
+    peak_mem: usize,
 }
 
 impl Scanner {
@@ -137,6 +138,7 @@ impl Scanner {
             id_offsets: vec![0],
             id_blob: Vec::new(),
             sigs: Vec::new(),
+            peak_mem: 0,
         })
     }
 
@@ -170,6 +172,11 @@ impl Scanner {
             + cap(&self.id_offsets)
             + cap(&self.id_blob)
             + cap(&self.sigs)
+    }
+
+    /// The most bytes the buffers have held.
+    pub fn peak_mem_bytes(&self) -> usize {
+        self.peak_mem
     }
 
     fn hash_doc(&self, text: &str) -> DocHashes {
@@ -251,6 +258,7 @@ impl Scanner {
             self.id_blob.extend_from_slice(id.as_bytes());
             self.id_offsets.push(self.id_blob.len() as u64);
             self.next_doc += 1;
+            self.peak_mem = self.peak_mem.max(self.mem_bytes());
             let by_memory = self.mem_bytes() >= self.memory_limit;
             if by_memory || self.next_doc - self.manifest.docs() >= self.checkpoint_docs {
                 self.checkpoint(by_memory)?;
@@ -322,4 +330,47 @@ pub fn runs_of(dir: &Path, manifest: &ScanManifest, kind: &str) -> Vec<PathBuf> 
     (0..manifest.chunks.len())
         .map(|c| chunk_file(dir, kind, c, "run"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_stay_within_the_memory_limit() {
+        let texts: Vec<String> = (0..400)
+            .map(|d| {
+                let words: Vec<String> = (0..60)
+                    .map(|w| format!("w{}", (d * 31 + w * 7) % 500))
+                    .collect();
+                words.join(" ")
+            })
+            .collect();
+        let ids: Vec<String> = (0..texts.len()).map(|d| format!("doc-{d}")).collect();
+        let config = DedupConfig {
+            lines: true,
+            spans: true,
+            threshold: Some(0.8),
+            ..Default::default()
+        };
+        for limit in [20_000, 100_000, 1_000_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = Scanner::open(dir.path(), config.clone(), limit, u64::MAX).unwrap();
+            for start in (0..texts.len()).step_by(50) {
+                s.add_batch(
+                    start as u64,
+                    &ids[start..start + 50],
+                    &texts[start..start + 50],
+                )
+                .unwrap();
+            }
+            let peak = s.peak_mem_bytes();
+            let spills = s.finish().unwrap().memory_spills;
+            assert!(peak <= limit, "limit {limit}: peak {peak}");
+            assert!(
+                spills as usize >= 400 * 1000 / limit,
+                "limit {limit}: {spills} spills"
+            );
+        }
+    }
 }

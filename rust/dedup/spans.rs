@@ -4,7 +4,7 @@
 //! Behaviour, following datatrove:
 //! - A document is split into sentences ([`trimmed_sentences`], the splitter the filters use);
 //!   a document with fewer than `n` sentences has no spans. Span `i` is sentences `i..i + n`, each normalised like
-//!   MinHash words ([`normalize::words`]), and is skipped when all of them normalise to
+//!   MinHash words ([`hash_forms::words`]), and is skipped when all of them normalise to
 //!   nothing (punctuation-only lines).
 //! - Sorted by (hash, document, sentence), the first occurrence of a span in input order is
 //!   kept; every other occurrence, in other documents or later in the same one, is removed,
@@ -16,7 +16,7 @@
 //! Differences: datatrove hashes 64 bits, here 128-bit xxh3. Sentences split as spaCy's
 //! sentencizer does for English (datatrove's splitter for it): `crate::text::sentences`.
 
-use super::normalize::words;
+use super::hash_forms::words;
 use super::spill::Record;
 use super::Key128;
 use crate::text::sentences::trimmed_sentences;

@@ -525,7 +525,9 @@ mod fuzz {
         let starts: Vec<u64> = (0..h.n_docs as usize).map(|i| at(starts + 8 * i)).collect();
         assert!(starts.windows(2).all(|w| w[0] < w[1]));
         assert!(starts.iter().all(|&s| s < h.n_tokens));
-        let offsets: Vec<u64> = (0..=h.n_docs as usize).map(|i| at(id_offsets + 8 * i)).collect();
+        let offsets: Vec<u64> = (0..=h.n_docs as usize)
+            .map(|i| at(id_offsets + 8 * i))
+            .collect();
         assert_eq!((offsets[0], *offsets.last().unwrap()), (0, h.ids_bytes));
         assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
     }
@@ -535,7 +537,10 @@ mod fuzz {
         assert_eq!(int(0), MAGIC);
         assert_eq!(Dtype::from_version(int(1)), Some(h.dtype));
         assert_eq!(int(2) as u64, h.count);
-        assert_eq!(file_len, HEADER_BYTES as u64 + h.count * h.dtype.width() as u64);
+        assert_eq!(
+            file_len,
+            HEADER_BYTES as u64 + h.count * h.dtype.width() as u64
+        );
         if strict {
             assert!((3..HEADER_INTS).all(|i| int(i) == 0));
         }
@@ -547,7 +552,10 @@ mod fuzz {
             prop_oneof![Just(MAGIC), any::<i32>()],
             prop_oneof![Just(1), Just(2), any::<i32>()],
             prop_oneof![0..100i32, any::<i32>()],
-            prop::collection::vec(prop_oneof![9 => Just(0u8), 1 => any::<u8>()], HEADER_BYTES - 12),
+            prop::collection::vec(
+                prop_oneof![9 => Just(0u8), 1 => any::<u8>()],
+                HEADER_BYTES - 12,
+            ),
         )
             .prop_map(|(m, v, c, rest)| {
                 let mut out = Vec::with_capacity(HEADER_BYTES);

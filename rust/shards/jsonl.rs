@@ -781,3 +781,151 @@ pub(crate) mod tests {
         assert_eq!(ids[29_999], "long.jsonl.zst:30000");
     }
 }
+
+/// Fuzzing the JSON-lines reader (issue 18): any line, any file (plain or `.zst`) is read or
+/// refused, never a panic or a hang, and agrees with `serde_json` on what a record is; a cut
+/// or damaged `.zst` is an error, never a short read or changed text. `PROPTEST_CASES` sets
+/// the cases (see `crate::fuzz`).
+#[cfg(test)]
+mod fuzz {
+    use super::tests::fields;
+    use super::*;
+    use crate::fuzz::{apply, config, edits, within};
+    use proptest::prelude::*;
+
+    /// Lines near JSON records: objects with text and id fields of any type, escapes,
+    /// surrogates, nesting, and junk.
+    fn record_line() -> impl Strategy<Value = Vec<u8>> {
+        let value = prop_oneof![
+            "\"[a-z \\\\\"é]{0,6}\"",
+            "\"\\\\u[dD][89a-fA-F][0-9a-f]{2}\"",
+            "-?[0-9]{1,25}(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,3})?",
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("[1, {\"a\": []}]".to_string()),
+            Just("{\"text\": \"inner\"}".to_string()),
+            Just("NaN".to_string()),
+        ];
+        let key = prop_oneof![Just("text"), Just("id"), Just("other"), Just("te\\u0078t")];
+        let object = prop::collection::vec((key, value), 0..4).prop_map(|kv| {
+            let body: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
+            format!("{{{}}}", body.join(", ")).into_bytes()
+        });
+        prop_oneof![
+            4 => object,
+            1 => prop::collection::vec(any::<u8>(), 0..40),
+            1 => (1..200usize).prop_map(|d| format!("{}{}", "[".repeat(d), "]".repeat(d)).into_bytes()),
+            1 => prop::sample::select(vec![&b""[..], b"  \t", b"\x1c", b"[]", b"\"s\"", b"{", b"{}"]).prop_map(|b| b.to_vec()),
+        ]
+    }
+
+    /// What `serde_json` makes of a line: `Some(text)` for an object with a string text field.
+    fn reference(line: &str) -> Result<Option<String>, ()> {
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(serde_json::Value::Object(m)) => match m.get("text") {
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                _ => Ok(None),
+            },
+            Ok(_) => Ok(None),
+            Err(_) => Err(()),
+        }
+    }
+
+    fn read(paths: Vec<PathBuf>, fail_after: Option<usize>) -> Result<(Vec<String>, Vec<String>, u64), ShardError> {
+        let (mut texts, mut ids, mut batches) = (Vec::new(), Vec::new(), 0);
+        let n = read_jsonl_batches(&paths, &fields(), 0, 3, 64, |b| {
+            batches += 1;
+            if fail_after.is_some_and(|k| batches > k) {
+                return Err(ShardError::Settings("the sink stops".into()));
+            }
+            texts.extend(b.texts);
+            ids.extend(b.ids);
+            Ok(())
+        })?;
+        Ok((texts, ids, n))
+    }
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        /// One line: refused exactly when it is not UTF-8 or not an object with a string text
+        /// field by `serde_json` (lone surrogate escapes excepted: those are read, as Python's
+        /// `json` reads them); else the same text.
+        #[test]
+        fn lines_agree_with_serde_json(raw in record_line()) {
+            let got = parse_line(Path::new("f.jsonl"), 1, &raw, &fields());
+            let Ok(line) = std::str::from_utf8(&raw) else {
+                prop_assert!(got.is_err());
+                return Ok(());
+            };
+            if line.chars().all(py_space) {
+                prop_assert!(matches!(got, Ok(None)));
+                return Ok(());
+            }
+            match reference(line) {
+                Ok(Some(text)) => prop_assert_eq!(got.unwrap().unwrap().0, text),
+                Ok(None) => prop_assert!(got.is_err()),
+                // serde_json refuses lone surrogates, which the reader replaces.
+                Err(()) if replace_lone_surrogates(line).is_some() => {}
+                Err(()) => prop_assert!(got.is_err(), "{line:?} read as {:?}", got.map(|r| r.map(|r| r.0))),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(48))]
+
+        /// Whole files, plain and zstd, with a sink that may stop early: the read ends (no
+        /// hang), and when it succeeds there is one record per line that is not blank.
+        #[test]
+        fn files_are_read_or_refused(
+            lines in prop::collection::vec(record_line(), 0..12),
+            junk in prop::collection::vec(any::<u8>(), 0..64),
+            zst in any::<bool>(),
+            fail_after in prop::option::of(0..3usize),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let body = lines.join(&b"\n"[..]);
+            let (name, bytes) = if zst {
+                ("a.jsonl.zst", crate::compress::compress(&body, 3).unwrap())
+            } else {
+                ("a.jsonl", body.clone())
+            };
+            let a = write(dir.path(), name, &bytes);
+            let b = write(dir.path(), "b.jsonl", &junk);
+            let (p1, p2) = (vec![a.clone(), b], vec![a]);
+            let got = within(60, "reading JSON lines", move || (read(p1, fail_after), read(p2, None)));
+            if let Ok((texts, ids, n)) = got.1 {
+                let records = body
+                    .split(|&b| b == b'\n')
+                    .filter(|l| std::str::from_utf8(l).is_ok_and(|s| !s.chars().all(py_space)))
+                    .count();
+                prop_assert_eq!((texts.len(), ids.len(), n), (records, records, records as u64));
+            }
+        }
+
+        /// A `.jsonl.zst` cut anywhere is refused, never read short; one damaged anywhere is
+        /// refused or reads the same records (its frame carries a checksum).
+        #[test]
+        fn cut_or_damaged_zstd_is_refused(n in 1..40usize, cut in any::<prop::sample::Index>(), e in edits()) {
+            let body: String = (0..n).map(|i| format!("{{\"text\": \"document {i} {}\"}}\n", "x".repeat(i))).collect();
+            let frame = crate::compress::compress(body.as_bytes(), 3).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let whole = read(vec![write(dir.path(), "whole.jsonl.zst", &frame)], None).unwrap();
+            let cut_path = write(dir.path(), "cut.jsonl.zst", &frame[..cut.index(frame.len())]);
+            prop_assert!(read(vec![cut_path], None).is_err());
+            let damaged = apply(&frame, &e);
+            let path = write(dir.path(), "damaged.jsonl.zst", &damaged);
+            let got = within(60, "reading damaged zstd", move || read(vec![path], None));
+            if let Ok((texts, _, n)) = got {
+                prop_assert_eq!((texts, n), (whole.0, whole.2));
+            }
+        }
+    }
+}

@@ -409,3 +409,128 @@ mod tests {
         );
     }
 }
+
+/// Fuzzing the manifest parser (issue 18): arbitrary and damaged text is parsed or refused,
+/// never a panic; text that is no longer JSON is refused; what is accepted agrees with itself
+/// (the split totals, the settings, the header). `PROPTEST_CASES` sets the cases (see
+/// `crate::fuzz`).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::{apply, config, edits};
+    use proptest::prelude::*;
+
+    fn shard(i: usize, tokens: u64, documents: u64) -> ShardEntry {
+        ShardEntry {
+            file: format!("train_{i:06}.bin"),
+            index: format!("train_{i:06}.idx"),
+            tokens,
+            documents,
+            checksum: "xxh3-64:0123456789abcdef".into(),
+            index_checksum: "xxh3-64:fedcba9876543210".into(),
+            max_token: Some(7),
+        }
+    }
+
+    fn valid() -> Manifest {
+        let mut splits = BTreeMap::new();
+        let train = vec![shard(0, 10, 3), shard(1, 4, 1)];
+        splits.insert(
+            "train".to_string(),
+            SplitEntry {
+                tokens: 14,
+                documents: 4,
+                shards: train,
+            },
+        );
+        splits.insert(
+            "val".to_string(),
+            SplitEntry {
+                tokens: 10,
+                documents: 2,
+                shards: vec![shard(2, 10, 2)],
+            },
+        );
+        Manifest::new(super::tests::settings(), 6, splits)
+    }
+
+    /// What a reader of an accepted manifest relies on.
+    fn assert_holds_together(m: &Manifest) {
+        assert_eq!(
+            (m.format.as_str(), m.format_version),
+            (FORMAT, FORMAT_VERSION)
+        );
+        for split in m.splits.values() {
+            assert_eq!(
+                split.tokens,
+                split.shards.iter().map(|s| s.tokens).sum::<u64>()
+            );
+            assert_eq!(
+                split.documents,
+                split.shards.iter().map(|s| s.documents).sum::<u64>()
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        #[test]
+        fn any_text_is_parsed_or_refused(text in "\\PC{0,300}") {
+            if let Ok(m) = Manifest::parse(&text, Path::new("manifest.json")) {
+                assert_holds_together(&m);
+            }
+        }
+
+        #[test]
+        fn damaged_manifests_are_parsed_or_refused(e in edits()) {
+            let damaged = apply(valid().to_json().as_bytes(), &e);
+            let Ok(text) = std::str::from_utf8(&damaged) else {
+                return Ok(()); // `Manifest::read` refuses a file that is not UTF-8
+            };
+            let parsed = Manifest::parse(text, Path::new("manifest.json"));
+            if serde_json::from_str::<serde_json::Value>(text).is_err() {
+                prop_assert!(parsed.is_err());
+            }
+            if let Ok(m) = parsed {
+                assert_holds_together(&m);
+            }
+        }
+
+        /// A manifest cut anywhere (an interrupted copy) is refused.
+        #[test]
+        fn cut_manifests_are_refused(cut in any::<prop::sample::Index>()) {
+            let text = valid().to_json();
+            let text = text.trim_end();
+            let at = cut.index(text.len());
+            prop_assume!(text.is_char_boundary(at));
+            prop_assert!(Manifest::parse(&text[..at], Path::new("manifest.json")).is_err());
+        }
+    }
+
+    /// Settings no writer makes (a dtype too narrow for the vocabulary, an end-of-text id
+    /// outside it, a header for another dtype, a document total that disagrees with the
+    /// splits, a zero shard size) are refused. Today `parse` checks only the split totals, so
+    /// a hand-edited or damaged manifest that contradicts itself opens. Run with
+    /// `cargo test --lib fuzz -- --ignored`.
+    #[test]
+    #[ignore = "defect found by fuzzing, not fixed yet: Manifest::parse does not check its settings"]
+    fn settings_that_disagree_are_refused() {
+        let text = valid().to_json();
+        assert!(Manifest::parse(&text, Path::new("m.json")).is_ok());
+        for (from, to) in [
+            ("\"n_vocab\": 300", "\"n_vocab\": 70000"),
+            ("\"eot_token\": 299", "\"eot_token\": 300"),
+            ("\"version\": 1", "\"version\": 2"),
+            ("\"magic\": 20240520", "\"magic\": 20240521"),
+            ("\"bytes\": 1024", "\"bytes\": 512"),
+            ("\"documents\": 6", "\"documents\": 7"),
+            ("\"shard_size\": 10", "\"shard_size\": 0"),
+        ] {
+            assert!(text.contains(from), "{from} not in {text}");
+            let bad = text.replace(from, to);
+            let got = Manifest::parse(&bad, Path::new("m.json"));
+            assert!(got.is_err(), "{to} was accepted");
+        }
+    }
+}

@@ -733,4 +733,229 @@ pub(crate) mod tests {
         );
         assert!(e.contains("should be 1056 bytes, but it is 1054"), "{e}");
     }
+
+    fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut Manifest)) {
+        let path = dir.join(MANIFEST_NAME);
+        let mut m = Manifest::read(&path).unwrap();
+        edit(&mut m);
+        std::fs::write(&path, m.to_json()).unwrap();
+    }
+
+    #[test]
+    fn token_ids_are_checked_against_a_vocabulary() {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path(), 30, 16, EotMode::Append);
+        let ds = Dataset::open(dir.path()).unwrap();
+        ds.check_tokens(257).unwrap();
+        // Every document ends with end-of-text (256): the first one is the first id >= 200.
+        let first_eot = ds.split("train").unwrap().shards()[0]
+            .tokens::<u16>()
+            .unwrap()
+            .iter()
+            .position(|&t| t == 256)
+            .unwrap();
+        let e = ds.check_tokens(200).unwrap_err().to_string();
+        let bin = dir.path().join("train_000000.bin");
+        assert_eq!(
+            e,
+            format!(
+                "{}: token id 256 at token {first_eot} (largest recorded 256) is outside the \
+                 model's vocabulary of 200; retokenize with the model's tokenizer or use a model \
+                 with a larger vocab",
+                bin.display()
+            )
+        );
+        // An older manifest records no maximum: the shards are read instead.
+        edit_manifest(dir.path(), |m| {
+            for split in m.splits.values_mut() {
+                split.shards.iter_mut().for_each(|s| s.max_token = None);
+            }
+        });
+        let ds = Dataset::open(dir.path()).unwrap();
+        ds.check_tokens(257).unwrap();
+        let e = ds.check_tokens(200).unwrap_err().to_string();
+        assert!(e.contains("(largest in the shard 256)"), "{e}");
+        ds.verify().unwrap();
+    }
+
+    #[test]
+    fn verify_checks_the_recorded_largest_token() {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path(), 30, 16, EotMode::Prepend);
+        let ds = Dataset::open(dir.path()).unwrap();
+        let split = ds.split("train").unwrap();
+        for (shard, entry) in split
+            .shards()
+            .iter()
+            .zip(&ds.manifest().splits["train"].shards)
+        {
+            let max = shard
+                .tokens::<u16>()
+                .unwrap()
+                .iter()
+                .max()
+                .map(|&t| t as u32);
+            assert_eq!(entry.max_token, max);
+            assert_eq!(shard.checksum_and_max(), (shard.checksum(), max));
+        }
+        edit_manifest(dir.path(), |m| {
+            m.splits.get_mut("train").unwrap().shards[1].max_token = Some(7)
+        });
+        let e = Dataset::open(dir.path()).unwrap().verify().unwrap_err();
+        let bin = dir.path().join("train_000001.bin");
+        let expect = format!(
+            "lists 7 as the largest token of {}, the file's",
+            bin.display()
+        );
+        assert!(e.to_string().contains(&expect), "{e}");
+    }
+
+    #[test]
+    fn a_checksum_disagreement_blames_the_file_that_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path(), 20, 16, EotMode::Append);
+        let (bin, idx) = (
+            dir.path().join("train_000001.bin"),
+            dir.path().join("train_000001.idx"),
+        );
+        let good = std::fs::read(dir.path().join(MANIFEST_NAME)).unwrap();
+        let open_err = || Dataset::open(dir.path()).err().unwrap().to_string();
+
+        edit_manifest(dir.path(), |m| {
+            m.splits.get_mut("train").unwrap().shards[1].checksum = "xxh3-64:00".into()
+        });
+        let e = open_err();
+        assert!(
+            e.contains("manifest.json: lists checksum xxh3-64:00 for"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join(MANIFEST_NAME), &good).unwrap();
+
+        let mut idx_bytes = std::fs::read(&idx).unwrap();
+        idx_bytes[32] ^= 1;
+        std::fs::write(&idx, &idx_bytes).unwrap();
+        let e = open_err();
+        assert!(
+            e.starts_with(&format!("{}: checksum at byte 32 is", idx.display())),
+            "{e}"
+        );
+
+        // Index and manifest disagree and the tokens match neither: the shard is damaged.
+        let mut bin_bytes = std::fs::read(&bin).unwrap();
+        bin_bytes[1030] ^= 1;
+        std::fs::write(&bin, &bin_bytes).unwrap();
+        let e = open_err();
+        assert!(
+            e.starts_with(&format!("{}: checksum of bytes 1024..", bin.display())),
+            "{e}"
+        );
+    }
+}
+
+/// Fuzzing dataset opening (issue 18): a dataset with one damaged file (a shard, an index or
+/// the manifest) opens or is refused, never a panic or a hang; what opens can be read end to
+/// end; and damage to a shard or an index is found by `open` or by `verify`. Bare shards of
+/// any bytes open or are refused. `PROPTEST_CASES` sets the cases (see `crate::fuzz`).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::{apply, config, edits, within};
+    use crate::shards::manifest::EotMode;
+    use proptest::prelude::*;
+
+    /// Reads every document, id, position and token of every split, as the trainer and the
+    /// Python API can.
+    fn read_everything(ds: &Dataset) {
+        for name in ds.manifest().splits.keys() {
+            let split = ds.split(name).unwrap();
+            let n = split.num_tokens();
+            let mut all = vec![0u16; n as usize];
+            if split.dtype() == Dtype::U16 {
+                split.copy_range(0, &mut all).unwrap();
+            }
+            let _ = split.slice::<u16>(0, n);
+            let _ = split.slice::<u32>(0, n);
+            for i in 0..split.num_docs() {
+                let (a, b) = split.doc_range(i).unwrap();
+                assert!(a < b && b <= n, "document {i}: {a}..{b} of {n}");
+                let _ = split.doc_id(i);
+                split.doc_position(i).unwrap();
+            }
+            assert!(split.doc_range(split.num_docs()).is_err());
+        }
+    }
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    proptest! {
+        #![proptest_config(config(48))]
+
+        #[test]
+        fn datasets_with_a_damaged_file_open_or_are_refused(
+            which in any::<prop::sample::Index>(),
+            e in edits(),
+            prepend in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let eot = if prepend { EotMode::Prepend } else { EotMode::Append };
+            super::tests::build(dir.path(), 12, 16, eot);
+            let all = files(dir.path());
+            let target = all[which.index(all.len())].clone();
+            let before = std::fs::read(&target).unwrap();
+            let after = apply(&before, &e);
+            std::fs::write(&target, &after).unwrap();
+            let path = dir.path().to_path_buf();
+            let found = within(60, "opening and reading a damaged dataset", move || {
+                let ds = Dataset::open(&path)?;
+                read_everything(&ds);
+                ds.verify()
+            });
+            let is_data = target.extension().is_some_and(|x| x == "bin" || x == "idx");
+            if is_data && after != before {
+                prop_assert!(found.is_err(), "{} damaged, yet opened and verified", target.display());
+            }
+        }
+
+        #[test]
+        fn bare_shards_of_any_bytes_open_or_are_refused(
+            shards in prop::collection::vec(
+                prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..64),
+                    (0..3u64, any::<bool>(), prop::collection::vec(any::<u8>(), 0..12)).prop_map(|(n, wide, tail)| {
+                        let dtype = if wide { Dtype::U32 } else { Dtype::U16 };
+                        let mut b = format::encode_header(dtype, n).to_vec();
+                        b.extend(tail);
+                        b
+                    }),
+                ],
+                1..4,
+            ),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let paths: Vec<PathBuf> = shards.iter().enumerate().map(|(i, b)| {
+                let p = dir.path().join(format!("s{i}.bin"));
+                std::fs::write(&p, b).unwrap();
+                p
+            }).collect();
+            if let Ok(split) = Split::from_files("train", &paths) {
+                let n = split.num_tokens();
+                if split.dtype() == Dtype::U16 {
+                    let mut out = vec![0u16; n as usize];
+                    split.copy_range(0, &mut out).unwrap();
+                } else {
+                    let mut out = vec![0u32; n as usize];
+                    split.copy_range(0, &mut out).unwrap();
+                }
+                prop_assert!(split.doc_range(0).is_err());
+                prop_assert!(split.copy_range(n, &mut [0u16; 1]).is_err());
+            }
+        }
+    }
 }

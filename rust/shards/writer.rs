@@ -370,7 +370,8 @@ impl DatasetWriter {
         loop {
             let (bin_name, idx_name) = shard_names(split.name, split.shards.len());
             let (bin, idx) = (self.dir.join(&bin_name), self.dir.join(&idx_name));
-            let Some((header, idx_bytes, max_token)) = complete_shard(&bin, &idx, dtype, shard_size)
+            let Some((header, idx_bytes, max_token)) =
+                complete_shard(&bin, &idx, dtype, shard_size)
             else {
                 break;
             };
@@ -974,6 +975,19 @@ pub(crate) mod tests {
             expected.push(256);
         }
         assert_eq!(all, expected);
+        let m = Manifest::parse(
+            std::str::from_utf8(&files[MANIFEST_NAME]).unwrap(),
+            Path::new(MANIFEST_NAME),
+        )
+        .unwrap();
+        for entry in &m.splits["train"].shards {
+            let bytes = &files[&entry.file][HEADER_BYTES..];
+            let max = bytes
+                .chunks(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
+                .max();
+            assert_eq!(entry.max_token, max, "{}", entry.file);
+        }
         assert!(!files.contains_key(PROGRESS_NAME));
         assert!(!files.keys().any(|k| k.ends_with(".tmp")));
     }

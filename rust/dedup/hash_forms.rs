@@ -1,4 +1,4 @@
-//! Text normalisation shared by the dedup methods.
+//! Hash forms: the normalised text each dedup method hashes.
 //!
 //! - [`words`]: the word sequence MinHash shingles and span hashes are built from: lower-case,
 //!   every character that is not a letter or digit (punctuation, symbols, whitespace) folded
@@ -47,7 +47,7 @@ impl Words {
 /// Splits `text` into normalised words (see the module docs).
 ///
 /// ```
-/// use gristmill::dedup::normalize::words;
+/// use gristmill::dedup::hash_forms::words;
 /// let w = words("Hello, World! It's 3.14 -- or 1,000.", true);
 /// assert_eq!(w.text, "hello world it s 0 or 0");
 /// ```
@@ -151,7 +151,7 @@ impl WordBuilder {
 /// The text exact dedup hashes: whitespace folded, trimmed, lower-cased.
 ///
 /// ```
-/// use gristmill::dedup::normalize::exact_form;
+/// use gristmill::dedup::hash_forms::exact_form;
 /// assert_eq!(exact_form("  Hello\n\n  World "), "hello world");
 /// ```
 pub fn exact_form(text: &str) -> String {
