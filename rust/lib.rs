@@ -1327,8 +1327,7 @@ mod python {
 
     // ==== bpe trainer ====
 
-    use crate::bpe::trainer::MAX_VOCAB;
-    use crate::bpe::{ChunkCounter, Trainer};
+    use crate::bpe::Training;
     use pyo3::exceptions::PyTypeError;
     use pyo3::types::{PyIterator, PyString};
 
@@ -1337,60 +1336,12 @@ mod python {
     const TRAIN_BATCH_BYTES_PER_THREAD: usize = 2 << 20;
     const TRAIN_BATCH_TEXTS: usize = 65536;
 
-    enum TrainState {
-        Counting(ChunkCounter),
-        Merging(Trainer),
-        /// Setting up the merges failed; the counts are gone.
-        Failed,
-    }
-
     /// BPE training: `count` texts (or `count_file`), then `merge` in steps, then `build`.
-    /// See `gristmill.Tokenizer.train` and `rust/bpe/trainer.rs` for the algorithm.
+    /// The stages and checks are `crate::bpe::Training`; see `gristmill.Tokenizer.train` and
+    /// `rust/bpe/trainer.rs` for the algorithm.
     #[pyclass(module = "gristmill._core")]
     struct BpeTrainer {
-        state: TrainState,
-        vocab_size: usize,
-        specials: Vec<String>,
-        pattern: String,
-        min_frequency: u64,
-        counted: (u64, u64, u64, usize), // texts, chunks, bytes, unique chunks
-    }
-
-    impl BpeTrainer {
-        fn counter(&mut self) -> PyResult<&mut ChunkCounter> {
-            match &mut self.state {
-                TrainState::Counting(c) => Ok(c),
-                _ => Err(TokenizerError::new_err(
-                    "cannot count more text: merging has started",
-                )),
-            }
-        }
-
-        fn note_counts(&mut self) {
-            if let TrainState::Counting(c) = &self.state {
-                self.counted = (c.n_texts(), c.n_chunks(), c.n_bytes(), c.n_unique());
-            }
-        }
-
-        fn trainer(&mut self, py: Python<'_>) -> PyResult<&mut Trainer> {
-            if matches!(self.state, TrainState::Counting(_)) {
-                let TrainState::Counting(counter) =
-                    std::mem::replace(&mut self.state, TrainState::Failed)
-                else {
-                    unreachable!("matched just above")
-                };
-                let target = self.vocab_size - self.specials.len();
-                let min_frequency = self.min_frequency;
-                let t = py
-                    .detach(|| Trainer::new(counter.into_counts(), target, min_frequency))
-                    .map_err(bpe_err)?;
-                self.state = TrainState::Merging(t);
-            }
-            match &mut self.state {
-                TrainState::Merging(t) => Ok(t),
-                _ => Err(TokenizerError::new_err("training failed earlier")),
-            }
-        }
+        inner: Training,
     }
 
     /// Texts back to back in one buffer that is reused from batch to batch (one copy per
@@ -1467,30 +1418,9 @@ mod python {
             special_tokens: Vec<String>,
             min_frequency: u64,
         ) -> PyResult<Self> {
-            let mut seen = FxHashSet::default();
-            if let Some(s) = special_tokens.iter().find(|s| !seen.insert(s.as_str())) {
-                return Err(TokenizerError::new_err(format!(
-                    "special token {s:?} is listed twice"
-                )));
-            }
-            let least = 256 + special_tokens.len();
-            if vocab_size < least || vocab_size > MAX_VOCAB {
-                return Err(TokenizerError::new_err(format!(
-                    "vocab_size must be between {least} (256 byte tokens + {} special tokens) \
-                     and {MAX_VOCAB}, not {vocab_size}",
-                    special_tokens.len()
-                )));
-            }
-            let compiled = Pattern::new(&pattern).map_err(bpe_err)?;
-            let counter = ChunkCounter::new(compiled, &special_tokens).map_err(bpe_err)?;
-            Ok(BpeTrainer {
-                state: TrainState::Counting(counter),
-                vocab_size,
-                specials: special_tokens,
-                pattern,
-                min_frequency,
-                counted: (0, 0, 0, 0),
-            })
+            let inner = Training::new(vocab_size, &pattern, special_tokens, min_frequency)
+                .map_err(bpe_err)?;
+            Ok(BpeTrainer { inner })
         }
 
         /// Counts the chunks of every text from `texts` (any iterable of str). Texts are
@@ -1504,7 +1434,7 @@ mod python {
             texts: &Bound<'_, PyAny>,
             callback: Option<&Bound<'_, PyAny>>,
         ) -> PyResult<()> {
-            self.counter()?;
+            self.inner.counter().map_err(bpe_err)?;
             let mut iter = texts.try_iter()?;
             let mut pulled = 0usize;
             let batch_bytes = TRAIN_BATCH_BYTES_PER_THREAD * crate::parallel::num_threads();
@@ -1512,7 +1442,7 @@ mod python {
             pull_batch(&mut iter, batch_bytes, &mut pulled, &mut current)?;
             while !current.ends.is_empty() {
                 py.check_signals()?;
-                let counter = self.counter()?;
+                let counter = self.inner.counter().map_err(bpe_err)?;
                 // Python work (the iterator, str to UTF-8) overlaps the count of the batch
                 // before: a scoped thread hands that batch to the pool meanwhile.
                 let (counted, pulled_next) = std::thread::scope(|scope| {
@@ -1524,9 +1454,10 @@ mod python {
                 counted
                     .map_err(|_| TokenizerError::new_err("chunk counting failed"))?
                     .map_err(bpe_err)?;
-                self.note_counts();
+                self.inner.note_counts();
                 if let Some(cb) = callback {
-                    cb.call1((self.counted.0, self.counted.2))?;
+                    let counted = self.inner.counted();
+                    cb.call1((counted.texts, counted.bytes))?;
                 }
                 pulled_next?;
                 std::mem::swap(&mut current, &mut next);
@@ -1543,8 +1474,9 @@ mod python {
             path: PathBuf,
             callback: Option<Py<PyAny>>,
         ) -> PyResult<()> {
-            let (texts, before) = (self.counted.0 + 1, self.counted.2);
-            let counter = self.counter()?;
+            let counted = self.inner.counted();
+            let (texts, before) = (counted.texts + 1, counted.bytes);
+            let counter = self.inner.counter().map_err(bpe_err)?;
             let mut failure: Option<PyErr> = None;
             py.detach(|| {
                 counter.add_file(&path, |done| {
@@ -1559,7 +1491,7 @@ mod python {
                 })
             })
             .map_err(bpe_err)?;
-            self.note_counts();
+            self.inner.note_counts();
             // A failed callback (or Ctrl-C) stopped the count; the file is partly counted.
             failure.map_or(Ok(()), Err)
         }
@@ -1567,9 +1499,8 @@ mod python {
         /// Does up to `max_merges` merges (the first call ends counting); returns how many
         /// were done: 0 once training is complete.
         fn merge(&mut self, py: Python<'_>, max_merges: usize) -> PyResult<usize> {
-            self.note_counts();
-            let t = self.trainer(py)?;
-            Ok(py.detach(|| t.step(max_merges)))
+            let inner = &mut self.inner;
+            py.detach(|| inner.merge(max_merges)).map_err(bpe_err)
         }
 
         /// The tokenizer: the merges done so far (all of them if `merge` was never called),
@@ -1581,38 +1512,19 @@ mod python {
             py: Python<'_>,
             special_ids: Option<&Bound<'_, PyDict>>,
         ) -> PyResult<CoreBPE> {
-            if matches!(self.state, TrainState::Counting(_)) {
-                self.merge(py, usize::MAX)?;
+            let given = special_ids.map(|d| specials_vec(Some(d))).transpose()?;
+            let inner = &mut self.inner;
+            if inner.merging().is_none() {
+                py.detach(|| inner.merge(usize::MAX)).map_err(bpe_err)?;
             }
-            let pattern = self.pattern.clone();
-            let names = self.specials.clone();
-            let ranks = self.trainer(py)?.ranks();
-            let specials = match special_ids {
-                Some(d) => {
-                    let given = specials_vec(Some(d))?;
-                    let mut got: Vec<&str> = given.iter().map(|(s, _)| s.as_str()).collect();
-                    let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
-                    got.sort_unstable();
-                    want.sort_unstable();
-                    if got != want {
-                        return Err(TokenizerError::new_err(format!(
-                            "special_ids must give one id to each special token {want:?}, \
-                             got {got:?}"
-                        )));
-                    }
-                    given
-                }
-                None => {
-                    let first = ranks.len() as Rank;
-                    (names.into_iter().zip(first..)).collect()
-                }
-            };
-            build(py, ranks, specials, pattern)
+            let ranks = inner.trainer().map_err(bpe_err)?.ranks();
+            let specials = inner.special_ids(given, ranks.len()).map_err(bpe_err)?;
+            build(py, ranks, specials, inner.pattern().to_string())
         }
 
         /// The merges so far as pairs of token bytes, in order (none before `merge`).
         fn merges<'py>(&self, py: Python<'py>) -> Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-            let TrainState::Merging(t) = &self.state else {
+            let Some(t) = self.inner.merging() else {
                 return Vec::new();
             };
             t.merges()
@@ -1629,41 +1541,38 @@ mod python {
         /// Whether merging has finished (target size reached, no pair left, or min_frequency).
         #[getter]
         fn done(&self) -> bool {
-            matches!(&self.state, TrainState::Merging(t) if t.is_done())
+            self.inner.is_done()
         }
 
         #[getter]
         fn n_texts(&self) -> u64 {
-            self.counted.0
+            self.inner.counted().texts
         }
 
         #[getter]
         fn n_chunks(&self) -> u64 {
-            self.counted.1
+            self.inner.counted().chunks
         }
 
         #[getter]
         fn n_bytes(&self) -> u64 {
-            self.counted.2
+            self.inner.counted().bytes
         }
 
         #[getter]
         fn n_unique(&self) -> usize {
-            self.counted.3
+            self.inner.counted().unique_chunks
         }
 
         #[getter]
         fn n_merges(&self) -> usize {
-            match &self.state {
-                TrainState::Merging(t) => t.merges().len(),
-                _ => 0,
-            }
+            self.inner.n_merges()
         }
 
         /// The number of merges asked for: vocab_size - 256 - special tokens.
         #[getter]
         fn target_merges(&self) -> usize {
-            self.vocab_size - 256 - self.specials.len()
+            self.inner.target_merges()
         }
     }
 

@@ -21,7 +21,7 @@ from gristmill.cli import main
 from gristmill.train import train
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from standin_shards import StandInShardDataset, byte_tokenizer
+from text_shards import byte_tokenizer, text_shards
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and deterministic
 
@@ -32,9 +32,9 @@ CKPT = "ckpt-0000002"
 
 
 @pytest.fixture(scope="module")
-def small(shared_data):
+def small(shared_data, tmp_path_factory):
     text = (shared_data / "tinyshakespeare.txt").read_text("utf-8")[:20_000]
-    return StandInShardDataset.from_text(text, byte_tokenizer())
+    return text_shards(text, tmp_path_factory.mktemp("small"))
 
 
 @pytest.fixture(scope="module")

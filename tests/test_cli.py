@@ -58,6 +58,37 @@ def test_a_sub_command_s_errors_carry_its_whole_name(capsys, tmp_path):
     assert "none.txt" in _one_line(capsys.readouterr().err, "tokenizer train")
 
 
+def test_tokenizer_train_never_writes_over_a_user_s_files(capsys, tmp_path, monkeypatch):
+    # `tokenizer train -o dir` silently replaced the user's tokenizer.json and friends in dir.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a b c ab ab abc " * 50)
+    out = tmp_path / "dir"
+    out.mkdir()
+    mine = {"tokenizer.json": "my HF tokenizer", "tokenizer_config.json": "{}", "README.md": "mine"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    argv = ["tokenizer", "train", str(corpus), "-o", str(out), "--vocab-size", "260", "-q"]
+    from gristmill import tokenizer_train
+
+    trained = []
+    real = tokenizer_train.train_tokenizer
+    monkeypatch.setattr(tokenizer_train, "train_tokenizer", lambda *a, **k: trained.append(1) or real(*a, **k))
+    assert main(argv) == 1
+    what = _one_line(capsys.readouterr().err, "tokenizer train")
+    assert what.startswith(f"{out}/: holds files this run did not write (README.md, tokenizer.json, "
+                           "tokenizer_config.json)") and "--overwrite" in what, what
+    assert not trained  # refused before training
+    assert {p.name: p.read_text() for p in out.iterdir()} == mine
+    # --overwrite: only the tokenizer's own files are replaced.
+    assert main([*argv, "--overwrite"]) == 0
+    capsys.readouterr()
+    assert (out / "README.md").read_text() == "mine"
+    assert Tokenizer.load(out).n_vocab == 260 and (out / "tokenizer.json").read_text() != mine["tokenizer.json"]
+    # An output folder that is the input folder is refused, even with --overwrite.
+    assert main(["tokenizer", "train", str(tmp_path), "-o", str(tmp_path), "--overwrite", "-q"]) == 1
+    assert "is the input" in _one_line(capsys.readouterr().err, "tokenizer train")
+
+
 def test_bad_tokenizer_files_are_one_line(capsys, tmp_path):
     empty = tmp_path / "empty.tiktoken"
     empty.write_bytes(b"")

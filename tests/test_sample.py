@@ -25,7 +25,7 @@ from gristmill.sample import (
     sample_text,
     stream_text,
 )
-from standin_shards import StandInShardDataset, byte_tokenizer
+from text_shards import byte_tokenizer, text_shards
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and deterministic
 
@@ -225,7 +225,7 @@ def _valid_utf8(b: bytes) -> bool:
         return False
 
 
-def test_evaluate_loss_perplexity_bits_per_byte(byte_model, shared_data):
+def test_evaluate_loss_perplexity_bits_per_byte(byte_model, shared_data, tmp_path):
     path, model, tok = byte_model
     text = (shared_data / "tinyshakespeare.txt").read_text("utf-8")[:5000]
     tokens = np.asarray(tok.encode_ordinary(text))
@@ -243,7 +243,7 @@ def test_evaluate_loss_perplexity_bits_per_byte(byte_model, shared_data):
     assert r["perplexity"] == pytest.approx(math.exp(nats / n), rel=1e-5)
     # one byte per token: bits per byte is the loss in bits
     assert r["bits_per_byte"] == pytest.approx(r["loss"] / math.log(2), rel=1e-6)
-    ds = StandInShardDataset.from_text(text, tok, val_fraction=0.5)
+    ds = text_shards(text, tmp_path / "shards", tok, val_fraction=0.5)
     on_shards = evaluate(model, ds, tok, batch_size=4, seq_len=32)
     assert on_shards["tokens"] > 0 and on_shards["loss"] > 0
     with pytest.raises(ValueError, match="fingerprint"):

@@ -17,6 +17,7 @@ import pytest
 from gristmill import Tokenizer
 from gristmill.cli import main as cli_main
 from gristmill.documents import Document, read_documents
+from gristmill.outputs import OutputFolderError
 from gristmill.shards import (
     FORMAT,
     ShardDataset,
@@ -585,6 +586,76 @@ def test_rewriting_with_other_settings_is_refused(small, gpt2, paragraphs):
     assert all_files(small) == before
     with pytest.raises(ValueError, match="another shard_size"):
         write_shards(paragraphs[:200], small, gpt2, shard_size=3_000)
+
+
+# ---- output folders: nothing written over what tokenize did not write --------------------------
+
+
+def _raw_folder(tmp_path: Path, paragraphs) -> Path:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.jsonl").write_text("".join(json.dumps({"text": d.text}) + "\n" for d in paragraphs[:50]))
+    return raw
+
+
+def test_tokenize_into_its_input_is_refused_before_any_work(tmp_path, gpt2, paragraphs, capsys):
+    # `tokenize raw -o raw` wrote .bin/.idx/manifest.json into the input folder.
+    raw = _raw_folder(tmp_path, paragraphs)
+    before = all_files(raw)
+    assert cli_main(["tokenize", str(raw), "-o", str(raw), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gristmill tokenize: ") and err.count("\n") == 1, err
+    assert f"{raw}/: is the input" in err, err
+    assert cli_main(["tokenize", str(raw), "-o", str(raw / "shards"), "-q"]) == 1
+    assert "is inside the input" in capsys.readouterr().err
+    with pytest.raises(OutputFolderError, match="is the input"):
+        write_shards(raw, raw, gpt2)
+    with pytest.raises(OutputFolderError, match="holds the input"):
+        write_shards([raw / "a.jsonl"], raw, gpt2)
+    assert all_files(raw) == before  # not even a marker or a progress file
+
+
+def test_ray_tokenize_checks_its_output_folder_before_starting_ray(tmp_path, gpt2, paragraphs, monkeypatch):
+    pytest.importorskip("ray")
+    from gristmill import ray_engine
+
+    monkeypatch.setattr(ray_engine, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    raw = _raw_folder(tmp_path, paragraphs)
+    before = all_files(raw)
+    with pytest.raises(OutputFolderError, match="is the input"):
+        ray_engine.tokenize([raw], raw, gpt2)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputFolderError, match=r"holds files this run did not write \(notes.txt\)"):
+        ray_engine.tokenize([raw], tmp_path / "out", gpt2)
+    assert all_files(raw) == before and os.listdir(tmp_path / "out") == ["notes.txt"]
+
+
+def test_tokenize_refuses_a_folder_holding_other_files(tmp_path, gpt2, paragraphs):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "manifest.json").write_text('{"mine": true}')
+    with pytest.raises(OutputFolderError, match=r"holds files this run did not write \(manifest.json, notes.txt\)"):
+        write_shards(paragraphs[:50], out, gpt2)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "notes.txt"]
+    # Shards with neither manifest nor progress file: the core's refusal, now in one line first.
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "train_000000.bin").write_bytes(b"not mine")
+    with pytest.raises(OutputFolderError, match=r"^\S*stray/: holds files this run did not write \(train_000000.bin\)"):
+        write_shards(paragraphs[:50], stray, gpt2)
+    assert (stray / "train_000000.bin").read_bytes() == b"not mine"
+
+
+def test_tokenize_takes_back_a_dataset_written_before_markers(tmp_path, gpt2, paragraphs):
+    out = tmp_path / "old"
+    manifest = write_shards(paragraphs[:200], out, gpt2, shard_size=2_000)
+    before = all_files(out)
+    for marker in out.rglob(".gristmill-output.json"):
+        marker.unlink()  # as gristmill wrote it before markers existed
+    assert write_shards(paragraphs[:200], out, gpt2, shard_size=2_000) == manifest
+    assert all_files(out) == {k: v for k, v in before.items() if k != "tokenizer/.gristmill-output.json"}
 
 
 def _edit_manifest(d: Path, edit) -> None:

@@ -82,8 +82,39 @@ def test_saved_files_are_shared_as_the_umask_says_and_leave_no_temporary(tmp_pat
     finally:
         os.umask(before)
     names = sorted(p.name for p in d.iterdir())
-    assert names == ["tokenizer.json", "tokenizer.tiktoken", "tokenizer_config.json"]
+    assert names == [".gristmill-output.json", "tokenizer.json", "tokenizer.tiktoken", "tokenizer_config.json"]
     assert {(p.stat().st_mode & 0o777) for p in d.iterdir()} == {0o640}
+
+
+def test_save_never_writes_over_files_it_did_not_write(tmp_path):
+    # save() silently replaced a user's tokenizer.json / tokenizer_config.json.
+    gpt2 = Tokenizer.from_name("gpt2")
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "tokenizer.json").write_text("my own")
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(gristmill.OutputFolderError,
+                       match=r"mine/: holds files this run did not write \(notes.txt, tokenizer.json\); .*overwrite"):
+        gpt2.save(d)
+    assert sorted(p.name for p in d.iterdir()) == ["notes.txt", "tokenizer.json"]
+    assert (d / "tokenizer.json").read_text() == "my own"
+    # overwrite=True: the tokenizer's own names are replaced, nothing else is touched.
+    gpt2.save(d, overwrite=True)
+    assert (d / "notes.txt").read_text() == "mine"
+    assert Tokenizer.load(d).fingerprint == gpt2.fingerprint
+    assert (d / "tokenizer.json").read_text() != "my own"
+
+
+def test_save_replaces_a_tokenizer_it_saved(tmp_path):
+    gpt2, small = Tokenizer.from_name("gpt2"), Tokenizer.train(["a b c ab ab abc"] * 10, 260)
+    d = gpt2.save(tmp_path / "tok")
+    assert small.save(d).samefile(d) and Tokenizer.load(d).fingerprint == small.fingerprint
+    # A folder saved before markers existed is known by its config.
+    (d / ".gristmill-output.json").unlink()
+    gpt2.save(d, hf_json=False)
+    assert Tokenizer.load(d).fingerprint == gpt2.fingerprint
+    assert not (d / "tokenizer.json").exists()  # the other tokenizer's HF file is not left behind
+    assert (d / ".gristmill-output.json").exists()
 
 
 def test_builtin_gpt2_matches_tiktoken_on_shared_texts(shared_data, gpt2_ranks):
@@ -417,3 +448,15 @@ def test_resolve_refuses_what_it_cannot_find(tmp_path):
         Tokenizer.resolve(tmp_path / "empty")
     with pytest.raises(TypeError, match="a tokenizer name, a path or a Tokenizer"):
         Tokenizer.resolve(3)
+
+
+def test_vocabulary_errors_name_the_file(tmp_path):
+    incomplete = tmp_path / "incomplete.tiktoken"
+    incomplete.write_text("IQ== 0\n")
+    with pytest.raises(TokenizerError, match=r"incomplete.tiktoken: invalid vocabulary: byte 0x00"):
+        Tokenizer.from_tiktoken_file(incomplete)
+    twice = tmp_path / "twice.tiktoken"
+    lines = (Tokenizer.from_name("gpt2").save(tmp_path / "t", hf_json=False) / "tokenizer.tiktoken")
+    twice.write_text(lines.read_text() + "IQ== 60000\n")  # b"!" again, under another rank
+    with pytest.raises(TokenizerError, match=r"twice.tiktoken: invalid vocabulary: .*two"):
+        Tokenizer.resolve(twice)

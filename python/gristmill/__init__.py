@@ -11,6 +11,7 @@ from gristmill import _core
 from gristmill._core import FilterConfigError, TokenizerError
 from gristmill.dedup import DedupConfig, DedupError, dedup
 from gristmill.documents import Document, InputFormatError, read_documents
+from gristmill.outputs import OutputFolderError
 from gristmill.prep import PrepConfig, prep
 from gristmill.shards import BatchSampler, ShardDataset, ShardFormatError, write_shards
 from gristmill.tokenizer import Tokenizer, split_pieces
@@ -52,6 +53,7 @@ __all__ = [
     "Document",
     "FilterConfigError",
     "InputFormatError",
+    "OutputFolderError",
     "PrepConfig",
     "GPTConfig",
     "SamplingConfig",

@@ -19,6 +19,7 @@ from typing import Optional
 
 from gristmill import __version__
 from gristmill.defaults import SAMPLE, TOKENIZE, TOKENIZER
+from gristmill.engines import ENGINES, run_stage
 
 #: Optional packages: import name -> (what pip calls it, the extra that installs it). A name
 #: not here is a base dependency (or a dependency of one); tests/test_cli.py checks this table
@@ -32,18 +33,6 @@ OPTIONAL_PACKAGES = {
     "pyarrow": ("pyarrow", "prep"),  # parquet files and URLs
 }
 _PACKAGE_NAMES = {"yaml": "pyyaml"}  # import name -> pip name, where they differ
-
-
-def _ray_engine(command: str):
-    """gristmill.ray_engine, or None after saying how to install Ray (for ``--engine ray``)."""
-    from gristmill import ray_engine
-
-    try:
-        ray_engine.require_ray()
-    except ImportError as e:
-        print(f"gristmill {command}: {e}", file=sys.stderr)
-        return None
-    return ray_engine
 
 
 def _load_tokenizer(spec: str):
@@ -189,21 +178,16 @@ def _add_tokenize(sub) -> None:
 def _run_tokenize(args) -> int:
     import json
 
-    from gristmill.shards import write_shards
 
     tok = _load_tokenizer(args.tokenizer)
     t0 = time.perf_counter()
     settings = {"shard_size": args.shard_size, "val_fraction": args.val_fraction, "val_docs": args.val_docs,
                 "eot": args.eot, "text_field": args.text_field, "txt_mode": args.txt_mode,
                 "progress": not args.quiet}
-    if args.engine == "ray":
-        ray_engine = _ray_engine("tokenize")
-        if ray_engine is None:
-            return 2
-        manifest = ray_engine.tokenize(args.inputs, args.output, tok, address=args.address, **settings)
-    else:
-        # Paths, not documents: JSON lines are then read and parsed by the core beside the encoder.
-        manifest = write_shards([Path(p) for p in args.inputs], args.output, tok, **settings)
+    # Paths, not documents: JSON lines are then read and parsed by the core beside the encoder.
+    inputs = args.inputs if args.engine == "ray" else [Path(p) for p in args.inputs]
+    manifest = run_stage("tokenize", inputs, args.output, tok, engine=args.engine,
+                         address=args.address, **settings)
     dt = time.perf_counter() - t0
     m = json.loads(Path(manifest).read_text("utf-8"))
     for name, split in m["splits"].items():
@@ -264,7 +248,7 @@ def _add_prep(sub) -> None:
 
 
 def _add_engine_args(p) -> None:
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
+    p.add_argument("--engine", choices=ENGINES, default="local",
                    help="local (default), or ray: the same result computed with Ray Data "
                    "(needs pip install 'gristmill[ray]')")
     p.add_argument("--address", metavar="ADDR",
@@ -272,7 +256,7 @@ def _add_engine_args(p) -> None:
 
 
 def _run_prep(args) -> int:
-    from gristmill.prep import PrepConfig, format_report, prep
+    from gristmill.prep import PrepConfig, format_report
 
     settings = {
         key: getattr(args, key)
@@ -288,15 +272,9 @@ def _run_prep(args) -> int:
             raise ValueError(f"--set {item!r}: expected FILTER.PARAM=VALUE")
         config.params.setdefault(name, {})[param] = _parse_value(value)
     config.disable.extend(args.disable)
-    if args.engine == "ray":
-        ray_engine = _ray_engine("prep")
-        if ray_engine is None:
-            return 2
-        report = ray_engine.prep(args.inputs, args.output, config, address=args.address,
-                                 progress=not args.no_progress, overwrite=args.overwrite)
-    else:
-        report = prep(args.inputs, args.output, config, progress=not args.no_progress,
-                      overwrite=args.overwrite)
+    report = run_stage("prep", args.inputs, args.output, config, engine=args.engine,
+                       address=args.address, progress=not args.no_progress,
+                       overwrite=args.overwrite)
     print(format_report(report))
     print(f"wrote {len(report['shards'])} shard(s), report.json and report.html to {args.output}")
     return 0
@@ -343,7 +321,7 @@ def _add_dedup(sub) -> None:
 
 
 def _run_dedup(args) -> int:
-    from gristmill.dedup import DedupConfig, dedup
+    from gristmill.dedup import DedupConfig
 
     methods = {m: getattr(args, m) for m in ("exact", "lines", "spans", "minhash")}
     if not any(methods.values()):
@@ -352,18 +330,12 @@ def _run_dedup(args) -> int:
         **methods, bands=args.bands, rows=args.rows, ngram=args.ngram, seed=args.seed,
         threshold=args.threshold, memory_limit=args.memory_limit, fmt=args.format,
     )
-    if args.engine == "ray":
-        ray_engine = _ray_engine("dedup")
-        if ray_engine is None:
-            return 2
-        report = ray_engine.dedup(args.inputs, args.output, config, address=args.address,
-                                  text_field=args.text_field, id_field=args.id_field,
-                                  overwrite=args.overwrite)
-    else:
-        report = dedup(
-            args.inputs, args.output, config, work_dir=args.work_dir, progress=not args.no_progress,
-            text_field=args.text_field, id_field=args.id_field, overwrite=args.overwrite,
-        )
+    work_dir = {"work_dir": args.work_dir} if args.work_dir else {}  # the local engine's
+    report = run_stage(
+        "dedup", args.inputs, args.output, config, engine=args.engine, address=args.address,
+        progress=not args.no_progress, text_field=args.text_field, id_field=args.id_field,
+        overwrite=args.overwrite, **work_dir,
+    )
     removed = ", ".join(f"{k} {v:,}" for k, v in report["removed"].items() if v) or "none"
     print(f"documents:  {report['documents_in']:,} in, {report['documents_kept']:,} kept")
     print(f"removed:    {report['documents_removed']:,} ({removed})")
@@ -403,15 +375,19 @@ def _add_tokenizer(sub) -> None:
     t.add_argument("--text-field", default=TOKENIZER["text_field"],
                    help="text field of jsonl/parquet records")
     t.add_argument("--name", help="tokenizer name (default: the output directory's name)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="write into a DIR holding other files, replacing only the tokenizer's three")
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     t.set_defaults(func=_run_tokenizer_train)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
 def _run_tokenizer_train(args) -> int:
+    from gristmill.tokenizer import claim_save_folder
     from gristmill.tokenizer_train import format_stats, train_tokenizer
 
     out = Path(args.output)
+    claim_save_folder(out, overwrite=args.overwrite, inputs=args.files)  # before training
     tok, stats = train_tokenizer(
         [Path(f) for f in args.files],
         args.vocab_size,
@@ -422,7 +398,7 @@ def _run_tokenizer_train(args) -> int:
         name=args.name or out.resolve().name,
         text_field=args.text_field,
     )
-    tok.save(out)
+    tok.save(out, overwrite=args.overwrite)
     print(format_stats(stats, tok))
     print(f"saved:          {out}/ (tokenizer.tiktoken, tokenizer.json, tokenizer_config.json)")
     return 0

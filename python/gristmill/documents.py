@@ -110,12 +110,17 @@ def _lines(f: io.BufferedIOBase, path: Path) -> Iterator[tuple[int, bytes]]:
 _LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
 
+def replace_lone_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate (from a JSON escape such as ``\\ud800`` with no pair)
+    replaced by U+FFFD, as tiktoken does: such a string has no UTF-8 form, so the core could
+    not take it. The one place gristmill makes text valid this way."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def _without_lone_surrogates(value: Any) -> Any:
-    """``value`` with each lone surrogate (a JSON escape such as ``\\ud800`` with no pair)
-    replaced by U+FFFD, as tiktoken and the tokenize stage do: such a string has no UTF-8
-    form, so the core could not take it."""
+    """A parsed JSON value with :func:`replace_lone_surrogates` applied to every string."""
     if isinstance(value, str):
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return replace_lone_surrogates(value)
     if isinstance(value, list):
         return [_without_lone_surrogates(v) for v in value]
     if isinstance(value, dict):
@@ -156,6 +161,12 @@ def _read_jsonl(path: Path, text_field: str, id_field: str, bad: _BadRecords) ->
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 bad(f"{path}: line {lineno}: invalid JSON ({e.msg} at column {e.colno})")
+                continue
+            except RecursionError:  # json's C parser recurses per level of nesting
+                bad(f"{path}: line {lineno}: invalid JSON (nested too deeply)")
+                continue
+            except ValueError:  # Python's limit on integer digits (sys.set_int_max_str_digits)
+                bad(f"{path}: line {lineno}: invalid JSON (an integer with too many digits)")
                 continue
             if _LONE_SURROGATE_ESCAPE.search(raw):
                 record = _without_lone_surrogates(record)
@@ -354,7 +365,9 @@ def shard_bytes(docs: list[Document], fmt: str) -> bytes:
         sink = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pylist(records), sink)
         return sink.getvalue().to_pybytes()
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    # Each record is encoded on its own: one character beyond Latin-1 in one document would
+    # widen a str of the whole shard to 2 or 4 bytes a character (a shard's memory, 4 times).
+    data = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in records)
     if fmt == "jsonl.zst":
         data = _core.zstd_compress(data, 3)
     return data

@@ -1,6 +1,7 @@
 """Output folders: a run never deletes or overwrites a file it did not write.
 
-The one rule every command that writes a folder (prep, dedup, ``gristmill run``) follows:
+The one rule every command that writes a folder (prep, dedup, tokenize, tokenizer train,
+train, ``gristmill run``) follows:
 
 - **Apart from the inputs.** An output folder equal to an input folder, inside one, or
   holding an input is refused before any work (:func:`check_apart`).
@@ -9,7 +10,8 @@ The one rule every command that writes a folder (prep, dedup, ``gristmill run``)
   folder that is new or holds no files (hidden ones, such as ``.DS_Store``, and empty folders
   aside). Rerun on a folder it marked, a command accepts only the names it writes there
   (each command's ``owns`` rule); anything else is refused with its names
-  (:func:`claim`), so a stray file is never read as output, overwritten or deleted.
+  (:func:`claim`), so a stray file is never read as output, overwritten or deleted. A folder
+  a command wrote before markers existed is known by its content (``earlier``) and marked.
 - **Only its own files removed.** Replacing an earlier run (``--overwrite``, a stale shard, a
   pipeline stage redone) removes only files the command's rule owns in a folder it marked
   (:func:`remove_own`), never a whole tree.
@@ -138,22 +140,27 @@ def check_apart(out: Folder, inputs: Iterable[Any]) -> None:
                                     "outside the inputs")
 
 
-def foreign_files(folder: Folder, command: str, owns: Owns) -> list[str]:
+def foreign_files(folder: Folder, command: str, owns: Owns, *, marked: bool | None = None) -> list[str]:
     """The files under ``folder`` that ``command`` may not take as its own: all of them
-    (hidden ones and a pipeline stage record aside) unless the folder holds its marker, else
-    those its ``owns`` rule does not name."""
-    marked = marker_of(folder) == command
+    (hidden ones and a pipeline stage record aside) unless the folder holds its marker (or
+    ``marked`` says it is the command's), else those its ``owns`` rule does not name."""
+    if marked is None:
+        marked = marker_of(folder) == command
     return [rel for rel in files_under(folder)
             if not _hidden(rel) and rel != STAGE_RECORD and not (marked and owns(rel))]
 
 
-def claim(out: Folder, command: str, owns: Owns) -> None:
+def claim(out: Folder, command: str, owns: Owns, *, earlier: Callable[[Any], bool] | None = None,
+          fix: str = "choose an empty or new folder") -> None:
     """Takes ``out`` as the output folder of ``command`` (created, marked), or refuses it.
 
     Args:
         out: the folder (a path or a pyarrow filesystem URL).
         command: the command's name, as the marker records it (``prep``, ``dedup``, ``run``).
         owns: tells, from a path relative to ``out``, whether the command writes that file.
+        earlier: tells whether an unmarked ``out`` holds the command's output from before
+            markers existed (recognised by its content); such a folder is taken as marked.
+        fix: what the refusal tells the user to do.
 
     Raises:
         OutputFolderError: ``out`` holds another command's output, or files the command does
@@ -164,10 +171,11 @@ def claim(out: Folder, command: str, owns: Owns) -> None:
     if other is not None and other != command:
         raise OutputFolderError(f"{show(out)}: holds the output of gristmill {other}; choose another "
                                 "folder")
-    foreign = foreign_files(out, command, owns)
+    marked = other == command or (other is None and earlier is not None and earlier(out))
+    foreign = foreign_files(out, command, owns, marked=marked)
     if foreign:
         raise OutputFolderError(f"{show(out)}: holds files this run did not write ({_names(foreign)}); "
-                                "choose an empty or new folder")
+                                f"{fix}")
     if other is None:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / MARKER, {"command": command})

@@ -41,6 +41,7 @@ from typing import Any, Optional, Union
 
 from gristmill.config import check_keys, read_config_file
 from gristmill.defaults import SAMPLE, TOKENIZE, TOKENIZER
+from gristmill.engines import ENGINES, run_stage
 from gristmill.outputs import (
     MARKER,
     STAGE_RECORD,
@@ -72,8 +73,8 @@ def load_config(path: PathLike) -> dict:
 
 def _check(cfg: dict, source: str = "pipeline") -> None:
     check_keys(cfg, _KEYS, source)
-    if cfg.get("engine", "local") not in ("local", "ray"):
-        raise ValueError(f"engine must be 'local' or 'ray', not {cfg['engine']!r}")
+    if cfg.get("engine", "local") not in ENGINES:
+        raise ValueError(f"{source}: engine must be 'local' or 'ray', not {cfg['engine']!r}")
     if not cfg.get("inputs"):
         raise ValueError("the pipeline needs 'inputs': a list of files or folders")
     if not cfg.get("out_dir"):
@@ -175,15 +176,11 @@ def _owns_top(rel: str) -> bool:
 
 
 def _stage_prep(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> dict:
-    from gristmill.prep import PrepConfig, prep
+    from gristmill.prep import PrepConfig
 
-    if cfg.get("engine", "local") == "ray":  # the same result, computed on a Ray cluster
-        from gristmill import ray_engine
-
-        report = ray_engine.prep(cfg["inputs"], out, PrepConfig.from_dict(s), address=cfg.get("address"),
-                                 progress=progress)
-    else:
-        report = prep(cfg["inputs"], out, PrepConfig.from_dict(s), progress=progress)
+    report = run_stage("prep", cfg["inputs"], out, PrepConfig.from_dict(s, source="[prep]"),
+                       engine=cfg.get("engine", "local"), address=cfg.get("address"),
+                       progress=progress)
     keys = ("docs_in", "docs_out", "docs_final", "bytes_in", "bytes_out", "seconds")
     return {k: report[k] for k in keys if k in report}
 
@@ -211,20 +208,15 @@ def _stage_tokenizer(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) 
 
 def _stage_tokenize(s: dict, cfg: dict, out: Path, dirs: dict, progress: bool) -> dict:
     from gristmill.prep import clean_documents
-    from gristmill.shards import ShardDataset, write_shards
+    from gristmill.shards import ShardDataset
 
     t0 = time.perf_counter()
     settings = {"shard_size": int(s.get("shard_size", TOKENIZE["shard_size"])),
                 "val_fraction": float(s.get("val_fraction", TOKENIZE["val_fraction"])),
                 "progress": progress}
-    if cfg.get("engine", "local") == "ray":  # the same dataset, encoded on a Ray cluster
-        from gristmill import ray_engine
-
-        manifest = ray_engine.tokenize(clean_documents(dirs["prep"]), out, dirs["tokenizer"],
-                                       address=cfg.get("address"), **settings)
-    else:
-        # Paths, not documents: JSON-lines shards are then read and parsed by the core.
-        manifest = write_shards(clean_documents(dirs["prep"]), out, dirs["tokenizer"], **settings)
+    # Paths, not documents: JSON-lines shards are then read and parsed by the core.
+    manifest = run_stage("tokenize", clean_documents(dirs["prep"]), out, dirs["tokenizer"],
+                         engine=cfg.get("engine", "local"), address=cfg.get("address"), **settings)
     ds = ShardDataset(manifest)
     return {"train_tokens": ds.num_tokens("train"), "val_tokens": ds.num_tokens("val") if "val" in ds.splits else 0,
             "seconds": round(time.perf_counter() - t0, 2)}

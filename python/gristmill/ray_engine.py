@@ -691,13 +691,13 @@ def _encode_block(batch: dict[str, np.ndarray], *, tokenizer_ref: list, injectio
 
 
 def _valid_text(text: str) -> str:
-    from gristmill.tokenizer import _fix_surrogates
+    from gristmill.documents import replace_lone_surrogates
 
     try:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError:  # lone surrogates: U+FFFD, as the local engine's ids get
-        return _fix_surrogates(text)
+        return replace_lone_surrogates(text)
 
 
 def _count_file(batch: dict[str, np.ndarray], *, fields: dict):
@@ -732,11 +732,11 @@ def _tokenize_blocks(writer, tok, files: list[str], fields: dict, block_docs: in
     the blocks to ``writer`` in input order; returns the progress bar (or None)."""
     import ray
 
-    from gristmill.shards import _bar_update, _progress_bar
+    from gristmill.shards import tokenize_bar, tokenize_bar_update
 
     start = writer.next_position
     first_file, first_skip = _locate(files, fields, start) if start else (0, 0)
-    bar = _progress_bar(progress, start)
+    bar = tokenize_bar(progress, start)
     if first_file >= len(files):
         return bar
     blocks = _read(files, fields, block_docs, first_file, first_skip).map_batches(
@@ -755,7 +755,7 @@ def _tokenize_blocks(writer, tok, files: list[str], fields: dict, block_docs: in
             offsets = np.frombuffer(batch["offsets"][k], dtype=np.int64)
             written = _add_block(writer, ids, tokens, offsets)
             if bar is not None:
-                _bar_update(bar, len(ids), int(batch["text_bytes"][k]), written)
+                tokenize_bar_update(bar, len(ids), int(batch["text_bytes"][k]), written)
     return bar
 
 
@@ -803,12 +803,14 @@ def tokenize(
         ImportError: when Ray is not installed.
         ValueError: for bad settings, a URL ``out_dir``, an ``out_dir`` written with other
             settings, or encoded blocks that do not fit the writer.
+        OutputFolderError: an ``out_dir`` that overlaps an input, or holds files tokenize did
+            not write (named; a ``ValueError``).
 
     >>> tokenize(["clean/"], "data/", "gpt2", shard_size=10**8, val_fraction=0.01)  # doctest: +SKIP
     PosixPath('data/manifest.json')
     """
     from gristmill import _core
-    from gristmill.shards import TOKENIZER_DIR
+    from gristmill.shards import TOKENIZER_DIR, claim_dataset_folder
     from gristmill.tokenizer import Tokenizer
 
     require_ray()
@@ -819,8 +821,9 @@ def tokenize(
     if val_docs is not None and val_fraction:
         raise ValueError("give val_fraction or val_docs, not both")
     tok = Tokenizer.resolve(tokenizer)
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) or is_hf_dataset(inputs) else list(inputs)
     files = _input_files(inputs)
-    out = Path(out_dir)
+    out = claim_dataset_folder(out_dir, inputs)  # as the local engine: before the writer opens it
     writer = _core.ShardWriter(
         os.fspath(out), tokenizer_name=tok.name, fingerprint=tok.fingerprint, n_vocab=tok.n_vocab,
         eot_token=tok.eot_token, tokenizer_path=TOKENIZER_DIR, eot=eot, shard_size=int(shard_size),

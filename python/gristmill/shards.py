@@ -25,6 +25,7 @@ import itertools
 import json
 import mmap
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,9 +36,16 @@ import numpy as np
 
 from gristmill import _core
 from gristmill.defaults import TOKENIZE
-from gristmill.documents import Document, document_files, is_hf_dataset, read_documents
+from gristmill.documents import (
+    Document,
+    document_files,
+    is_hf_dataset,
+    read_documents,
+    replace_lone_surrogates,
+)
+from gristmill.outputs import check_apart, claim
 from gristmill.progress import progress_bar
-from gristmill.tokenizer import Tokenizer, _fix_surrogates
+from gristmill.tokenizer import SAVED_FILES, Tokenizer
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -50,6 +58,9 @@ FORMAT = dict(_core.shard_format())
 
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
+# The core writer's record of an unfinished run's settings (hidden; the manifest replaces it).
+_PROGRESS_NAME = ".gristmill-tokenize.json"
+_SHARD_FILE = re.compile(r"(train|val)_\d{6,}\.(bin|idx)")
 
 # Documents are encoded in batches of at most this many documents or bytes of text: large
 # enough to keep every core busy to the end of each batch (2 MB batches left a core idle behind
@@ -59,6 +70,52 @@ _BATCH_BYTES = 8 << 20
 
 
 # ---- writing --------------------------------------------------------------------------------
+
+
+def owned_files(rel: str) -> bool:
+    """Which files of a dataset folder tokenize writes (see :mod:`gristmill.outputs`): the
+    manifest, the shards and their indexes, and the tokenizer's copy; ``rel`` is relative
+    to the folder."""
+    top, _, rest = rel.partition("/")
+    if top == TOKENIZER_DIR and rest:
+        return rest in SAVED_FILES
+    return rel == MANIFEST_NAME or _SHARD_FILE.fullmatch(rel) is not None
+
+
+def _written_before_markers(out: Path) -> bool:
+    """A dataset folder tokenize wrote before folders were marked: an unfinished run's
+    progress file, or a gristmill manifest."""
+    if (out / _PROGRESS_NAME).is_file():
+        return True
+    try:
+        return json.loads((out / MANIFEST_NAME).read_bytes()).get("format") == "gristmill-shards"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def claim_dataset_folder(out_dir: PathLike, inputs: Iterable[Any]) -> Path:
+    """Takes ``out_dir`` for a dataset before any work (see :mod:`gristmill.outputs`): apart
+    from the ``inputs`` (paths), and new, empty, or a dataset folder tokenize wrote (which
+    a rerun resumes or leaves as it is).
+
+    Raises:
+        OutputFolderError: ``out_dir`` overlaps an input, or holds files tokenize did not
+            write (named).
+    """
+    out = Path(out_dir)
+    check_apart(out, inputs)
+    claim(out, "tokenize", owned_files, earlier=_written_before_markers)
+    return out
+
+
+def _input_paths(documents: Any) -> list[Any]:
+    """The paths among ``documents`` that can be looked at without reading them (a
+    stream is never consumed here; its paths go unchecked)."""
+    if isinstance(documents, (str, os.PathLike)):
+        return [documents]
+    if isinstance(documents, (list, tuple)):
+        return [d for d in documents if isinstance(d, os.PathLike)]  # a str item is a text
+    return []
 
 
 def _records(documents: Any, text_field: str) -> Iterator[tuple[str | None, str]]:
@@ -152,6 +209,8 @@ def write_shards(
 
     Raises:
         ValueError: for bad settings, or an ``out_dir`` written with other settings.
+        OutputFolderError: an ``out_dir`` that is, holds or lies inside an input path, or that
+            holds files tokenize did not write (named; a ``ValueError``).
         OSError: when a file cannot be written.
 
     >>> write_shards(["hi"], "out", "gpt2", val_fraction=1.5)  # doctest: +SKIP
@@ -160,9 +219,11 @@ def write_shards(
     ValueError: val_fraction must be in [0, 1), not 1.5
     """
     tok = Tokenizer.resolve(tokenizer)
-    out = Path(out_dir)
     if val_docs is not None and val_fraction:
         raise ValueError("give val_fraction or val_docs, not both")
+    # Before the core's writer opens the folder: it would take stray shards beside a progress
+    # file as its own, and removes those past its last complete shard.
+    out = claim_dataset_folder(out_dir, _input_paths(documents))
     writer = _core.ShardWriter(
         os.fspath(out),
         tokenizer_name=tok.name,
@@ -179,7 +240,7 @@ def write_shards(
     if writer.is_complete:
         return writer.finish()
     start = writer.next_position
-    bar = _progress_bar(progress, start)
+    bar = tokenize_bar(progress, start)
     # The tokenizer's copy is written on the side (its ranks and settings are all that
     # ShardDataset.tokenizer() reads; the HF tokenizer.json is left out: building it costs
     # more than encoding a small corpus).
@@ -198,7 +259,7 @@ def write_shards(
                     tok._core, [os.fspath(path) for path, _ in group], text_field=text_field,
                     id_field="id", skip=max(0, start - seen), max_docs=_BATCH_DOCS,
                     max_bytes=_BATCH_BYTES,
-                    progress=None if bar is None else functools.partial(_bar_update, bar),
+                    progress=None if bar is None else functools.partial(tokenize_bar_update, bar),
                 )
             else:
                 records = itertools.chain.from_iterable(r for _, r in group)
@@ -261,7 +322,7 @@ def _add_records(writer, tok: Tokenizer, records: Iterator, seen: int, start: in
             return writer.add_texts(tok._core, texts, ids)
         except UnicodeEncodeError:  # lone surrogates: replaced, as the tokenizer does
             return writer.add_texts(
-                tok._core, [_fix_surrogates(t) for t in texts], [_fix_surrogates(i) for i in ids]
+                tok._core, [replace_lone_surrogates(t) for t in texts], [replace_lone_surrogates(i) for i in ids]
             )
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gristmill-tokenize") as pool:
@@ -276,7 +337,9 @@ def _add_records(writer, tok: Tokenizer, records: Iterator, seen: int, start: in
     return seen + consumed
 
 
-def _progress_bar(progress: bool, skipped: int):
+def tokenize_bar(progress: bool, skipped: int):
+    """The tokenize stage's bar (tokens, documents, MB/s), shared with the Ray engine; None when
+    progress is off."""
     if not progress:
         return None  # no bar: the core is then given no progress callback
     bar = progress_bar(True, desc="tokenize", unit="tok", unit_scale=True, smoothing=0.1)
@@ -289,10 +352,11 @@ def _advance(bar, pending) -> None:
     job, n_docs, size = pending
     tokens = job.result()
     if bar is not None:
-        _bar_update(bar, n_docs, size, tokens)
+        tokenize_bar_update(bar, n_docs, size, tokens)
 
 
-def _bar_update(bar, n_docs: int, size: int, tokens: int) -> None:
+def tokenize_bar_update(bar, n_docs: int, size: int, tokens: int) -> None:
+    """Adds ``tokens`` (from ``n_docs`` documents of ``size`` bytes) to a :func:`tokenize_bar`."""
     bar._gm_docs += n_docs
     bar._gm_bytes += size
     mb_s = bar._gm_bytes / 1e6 / max(time.perf_counter() - bar._gm_t0, 1e-9)

@@ -8,6 +8,7 @@ Switching from tiktoken is one line::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -21,9 +22,13 @@ import numpy as np
 from gristmill import _core
 from gristmill._core import TokenizerError
 from gristmill.defaults import TOKENIZER
+from gristmill.documents import replace_lone_surrogates
+from gristmill.outputs import OutputFolderError, check_apart, claim
 from gristmill.storage import write_atomic
 
 ENDOFTEXT = "<|endoftext|>"
+#: The files :meth:`Tokenizer.save` writes in a folder: all it ever replaces there.
+SAVED_FILES = ("tokenizer.tiktoken", "tokenizer.json", "tokenizer_config.json")
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Short names of the pre-tokenizer patterns that have a fast hand-written matcher.
@@ -36,11 +41,6 @@ _BUILTIN = {
 }
 
 
-def _fix_surrogates(text: str) -> str:
-    # What tiktoken does with lone surrogates: they become U+FFFD.
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
 def _with_valid_text(fn):
     """Retries a call whose text argument(s) held lone surrogates, after replacing them."""
 
@@ -50,9 +50,9 @@ def _with_valid_text(fn):
             return fn(self, text, *args, **kwargs)
         except UnicodeEncodeError:
             if isinstance(text, str):
-                text = _fix_surrogates(text)
+                text = replace_lone_surrogates(text)
             else:
-                text = [_fix_surrogates(t) for t in text]
+                text = [replace_lone_surrogates(t) for t in text]
             return fn(self, text, *args, **kwargs)
 
     return wrapper
@@ -116,11 +116,12 @@ class Tokenizer:
         Raises:
             FileNotFoundError, TokenizerError: naming the file and line at fault.
         """
-        core = _core.CoreBPE.from_tiktoken_file(os.fspath(path), special_tokens or {}, pattern)
-        if special_tokens is None:
-            core = _core.CoreBPE.from_tiktoken_file(
-                os.fspath(path), {ENDOFTEXT: core.n_vocab}, pattern
-            )
+        with _naming(path):
+            core = _core.CoreBPE.from_tiktoken_file(os.fspath(path), special_tokens or {}, pattern)
+            if special_tokens is None:
+                core = _core.CoreBPE.from_tiktoken_file(
+                    os.fspath(path), {ENDOFTEXT: core.n_vocab}, pattern
+                )
         return cls(core, Path(path).stem)
 
     @classmethod
@@ -128,13 +129,16 @@ class Tokenizer:
         cls, encoder_json: PathLike, vocab_bpe: PathLike, pattern: str = "gpt2"
     ) -> "Tokenizer":
         """Loads GPT-2's original ``encoder.json`` + ``vocab.bpe`` pair."""
-        core = _core.CoreBPE.from_gpt2_files(os.fspath(encoder_json), os.fspath(vocab_bpe), pattern)
+        with _naming(encoder_json):
+            core = _core.CoreBPE.from_gpt2_files(os.fspath(encoder_json), os.fspath(vocab_bpe), pattern)
         return cls(core, Path(encoder_json).parent.name or "gpt2")
 
     @classmethod
     def from_hf_json(cls, path: PathLike) -> "Tokenizer":
         """Loads a Hugging Face ``tokenizer.json`` holding a byte-level BPE model."""
-        return cls(_core.CoreBPE.from_hf_json(os.fspath(path)), Path(path).parent.name or "hf")
+        with _naming(path):
+            core = _core.CoreBPE.from_hf_json(os.fspath(path))
+        return cls(core, Path(path).parent.name or "hf")
 
     @classmethod
     def from_ranks(
@@ -223,9 +227,10 @@ class Tokenizer:
             return cls.from_tiktoken_file(path)
         if (path / "tokenizer.tiktoken").exists():
             meta = _read_config(path / "tokenizer_config.json")
-            core = _core.CoreBPE.from_tiktoken_file(
-                os.fspath(path / "tokenizer.tiktoken"), meta["special_tokens"], meta["pattern"]
-            )
+            with _naming(path):  # the ranks file and the config's special tokens, together
+                core = _core.CoreBPE.from_tiktoken_file(
+                    os.fspath(path / "tokenizer.tiktoken"), meta["special_tokens"], meta["pattern"]
+                )
             return cls(core, meta.get("name", path.name))
         # GPT-2's own pair first: in HF GPT-2 folders it sits beside an equivalent tokenizer.json.
         for encoder, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
@@ -281,13 +286,24 @@ class Tokenizer:
         """Writes a HF ``tokenizer.json`` that ``tokenizers.Tokenizer.from_file`` encodes identically."""
         _write(Path(path), self._core.to_hf_json())
 
-    def save(self, directory: PathLike, *, hf_json: bool = True) -> Path:
+    def save(self, directory: PathLike, *, hf_json: bool = True, overwrite: bool = False) -> Path:
         """Writes ``tokenizer.tiktoken``, ``tokenizer.json`` (unless ``hf_json=False``; :meth:`load`
-        does not need it) and ``tokenizer_config.json``."""
+        does not need it) and ``tokenizer_config.json``.
+
+        ``directory`` is taken as :func:`claim_save_folder` says: new, empty, or holding a
+        tokenizer saved earlier (replaced); a folder holding other files is refused unless
+        ``overwrite``, and even then only those three names are replaced.
+
+        Raises:
+            OutputFolderError: ``directory`` holds other files (named) and not ``overwrite``.
+        """
         d = Path(directory)
+        alone = claim_save_folder(d, overwrite=overwrite)
         self.save_tiktoken(d / "tokenizer.tiktoken")
         if hf_json:
             self.save_hf_json(d / "tokenizer.json")
+        elif alone and (d / "tokenizer.json").exists():
+            (d / "tokenizer.json").unlink()  # an earlier tokenizer's: it would not match this one
         meta = {
             "name": self.name,
             "pattern": self.pattern,
@@ -540,6 +556,53 @@ class Tokenizer:
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, text)
+
+
+def _saved_before_markers(directory: Path) -> bool:
+    """A folder :meth:`Tokenizer.save` wrote before folders were marked: its config says so."""
+    try:
+        meta = json.loads((directory / "tokenizer_config.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and str(meta.get("format", "")).startswith("gristmill-tokenizer")
+
+
+def claim_save_folder(directory: PathLike, *, overwrite: bool = False, inputs: Iterable = ()) -> bool:
+    """Takes ``directory`` for a saved tokenizer before any work (see :mod:`gristmill.outputs`):
+    apart from the ``inputs`` (paths), and new, empty or holding a tokenizer saved earlier
+    (then marked as the tokenizer's). With ``overwrite``, any other folder is taken too, but
+    not marked: only :data:`SAVED_FILES` are then written there.
+
+    Returns:
+        Whether the folder is the tokenizer's alone.
+
+    Raises:
+        OutputFolderError: ``directory`` overlaps an input, or holds files a saved tokenizer
+            does not (named) and not ``overwrite``.
+    """
+    check_apart(directory, inputs)
+    try:
+        claim(directory, "tokenizer", SAVED_FILES.__contains__, earlier=_saved_before_markers,
+              fix="choose an empty or new folder, or pass overwrite=True (--overwrite) to replace "
+                  "only the tokenizer's files")
+    except OutputFolderError:
+        if not overwrite:
+            raise
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _naming(path: PathLike):
+    """Puts ``path`` in front of the core's vocabulary errors, which say what is wrong with
+    the vocabulary it was given but not which file it came from."""
+    try:
+        yield
+    except TokenizerError as e:
+        if not str(e).startswith("invalid vocabulary:") or os.fspath(path) in str(e):
+            raise
+        raise TokenizerError(f"{os.fspath(path)}: {e}") from None
 
 
 def _unknown_id(token: int) -> TokenizerError:

@@ -7,12 +7,14 @@ pub mod merge;
 pub mod pretokenize;
 pub mod tokenmap;
 pub mod trainer;
+pub mod training;
 pub mod vocab;
 
 pub use count::ChunkCounter;
 pub use encoder::Encoder;
 pub use pretokenize::Pattern;
 pub use trainer::Trainer;
+pub use training::Training;
 
 use std::path::PathBuf;
 

@@ -27,8 +27,8 @@
 //! otherwise, so the real maximum is never passed over). Chunks are stored as one flat `u32`
 //! array with per-chunk offsets: a merge rewrites a chunk in place, shrinking it.
 
-use super::Rank;
 use super::BpeError;
+use super::Rank;
 use crate::parallel;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;

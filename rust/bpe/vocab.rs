@@ -802,8 +802,15 @@ mod fuzz {
             lines.remove(m + 1); // after the #version line
             write(dir.path(), "encoder.json", encoder_json.as_bytes());
             write(dir.path(), "vocab.bpe", lines.join("\n").as_bytes());
-            let got = read_gpt2(&dir.path().join("encoder.json"), &dir.path().join("vocab.bpe"));
-            assert!(got.is_err(), "merge {m} missing, read as {:?}", got.map(|v| v.specials));
+            let got = read_gpt2(
+                &dir.path().join("encoder.json"),
+                &dir.path().join("vocab.bpe"),
+            );
+            assert!(
+                got.is_err(),
+                "merge {m} missing, read as {:?}",
+                got.map(|v| v.specials)
+            );
         }
     }
 
@@ -815,12 +822,18 @@ mod fuzz {
         for rank in ["4000000000", "2147483647", "300000000"] {
             let text = format_tiktoken(&small_encoder()) + &format!("IUE= {rank}\n");
             let m = parse_tiktoken(&text, Path::new("x.tiktoken")).unwrap();
-            let e = Encoder::new(m, vec![], Pattern::R50k).err().expect("a huge rank was accepted");
+            let e = Encoder::new(m, vec![], Pattern::R50k)
+                .err()
+                .expect("a huge rank was accepted");
             assert!(e.to_string().contains(rank), "{e}");
         }
-        let m = parse_tiktoken(&format_tiktoken(&small_encoder()), Path::new("x.tiktoken")).unwrap();
+        let m =
+            parse_tiktoken(&format_tiktoken(&small_encoder()), Path::new("x.tiktoken")).unwrap();
         let high = vec![("<|endoftext|>".to_string(), 1 << 20)];
-        assert_eq!(Encoder::new(m, high, Pattern::R50k).unwrap().n_vocab(), (1 << 20) + 1);
+        assert_eq!(
+            Encoder::new(m, high, Pattern::R50k).unwrap().n_vocab(),
+            (1 << 20) + 1
+        );
     }
 
     #[test]

@@ -22,10 +22,10 @@
 
 pub mod apply;
 pub mod exact;
+pub mod hash_forms;
 pub mod lines;
 pub mod lsh;
 pub mod minhash;
-pub mod hash_forms;
 pub mod resolve;
 pub mod scan;
 pub mod spans;

@@ -2,16 +2,18 @@
 //!
 //! Batches of documents are hashed in parallel (normalising, shingling and MinHash are the
 //! expensive part); their entries are then appended in document order. The buffers are
-//! written out as one chunk of sorted runs (see [`store`]) whenever they reach the memory limit
-//! or `checkpoint_docs` documents, and at the end. Each checkpoint rewrites `scan.json`, which
-//! is how a killed scan knows where to resume.
+//! written out as one chunk of sorted runs (see [`store`]) before taking the next document
+//! would pass the memory limit, after `checkpoint_docs` documents, and at the end. The limit
+//! counts the buffers' capacity, which grows only as far as the limit allows, so the index
+//! never holds more than the limit (one document's entries alone excepted). Each checkpoint
+//! rewrites `scan.json`, which is how a killed scan knows where to resume.
 
 use super::exact::{doc_hash, ExactEntry};
 use super::lines::{doc_rank, line_hashes, LineEntry};
 use super::lsh::{band_keys, BandEntry};
 use super::minhash::MinHasher;
 use super::spans::{span_hashes, SpanEntry};
-use super::spill::{write_run, Record};
+use super::spill::{growth_needed, reserve_within, write_run, Record};
 use super::store::{chunk_file, read_json, write_ids, write_json, write_sigs, Chunk};
 use super::{io_err, DedupConfig, DedupError, Key128, Result};
 use rayon::prelude::*;
@@ -63,6 +65,16 @@ impl ScanManifest {
         }
         Ok(Some(m))
     }
+}
+
+/// How many items one document adds to each buffer.
+struct Adds {
+    exact: usize,
+    bands: usize,
+    lines: usize,
+    spans: usize,
+    sigs: usize,
+    id: usize,
 }
 
 /// Everything pass 1 keeps of one document.
@@ -174,6 +186,32 @@ impl Scanner {
             + cap(&self.sigs)
     }
 
+    /// Bytes the buffers must grow by to take a document's entries.
+    fn growth_needed(&self, a: &Adds) -> usize {
+        growth_needed(&self.exact, a.exact)
+            + growth_needed(&self.bands, a.bands)
+            + growth_needed(&self.lines, a.lines)
+            + growth_needed(&self.spans, a.spans)
+            + growth_needed(&self.sigs, a.sigs)
+            + growth_needed(&self.id_offsets, 1)
+            + growth_needed(&self.id_blob, a.id)
+    }
+
+    /// Makes room for a document's entries, growing the buffers by doubling as far as the
+    /// memory limit allows, so their capacity, not just their content, stays within it.
+    fn reserve(&mut self, a: &Adds) {
+        let mut spare = self
+            .memory_limit
+            .saturating_sub(self.mem_bytes() + self.growth_needed(a));
+        reserve_within(&mut self.exact, a.exact, &mut spare);
+        reserve_within(&mut self.bands, a.bands, &mut spare);
+        reserve_within(&mut self.lines, a.lines, &mut spare);
+        reserve_within(&mut self.spans, a.spans, &mut spare);
+        reserve_within(&mut self.sigs, a.sigs, &mut spare);
+        reserve_within(&mut self.id_offsets, 1, &mut spare);
+        reserve_within(&mut self.id_blob, a.id, &mut spare);
+    }
+
     /// The most bytes the buffers have held.
     pub fn peak_mem_bytes(&self) -> usize {
         self.peak_mem
@@ -230,9 +268,26 @@ impl Scanner {
         }
         let hashes: Vec<DocHashes> =
             crate::parallel::install(|| texts.par_iter().map(|t| self.hash_doc(t)).collect());
-        let with_sigs = self.config.threshold.is_some();
+        let with_sigs = self.config.threshold.is_some() && self.config.minhash;
         let num_perm = self.config.num_perm();
         for (id, h) in ids.iter().zip(hashes) {
+            let adds = Adds {
+                exact: self.config.exact as usize,
+                bands: h.bands.len(),
+                lines: h.lines.len(),
+                spans: h.spans.len(),
+                sigs: if with_sigs { num_perm } else { 0 },
+                id: id.len(),
+            };
+            // Write what is buffered first if taking this document would pass the limit.
+            let need = self.growth_needed(&adds);
+            if need > 0
+                && self.next_doc > self.manifest.docs()
+                && self.mem_bytes() + need > self.memory_limit
+            {
+                self.checkpoint(true)?;
+            }
+            self.reserve(&adds);
             let doc = self.next_doc;
             if self.config.exact {
                 self.exact.push(ExactEntry { hash: h.exact, doc });
@@ -249,7 +304,7 @@ impl Scanner {
                     .iter()
                     .map(|&(hash, sent)| SpanEntry { hash, doc, sent }),
             );
-            if with_sigs && self.config.minhash {
+            if with_sigs {
                 match &h.sig {
                     Some(s) => self.sigs.extend_from_slice(s),
                     None => self.sigs.extend(std::iter::repeat_n(u64::MAX, num_perm)),
@@ -259,9 +314,8 @@ impl Scanner {
             self.id_offsets.push(self.id_blob.len() as u64);
             self.next_doc += 1;
             self.peak_mem = self.peak_mem.max(self.mem_bytes());
-            let by_memory = self.mem_bytes() >= self.memory_limit;
-            if by_memory || self.next_doc - self.manifest.docs() >= self.checkpoint_docs {
-                self.checkpoint(by_memory)?;
+            if self.next_doc - self.manifest.docs() >= self.checkpoint_docs {
+                self.checkpoint(false)?;
             }
         }
         Ok(())

@@ -831,7 +831,10 @@ mod fuzz {
         }
     }
 
-    fn read(paths: Vec<PathBuf>, fail_after: Option<usize>) -> Result<(Vec<String>, Vec<String>, u64), ShardError> {
+    fn read(
+        paths: Vec<PathBuf>,
+        fail_after: Option<usize>,
+    ) -> Result<(Vec<String>, Vec<String>, u64), ShardError> {
         let (mut texts, mut ids, mut batches) = (Vec::new(), Vec::new(), 0);
         let n = read_jsonl_batches(&paths, &fields(), 0, 3, 64, |b| {
             batches += 1;
