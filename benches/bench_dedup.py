@@ -23,6 +23,13 @@ documents, and how well each peer's MinHash clusters agree with gristmill's (pai
 pairs in the same cluster in both / pairs in the same cluster in either). One run each, as
 the project's benches are: no repetitions, so treat differences under ~10 % as noise.
 
+Memory: gristmill dedup (exact + MinHash, ``jsonl.zst`` out) with ``--memory-limit 64MB`` on
+bench-en.jsonl.zst as it is (x1, 20 MB of text) and four times over (x4, its four copies
+concatenated: 81 MB, three quarters exact duplicates), each in its own process; peak RSS
+against the bound ``gristmill.dedup`` documents (limit + ``RSS_OVERHEAD``). ``--size small``
+uses the first 400 documents and a 4 MB limit. Peak RSS is the worker's own high-water mark
+(``VmHWM``): a child's rusage would count the RSS of this process at the fork.
+
     python benches/bench_dedup.py --size small
 """
 
@@ -46,6 +53,7 @@ DATA = Path(os.environ.get("GRISTMILL_SHARED_DATA", ROOT.parent / "shared" / "da
 EDIT_RATES = (0.01, 0.03, 0.10, 0.30)
 BANDS, ROWS, NGRAM = 14, 8, 5
 SPILL_LIMIT = "1MB"  # far below the index: shows the cost of spilling and the RSS it bounds
+MEMORY_COPIES = (1, 4)  # corpus sizes of the memory measurement: bench-en x1 and x4
 
 
 # ---- corpus -------------------------------------------------------------------------------
@@ -216,8 +224,34 @@ def run_datasketch(corpus: Path) -> dict:
     return {"seconds": seconds, "removed": removed, "clusters": list(groups.values())}
 
 
+def run_memory(corpus: Path, work: Path, memory_limit: str) -> dict:
+    """gristmill dedup with the defaults and ``memory_limit``, as the CLI runs it."""
+    from gristmill.dedup import DedupConfig, dedup
+
+    t0 = time.perf_counter()
+    report = dedup([corpus], work / "out", DedupConfig(memory_limit=memory_limit))
+    return {
+        "seconds": time.perf_counter() - t0,
+        "documents": report["documents_in"],
+        "removed": report["documents_removed"],
+        "shards": len(report["outputs"]["kept"]) + len(report["outputs"]["removed"]),
+    }
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak RSS (``VmHWM``), in MiB; None where /proc is missing."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return int(m.group(1)) / 1024 if m else None
+
+
 def worker(name: str, corpus: Path, work: Path, result: Path) -> None:
-    if name == "gristmill":
+    if name.startswith("memory:"):
+        out = run_memory(corpus, work, name.partition(":")[2])
+    elif name == "gristmill":
         out = run_gristmill(corpus, work, exact=True)
     elif name == "gristmill-minhash":
         out = run_gristmill(corpus, work, exact=False)
@@ -229,6 +263,7 @@ def worker(name: str, corpus: Path, work: Path, result: Path) -> None:
         out = run_datasketch(corpus)
     else:
         raise SystemExit(f"unknown worker {name}")
+    out["peak_rss_mb"] = peak_rss_mb()
     result.write_text(json.dumps(out))
 
 
@@ -284,9 +319,9 @@ def datatrove_permutations(path: Path) -> bool:
 
 
 def run_tool(name: str, corpus: Path, tmp: Path, threads: int) -> dict:
-    work = tmp / name
+    work = tmp / name.replace(":", "-")
     work.mkdir()
-    result = tmp / f"{name}.json"
+    result = tmp / f"{work.name}.json"
     env = {**os.environ, "GRISTMILL_NUM_THREADS": str(threads), "OMP_NUM_THREADS": "1"}
     params = tmp / "permutations.json"
     if params.exists():
@@ -300,9 +335,55 @@ def run_tool(name: str, corpus: Path, tmp: Path, threads: int) -> dict:
     if status != 0:
         return {"error": stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {status}"}
     out = json.loads(result.read_text())
-    out["peak_rss_mb"] = usage.ru_maxrss / 1024
+    if out.get("peak_rss_mb") is None:  # no /proc: rusage, which counts this process at the fork
+        out["peak_rss_mb"] = usage.ru_maxrss / 1024
     out["process_seconds"] = wall
     return out
+
+
+def memory_corpus(path: Path, copies: int, n_docs: int | None) -> int:
+    """bench-en.jsonl.zst (its first ``n_docs`` documents) ``copies`` times over; bytes of text."""
+    from gristmill.documents import read_documents, shard_bytes
+
+    if n_docs is None:
+        path.write_bytes((DATA / "bench-en.jsonl.zst").read_bytes() * copies)
+        docs = read_documents(DATA / "bench-en.jsonl.zst")
+    else:
+        docs = list(read_documents(DATA / "bench-en.jsonl.zst"))[:n_docs]
+        path.write_bytes(shard_bytes(docs * copies, "jsonl.zst"))
+    return copies * sum(len(d.text.encode("utf-8")) for d in docs)
+
+
+def measure_memory(tmp: Path, size: str, threads: int) -> list[dict]:
+    from gristmill.dedup import RSS_OVERHEAD, parse_size
+
+    limit = "4MB" if size == "small" else "64MB"
+    n_docs = 400 if size == "small" else None
+    rows = []
+    for copies in MEMORY_COPIES:
+        corpus = tmp / f"memory-x{copies}" / "corpus.jsonl.zst"
+        corpus.parent.mkdir()
+        text_bytes = memory_corpus(corpus, copies, n_docs)
+        print(f"running gristmill, memory limit {limit}, bench-en x{copies} ...", flush=True)
+        r = run_tool(f"memory:{limit}", corpus, corpus.parent, threads)
+        bound = (parse_size(limit) + RSS_OVERHEAD) / 2**20
+        row = {"corpus": f"bench-en x{copies}", "text_mb": round(text_bytes / 1e6, 1), "memory_limit": limit}
+        if "error" in r:
+            rows.append({**row, "error": r["error"]})
+            continue
+        rows.append(
+            {
+                **row,
+                "documents": r["documents"],
+                "removed": r["removed"],
+                "shards": r["shards"],
+                "seconds": round(r["seconds"], 2),
+                "peak_rss_mb": round(r["peak_rss_mb"], 1),
+                "bound_mb": round(bound, 1),
+                "within_bound": r["peak_rss_mb"] <= bound,
+            }
+        )
+    return rows
 
 
 def main() -> int:
@@ -335,6 +416,7 @@ def main() -> int:
         for name in tools:
             print(f"running {name} ...", flush=True)
             results[name] = run_tool(name, corpus, tmp, args.threads)
+        memory = measure_memory(tmp, args.size, args.threads)
 
     base = results["gristmill-minhash"]
     base_clusters = clusters_from_pairs([tuple(x) for x in base.get("pairs", [])])
@@ -372,6 +454,15 @@ def main() -> int:
             f"{r['peak_rss_mb']:>9.1f}{r['removed']:>9}{r['cluster_agreement_vs_gristmill']:>8.3f}"
             f"{r['gristmill_minhash_speedup_per_core']:>8.2f}"
         )
+    print(f"\n{'memory':<16}{'text MB':>9}{'limit':>7}{'docs':>8}{'shards':>8}{'s':>8}{'RSS MB':>9}{'bound':>8}")
+    for r in memory:
+        if "error" in r:
+            print(f"{r['corpus']:<16} failed: {r['error']}")
+            continue
+        print(
+            f"{r['corpus']:<16}{r['text_mb']:>9.1f}{r['memory_limit']:>7}{r['documents']:>8}{r['shards']:>8}"
+            f"{r['seconds']:>8.2f}{r['peak_rss_mb']:>9.1f}{r['bound_mb']:>8.1f}"
+        )
     out = {
         "stage": "dedup",
         "size": args.size,
@@ -383,6 +474,7 @@ def main() -> int:
         "gristmill_uses_datatrove_permutations": same_params,
         "load_average_at_start": round(load, 2),
         "results": rows,
+        "memory": memory,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

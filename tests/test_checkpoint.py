@@ -106,7 +106,8 @@ def test_checkpoint_records_checksums_of_its_files(run):
         assert meta["files"][name] == {"bytes": len(data),
                                        "sha256": hashlib.sha256(data).hexdigest()}
     assert json.loads((run / "best.json").read_text())["checkpoint"] == CKPT
-    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temp left
+    hidden = [p.name for p in run.iterdir() if p.name.startswith(".")]
+    assert hidden == [".gristmill-output.json"]  # the run's marker; no temp left
 
 
 # ---- damage, resuming ------------------------------------------------------------------------

@@ -129,20 +129,30 @@ def damage(data: bytes, changes: list, start: int = 0, end: int | None = None) -
 
 # ---- JSON lines -----------------------------------------------------------------------------
 
-_json_value = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=8,
-)
-_record = st.fixed_dictionaries({"text": st.text(max_size=40)}, optional={"id": _json_value, "x": _json_value})
-_line = st.one_of(
-    _record.map(lambda r: json.dumps(r, ensure_ascii=False).encode()),
-    _record.map(lambda r: json.dumps(r).encode()),
-    st.binary(max_size=40),
-    st.integers(1, 3000).map(lambda d: b'{"text": "a", "x": ' + b"[" * d + b"]" * d + b"}"),
-    st.integers(1, 6000).map(lambda n: b'{"text": "a", "id": ' + b"7" * n + b"}"),
-    st.sampled_from([b"", b"  ", b"[]", b'"s"', b"{", b'{"text": "lone \\udc00"}', b'{"text": NaN}']),
-)
+def _lines(integers, extremes: bool):
+    """Lines of a JSON-lines file: records with ids and fields of every JSON type, junk, and
+    (``extremes``) nesting and integers past what Python's json takes."""
+    value = st.recursive(
+        st.none() | st.booleans() | integers | st.floats(allow_nan=False) | st.text(max_size=12),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+        max_leaves=8,
+    )
+    record = st.fixed_dictionaries({"text": st.text(max_size=40)}, optional={"id": value, "x": value})
+    lines = [
+        record.map(lambda r: json.dumps(r, ensure_ascii=False).encode()),
+        record.map(lambda r: json.dumps(r).encode()),
+        st.binary(max_size=40),
+        st.sampled_from([b"", b"  ", b"[]", b'"s"', b"{", b'{"text": "lone \\udc00"}', b'{"text": NaN}']),
+    ]
+    if extremes:
+        lines += [
+            st.integers(1, 3000).map(lambda d: b'{"text": "a", "x": ' + b"[" * d + b"]" * d + b"}"),
+            st.integers(1, 6000).map(lambda n: b'{"text": "a", "id": ' + b"7" * n + b"}"),
+        ]
+    return st.one_of(*lines)
+
+
+_line = _lines(st.integers(), extremes=True)
 
 
 def _compress(body: bytes, suffix: str) -> bytes:
@@ -212,10 +222,11 @@ def _tokenized(path: Path, out: Path, tok: Tokenizer):
 
 
 @FUZZ
-@given(lines=st.lists(_line, max_size=6), zst=st.booleans())
+@given(lines=st.lists(_lines(st.integers(-(2**63), 2**64 - 1), extremes=False), max_size=6), zst=st.booleans())
 def test_tokenize_reads_json_lines_as_prep_does(small_tokenizer, lines, zst):
     # The same file, two readers: prep's (Python) and tokenize's (the core). Both read it, with
-    # the same documents, or both refuse it, naming it.
+    # the same documents, or both refuse it, naming it. Not compared: lines nested over ~990
+    # deep, which Python's json refuses (prep says so) and the core reads.
     body = b"\n".join(lines)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / ("docs.jsonl.zst" if zst else "docs.jsonl")
@@ -227,6 +238,14 @@ def test_tokenize_reads_json_lines_as_prep_does(small_tokenizer, lines, zst):
             by_core = [(p[0] if c[0] in ("[list]", "{dict}") else c[0], c[1])
                        for p, c in zip(by_prep, by_core)] + by_core[len(by_prep):]
         assert by_prep == by_core, f"prep read {by_prep!r}, tokenize {by_core!r}"
+
+
+@pytest.mark.xfail(strict=True, reason="defect found by fuzzing, not fixed yet: the core reads an "
+                   "integer id beyond 64 bits as a float (rust/shards/jsonl.rs, ValueSeed)")
+def test_integer_ids_beyond_64_bits_read_alike(small_tokenizer, tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b'{"text": "a", "id": 7777777777777777777777777777}\n')
+    assert _tokenized(path, tmp_path / "ds", small_tokenizer) == _read(path) == [("7777777777777777777777777777", "a")]
 
 
 # ---- tokenizer files ------------------------------------------------------------------------
@@ -283,7 +302,23 @@ def _use(tok: Tokenizer) -> None:
     assert tok.decode(tok.encode(text, allowed_special="all")) == text
 
 
-_TOKENIZER_FILES = ["tokenizer.tiktoken", "tokenizer.json", "tokenizer_config.json", "encoder.json", "vocab.bpe"]
+# tokenizer_config.json joins these when the xfail below passes.
+_TOKENIZER_FILES = ["tokenizer.tiktoken", "tokenizer.json", "encoder.json", "vocab.bpe"]
+
+
+@pytest.mark.xfail(strict=True, reason="defects found by fuzzing, not fixed yet (tokenizer.py "
+                   "_read_config): a tokenizer_config.json that is not UTF-8 raises "
+                   "UnicodeDecodeError naming no file; a special token id of 2**32 or more raises "
+                   "OverflowError")
+@pytest.mark.parametrize("change", [(0, b"\xfb"), (None, b"4294967296")], ids=["not-utf8", "huge-id"])
+def test_saved_tokenizer_config(tokenizer_files, tmp_path, change):
+    for name in ("tokenizer.tiktoken", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes(tokenizer_files[name])
+    at, data = change
+    config = tokenizer_files["tokenizer_config.json"]
+    config = data + config[1:] if at == 0 else config.replace(b"265", data)
+    (tmp_path / "tokenizer_config.json").write_bytes(config)
+    read_or_refuse(lambda: Tokenizer.load(tmp_path), tmp_path / "tokenizer_config.json")
 
 
 @FUZZ
@@ -295,13 +330,16 @@ def test_tokenizer_files(tokenizer_files, which, changes, arbitrary):
             (d / name).write_bytes(data)
         target = d / which
         target.write_bytes(arbitrary if arbitrary is not None else damage(tokenizer_files[which], changes))
+        names = [target]
         if which in ("encoder.json", "vocab.bpe"):
-            load = lambda: Tokenizer.from_gpt2_files(d / "encoder.json", d / "vocab.bpe")  # noqa: E731
+            # Either file may be at fault: a changed id leaves a merge without one.
+            names = [d / "encoder.json", d / "vocab.bpe"]
+            load = lambda: Tokenizer.from_gpt2_files(*names)  # noqa: E731
         elif which == "tokenizer_config.json":
             load = lambda: Tokenizer.load(d)  # noqa: E731
         else:
             load = lambda: Tokenizer.load(target)  # noqa: E731
-        tok = read_or_refuse(load, target)
+        tok = read_or_refuse(load, *names)
         if tok is not None:
             with watchdog():
                 _use(tok) if which != "tokenizer.tiktoken" else tok.decode(tok.encode("hello world"))
@@ -477,6 +515,46 @@ def test_damaged_checkpoints(checkpoints, kind, which, header_only, changes):
         checked = kind == "run" and target.name in ("model.safetensors",)
         if checked and after != before:
             assert model is None, f"{target.name} damaged, yet the checkpoint loaded"
+
+
+@pytest.mark.xfail(strict=True, reason="defects found by fuzzing, not fixed yet (gristmill.model / "
+                   "checkpoint): a config value of the wrong type or range raises TypeError, "
+                   "ZeroDivisionError or an unnamed ValueError, and a huge size builds the model "
+                   "(gigabytes, minutes) before the tensors are checked")
+def test_checkpoint_config_values(checkpoints, tmp_path):
+    """Every field of a model's config (in the weights' metadata, or a HF config.json) set to
+    a value no run writes: loading refuses it, naming the file, before building a model of
+    that size (the heap is capped at 512 MB beyond its size, so a model built first fails)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from gristmill import checkpoint
+
+    failures = []
+    for kind in ("bare", "hf"):
+        copy = tmp_path / kind
+        shutil.copytree(checkpoints[kind], copy)
+        weights = copy / "model.safetensors"
+        if kind == "bare":
+            with safe_open(str(weights), "pt") as f:
+                meta = f.metadata()
+            config, tensors = json.loads(meta["gristmill_config"]), load_file(str(weights))
+        else:
+            config = json.loads((copy / "config.json").read_text())
+        for key in sorted(config):
+            for value in (0, -1, 1.5, 10**9, "x", None, True, []):
+                changed = {**config, key: value}
+                if kind == "bare":
+                    save_file(tensors, str(weights), metadata={**meta, "gristmill_config": json.dumps(changed)})
+                else:
+                    (copy / "config.json").write_text(json.dumps(changed))
+                with memory_cap(512 << 20):
+                    try:
+                        read_or_refuse(lambda: checkpoint.load_model(copy), copy)  # noqa: B023
+                    except BaseException as e:  # noqa: BLE001 (all collected, one report)
+                        failures.append(f"{kind} {key}={value!r}: {type(e).__name__}: "
+                                        f"{str(e).splitlines()[0][:100]}")
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures)
 
 
 def test_the_watchdog_and_the_property_work(tmp_path):

@@ -147,6 +147,44 @@ def test_clear_errors(small, tmp_path):
         train(dataset=small, out_dir=str(tmp_path), n_layers=3)
 
 
+def _tree(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_out_dir_holding_other_files_is_refused_before_any_step(small, tmp_path, capsys):
+    # train overwrote a user's log.jsonl and loss.png, and with resume=auto loaded a user's
+    # own ckpt-* folder (and would later have pruned it).
+    from gristmill import OutputFolderError
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "log.jsonl").write_text("my log\n")
+    (out / "loss.png").write_bytes(b"my plot")
+    before = _tree(out)
+    with pytest.raises(OutputFolderError, match=r"mine/: holds files this run did not write \(log.jsonl, loss.png\)"):
+        train(dataset=small, out_dir=str(out), **{**TINY, "max_steps": 1})
+    assert _tree(out) == before
+    (out / "ckpt-0000001").mkdir()
+    (out / "ckpt-0000001" / "weights.pt").write_bytes(b"my weights")
+    before = _tree(out)
+    flags = [f"--{k}={v}" for k, v in {**TINY, "max_steps": 1}.items()]
+    assert main(["train", f"--data={small.path}", f"--out_dir={out}", *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gristmill train: ") and err.count("\n") == 1, err
+    assert "holds files this run did not write (ckpt-0000001/weights.pt, log.jsonl, loss.png)" in err, err
+    assert _tree(out) == before
+
+
+def test_a_run_made_before_markers_still_resumes(small, tmp_path):
+    out = tmp_path / "run"
+    train(dataset=small, out_dir=str(out), **{**TINY, "max_steps": 2})
+    marker = out / ".gristmill-output.json"
+    assert json.loads(marker.read_text()) == {"command": "train"}
+    marker.unlink()  # as runs were written before markers existed
+    assert train(dataset=small, out_dir=str(out), **{**TINY, "max_steps": 3})["step"] == 3
+    assert marker.exists()
+
+
 def test_tokenizer_is_checked_and_saved_with_the_checkpoint(small, tmp_path):
     tok = byte_tokenizer()
     tok.save(tmp_path / "tok")

@@ -12,6 +12,7 @@ A training run's ``out_dir``::
         tokenizer/           the tokenizer the run used
       best.json              {"checkpoint", "step", "val_loss"}: never pruned
       log.jsonl, loss.png    the run log (train.py)
+      .gristmill-output.json the marker: a training run's folder (see gristmill.outputs)
 
 Read top to bottom: finding checkpoints and the best one, saving and pruning, then loading:
 a gristmill checkpoint, a folder holding only :func:`save_weights`' file, or a Hugging Face
@@ -46,10 +47,11 @@ from gristmill.model import (
     from_hf_state_dict,
     to_hf_state_dict,
 )
+from gristmill.outputs import check_apart, claim
 from gristmill.storage import atomic_file, fsync_dir, write_json_atomic
 
 __all__ = [
-    "CheckpointError", "find_checkpoint", "from_hf", "list_checkpoints", "load_model",
+    "CheckpointError", "claim_out_dir", "find_checkpoint", "from_hf", "list_checkpoints", "load_model",
     "load_optimizer_state", "load_weights", "prune_checkpoints", "read_best", "read_run_state",
     "save_checkpoint", "save_hf", "save_weights", "tokenizer_for", "update_best",
 ]
@@ -58,6 +60,7 @@ FORMAT = "gristmill-checkpoint-1"
 WEIGHTS, OPTIMIZER, STATE, META, TOKENIZER = (
     "model.safetensors", "optimizer.pt", "state.json", "config.json", "tokenizer")
 BEST = "best.json"
+RUN_LOG, LOSS_PLOT = "log.jsonl", "loss.png"
 _CHECKSUMMED = (WEIGHTS, OPTIMIZER, STATE)
 _NAME = re.compile(r"ckpt-\d+")
 _RUN_STATE_KEYS = ("step", "tokens_seen", "best_val_loss", "world_size", "samplers", "rng")
@@ -131,6 +134,44 @@ def find_checkpoint(path: PathLike, which: str = "best") -> Path:
     if best is not None and (path / best["checkpoint"]).is_dir():
         return path / best["checkpoint"]
     return ckpts[-1]  # the best one was deleted (or never chosen): the latest
+
+
+# ---- the out_dir ------------------------------------------------------------------------------
+
+# What a training run writes in its out_dir (temporary names are hidden).
+_OWNED = re.compile(rf"ckpt-\d+/.+|{re.escape(BEST)}|{re.escape(RUN_LOG)}|{re.escape(LOSS_PLOT)}")
+
+
+def owned_files(rel: str) -> bool:
+    """Which files of a training ``out_dir`` the run writes (see :mod:`gristmill.outputs`):
+    checkpoint folders, best.json and the run log; ``rel`` is relative to ``out_dir``."""
+    return _OWNED.fullmatch(rel) is not None
+
+
+def _written_before_markers(out_dir: Path) -> bool:
+    """A training out_dir written before folders were marked: it holds a gristmill checkpoint."""
+    for ckpt in list_checkpoints(out_dir):
+        try:
+            meta = json.loads((ckpt / META).read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and str(meta.get("format", "")).startswith("gristmill-checkpoint"):
+            return True
+    return False
+
+
+def claim_out_dir(out_dir: PathLike, inputs=()) -> None:
+    """Takes ``out_dir`` for a training run before any step (see :mod:`gristmill.outputs`):
+    apart from the ``inputs`` (the shard dataset), and new, empty or a training run's folder
+    (which the run resumes), so that a user's own files are never overwritten, loaded as a
+    checkpoint or pruned.
+
+    Raises:
+        OutputFolderError: ``out_dir`` overlaps an input, or holds files a training run does
+            not write (named).
+    """
+    check_apart(out_dir, inputs)
+    claim(out_dir, "train", owned_files, earlier=_written_before_markers)
 
 
 # ---- saving and pruning ----------------------------------------------------------------------

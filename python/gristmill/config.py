@@ -197,7 +197,12 @@ def resolve_config(path=None, overrides: Optional[dict] = None, cls=TrainConfig,
         table = {key.replace("-", "_"): raw for key, raw in table.items()}
         check_keys(table, types, name)
         for key, raw in table.items():
-            values[key] = parse_value(key, raw, types[key])
+            try:
+                values[key] = parse_value(key, raw, types[key])
+            except ValueError as e:
+                if not path or name != str(path):
+                    raise
+                raise ValueError(f"{path}: {e}") from None  # a file's value: name the file
     return cls(**values)
 
 

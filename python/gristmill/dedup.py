@@ -4,7 +4,7 @@ The hashing, indexes and decisions live in the Rust core (``rust/dedup``); this 
 and writes documents around it. A run makes three passes, each resumable:
 
 1. **scan**: documents are read in batches and hashed in parallel; index entries are buffered
-   up to ``memory_limit`` and spilled to sorted run files in the work directory.
+   up to 7/8 of ``memory_limit`` and spilled to sorted run files in the work directory.
 2. **resolve**: the runs are merged; exact groups, LSH buckets (clustered with union-find) and
    repeated lines and spans are found, and each removal is tied to the document it duplicates.
 3. **apply**: the corpus is read again; kept documents (lines or spans cut where needed) go to
@@ -15,6 +15,21 @@ and writes documents around it. A run makes three passes, each resumable:
 Kill a run at any point and run it again with the same arguments: it continues from the last
 checkpoint. Which copy is kept: the first in input order for exact, MinHash and span
 duplicates; for a shared line, the document whose id hashes lowest (as C4 does with URLs).
+
+**Memory.** ``memory_limit`` (M) bounds what every pass holds at once, whatever the corpus
+size: the scan holds its index buffers (7/8 M, counted by capacity) and a batch of documents
+(texts up to M/32); resolve holds one buffer of decisions or removals, one bit per document
+and the MinHash union-find, within M together; apply holds a batch and the documents of the
+shard being written (M/8: a shard ends after ``shard_docs`` input documents or once its kept
+and removed documents hold M/8 bytes, whichever comes first, so a smaller limit gives more,
+smaller shards; encoding one takes about twice that again). Batches hold at least 256 KiB
+and shards 1 MiB, which only limits below ~8 MB feel. Peak RSS stays within
+``M + RSS_OVERHEAD`` (64 MiB): the interpreter with numpy and the core (~40 MiB), the zstd
+window of a compressed input (8 MiB at the usual levels), merge buffers (up to 8 MiB), file
+buffers and thread stacks; ``benches/bench_dedup.py`` measures it. Not bounded by M: a
+document larger than M/32 still goes whole (the peak grows by a few times the largest
+document), and the union-find holds about 40 bytes per document in some MinHash candidate
+pair, which only hundreds of millions of near-duplicates bring near a limit in the GB.
 """
 
 from __future__ import annotations
@@ -48,6 +63,8 @@ __all__ = [
 ]
 
 REPORT_NAME = "dedup-report.json"
+# Peak RSS of a run stays within memory_limit + this (see the module docs).
+RSS_OVERHEAD = 64 << 20
 _APPLY_STATE = "apply.json"
 # Files the core and this module write into a work directory (removed after a finished run).
 _WORK_FILES = re.compile(
@@ -106,10 +123,13 @@ class DedupConfig:
         span_sentences: sentences per span.
         min_sentences: a document cut by line or span dedup is dropped below this many.
         min_words: a document cut by span dedup is dropped below this many words.
-        memory_limit: bytes (or a size like ``"2GB"``) of index entries held before spilling.
+        memory_limit: bytes (or a size like ``"2GB"``) of working memory of every pass: peak
+            RSS stays within it plus ``RSS_OVERHEAD`` (see the module docs).
         checkpoint_docs: documents between checkpoints of the scan even below the limit.
-        batch_size: documents handed to the core at once.
-        shard_docs: input documents per output shard (each shard is a resume point).
+        batch_size: documents handed to the core at once, at most; a batch also ends once
+            its texts hold ``memory_limit / 32`` bytes.
+        shard_docs: input documents per output shard at most (each shard is a resume point);
+            a shard also ends once its documents hold ``memory_limit / 8`` bytes.
         fmt: output format, ``jsonl.zst``, ``jsonl`` or ``parquet``.
 
     >>> DedupConfig(bands=20, rows=5).num_perm
@@ -223,9 +243,10 @@ def _owns_work(rel: str) -> bool:
 
 def _shares(memory: int) -> tuple[int, int, int]:
     """How a run shares ``memory_limit``: bytes of the scan's index buffers, of the texts in
-    one batch, and of the documents of the shards being written (see the module docs)."""
-    batch = max(memory // 32, 1)
-    return max(memory - 4 * batch, 1), batch, max(memory // 8, 1)
+    one batch, and of the documents of the shards being written (see the module docs). Below
+    a few MB the floors win (batches worth handing to threads, shards worth a file)."""
+    batch = max(memory // 32, 256 << 10)
+    return max(memory - 4 * batch, memory // 2, 1), batch, max(memory // 8, 1 << 20)
 
 
 def _batches(docs: Iterable[Document], n: int, max_bytes: int) -> Iterator[list[Document]]:

@@ -391,10 +391,9 @@ class DocumentWriter:
 
     Each shard is written to a temporary name and renamed into place when complete, so a
     crashed run never leaves a half shard that reads as whole; ``existing_shards`` tells a
-    rerun which shards are already done. A shard ends after ``docs_per_shard`` documents or,
-    with ``max_bytes``, once its documents hold that many bytes in memory (an estimate, see
-    :attr:`pending_bytes`): that bounds the writer's memory whatever the documents' size.
-    Encoding a shard takes up to about three times its pending bytes again, briefly.
+    rerun which shards are already done. The pending documents of a shard are held in memory
+    (:attr:`pending_bytes` says how much; encoding them takes about twice that again, briefly):
+    a caller bounding memory ends shards by bytes too, with :meth:`flush`.
 
     >>> with DocumentWriter("out", docs_per_shard=2) as w:  # doctest: +SKIP
     ...     w.write(Document("a", "hello"))
@@ -407,14 +406,12 @@ class DocumentWriter:
         docs_per_shard: int = 100_000,
         fmt: str = "jsonl.zst",
         start_shard: int = 0,
-        max_bytes: int | None = None,
     ):
         if fmt not in ("jsonl.zst", "jsonl", "parquet"):
             raise ValueError(f"format must be jsonl.zst, jsonl or parquet, not {fmt!r}")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.prefix, self.docs_per_shard, self.fmt = prefix, docs_per_shard, fmt
-        self.max_bytes = max_bytes
         self.shard_index = start_shard
         self.paths: list[Path] = []
         self._pending: list[Document] = []
@@ -437,9 +434,7 @@ class DocumentWriter:
     def write(self, doc: Document) -> None:
         self._pending.append(doc)
         self._pending_bytes += _held_bytes(doc)
-        if len(self._pending) >= self.docs_per_shard or (
-            self.max_bytes is not None and self._pending_bytes >= self.max_bytes
-        ):
+        if len(self._pending) >= self.docs_per_shard:
             self.flush()
 
     def flush(self) -> None:

@@ -64,8 +64,14 @@ def load_config(path: PathLike) -> dict:
     path = Path(path)
     cfg = read_config_file(path)
     check_keys(cfg, _KEYS, str(path))
+    inputs = cfg.get("inputs", [])
+    if not (isinstance(inputs, list) and all(isinstance(p, str) for p in inputs)):
+        raise ValueError(f'{path}: inputs: expected a list of files or folders (inputs = ["docs/"]), '
+                         f"found {inputs!r}")
+    if not isinstance(cfg.get("out_dir", ""), str):
+        raise ValueError(f'{path}: out_dir: expected a folder (out_dir = "out"), found {cfg["out_dir"]!r}')
     base = path.resolve().parent
-    cfg["inputs"] = [str(base / p) for p in cfg.get("inputs", [])]
+    cfg["inputs"] = [str(base / p) for p in inputs]
     if "out_dir" in cfg:
         cfg["out_dir"] = str(base / cfg["out_dir"])
     return cfg
@@ -126,26 +132,35 @@ def _write_record(stage_dir: Path, record: dict) -> None:
 
 # ---- what each stage owns in its folder --------------------------------------------------------
 # A finished stage lists the files it wrote in stage.json; an interrupted one is known by the
-# names it writes (a name missing here makes a redo refuse the folder, never delete more).
-_TOKENIZER_FILES = r"tokenizer\.json|tokenizer\.tiktoken|tokenizer_config\.json"
-_STAGE_FILES = {
-    "tokenizer": re.compile(_TOKENIZER_FILES),
-    "tokenize": re.compile(rf"manifest\.json|\.gristmill-tokenize\.json|(train|val)_\d{{6,}}\.(bin|idx)"
-                           rf"|tokenizer/({_TOKENIZER_FILES})"),
-    "train": re.compile(r"(\.?ckpt-\d+(\.(tmp|old)-\d+)?/.+)|best\.json|log\.jsonl|loss\.png|\.loss\.tmp-\d+\.png"),
-    "sample": re.compile(r"samples\.txt"),
-}
+# rule of the command it runs (a name missing there makes a redo refuse the folder, never
+# delete more), plus the leftovers of a killed run: temporary files and folders, the
+# tokenize writer's progress, and the markers of nested folders.
+_LEFTOVERS = re.compile(r"(.*/)?\.[^/]+\.(tmp|old)(-\d+)?(\.png)?(/.*)?|\.gristmill-tokenize\.json"
+                        rf"|(.*/)?{re.escape(MARKER)}")
+
+
+def _command_owns(stage: str) -> Callable[[str], bool]:
+    if stage == "prep":
+        from gristmill.prep import owned_files
+    elif stage == "tokenizer":
+        from gristmill.tokenizer import SAVED_FILES
+
+        return SAVED_FILES.__contains__
+    elif stage == "tokenize":
+        from gristmill.shards import owned_files
+    elif stage == "train":
+        from gristmill.checkpoint import owned_files
+    else:
+        return "samples.txt".__eq__
+    return owned_files
 
 
 def _stage_owns(stage: str, record: dict) -> Callable[[str], bool]:
     if record.get("complete") and isinstance(record.get("files"), list):
         listed = set(record["files"])
         return listed.__contains__
-    if stage == "prep":
-        from gristmill.prep import owned_files
-
-        return lambda rel: rel == MARKER or owned_files(rel)
-    return lambda rel: rel == MARKER or _STAGE_FILES[stage].fullmatch(rel) is not None
+    owns = _command_owns(stage)
+    return lambda rel: _LEFTOVERS.fullmatch(rel) is not None or owns(rel)
 
 
 def _written(stage_dir: Path) -> list[str]:

@@ -2,11 +2,13 @@
 
 A dataset is a directory::
 
-    manifest.json        what the trainer opens: tokenizer identity, shards, token counts, checksums
+    manifest.json        what the trainer opens: tokenizer identity, shards, token counts,
+                         checksums, each shard's largest token id
     train_000000.bin     llm.c's format: 256 int32 header (magic 20240520, version, count), tokens
     train_000000.idx     where each document starts, and its source id
     val_000000.bin ...
     tokenizer/           a copy of the tokenizer that made the tokens
+    .gristmill-output.json  the marker: a folder tokenize took (see gristmill.outputs)
 
 The format, the writer, the memory-mapped reader and the batch sampler live in the Rust core
 (``rust/shards``); this module feeds it documents and hands its arrays to numpy and torch.

@@ -32,6 +32,9 @@ import torch
 import torch.distributed as dist
 
 from gristmill.checkpoint import (
+    LOSS_PLOT,
+    RUN_LOG,
+    claim_out_dir,
     list_checkpoints,
     load_model,
     load_optimizer_state,
@@ -43,6 +46,7 @@ from gristmill.checkpoint import (
 )
 from gristmill.config import DATA_ORDER_KEYS, MODEL_KEYS, TrainConfig, resolve_config
 from gristmill.model import GPT, PRESETS, GPTConfig, clean_state_dict
+from gristmill.outputs import OutputFolderError
 from gristmill.progress import progress_bar
 from gristmill.storage import atomic_file, write_atomic
 from gristmill.tokenizer import Tokenizer
@@ -148,7 +152,7 @@ class RunLog:
     """Appends one JSON line per step (and per evaluation); draws loss.png from them."""
 
     def __init__(self, out_dir: Path, start_step: int):
-        self.path, self.png = out_dir / "log.jsonl", out_dir / "loss.png"
+        self.path, self.png = out_dir / RUN_LOG, out_dir / LOSS_PLOT
         self.records = []
         if start_step and self.path.exists():  # drop what a crashed run logged past the ckpt
             for line in self.path.read_text().splitlines():
@@ -326,6 +330,18 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
     elif callable(getattr(ds, "tokenizer", None)):  # the copy a ShardDataset keeps beside it
         with contextlib.suppress(OSError, ValueError):
             tokenizer = ds.tokenizer()
+    # -- the out_dir: new, empty or a training run's, before anything in it is read or written
+    # (a user's ckpt-* would be resumed from and pruned). Rank 0 looks; every rank stops on a
+    # refusal (one that went on alone would wait for the others forever).
+    refusal = None
+    if master:
+        try:
+            claim_out_dir(out_dir, [p] if (p := getattr(ds, "path", None)) is not None else [])
+        except OutputFolderError as e:
+            refusal = str(e)
+    refusal = _gather(refusal, world)[0]
+    if refusal is not None:
+        raise OutputFolderError(refusal)
     # -- where we start from
     # Rank 0 decides (the others may look before its last rename lands); out_dir must be on
     # a file system all ranks share.

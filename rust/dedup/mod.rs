@@ -23,6 +23,7 @@
 pub mod apply;
 pub mod exact;
 pub mod hash_forms;
+pub mod keys;
 pub mod lines;
 pub mod lsh;
 pub mod minhash;
@@ -143,6 +144,14 @@ impl Default for DedupConfig {
 }
 
 impl DedupConfig {
+    /// The settings from their JSON form (the Python layer's `DedupConfig`), checked.
+    pub fn from_json(json: &str) -> Result<Self> {
+        let c: DedupConfig = serde_json::from_str(json)
+            .map_err(|e| DedupError::Config(format!("invalid dedup configuration: {e}")))?;
+        c.validate()?;
+        Ok(c)
+    }
+
     /// Checks the values that would otherwise fail deep inside a run.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(DedupError::Config(m));

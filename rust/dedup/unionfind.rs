@@ -63,10 +63,31 @@ impl UnionFind {
     }
 }
 
+/// The clusters of the pairs `(a[i], b[i])`: every united document (ascending) and the root
+/// of each, the smallest document of its cluster.
+pub fn clusters(a: &[u64], b: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    let mut uf = UnionFind::new();
+    for (&x, &y) in a.iter().zip(b) {
+        uf.union(x, y);
+    }
+    let mut members: Vec<u64> = uf.members().collect();
+    members.sort_unstable();
+    let roots = members.iter().map(|&m| uf.find(m)).collect();
+    (members, roots)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn clusters_are_rooted_at_their_smallest_document() {
+        let (members, roots) = clusters(&[5, 9, 2, 7], &[9, 3, 8, 8]);
+        assert_eq!(members, vec![2, 3, 5, 7, 8, 9]);
+        assert_eq!(roots, vec![2, 3, 3, 2, 2, 3]);
+        assert_eq!(clusters(&[], &[]), (vec![], vec![]));
+    }
 
     #[test]
     fn roots_are_minimum() {

@@ -56,6 +56,20 @@ pub enum EotMode {
     Prepend,
 }
 
+impl std::str::FromStr for EotMode {
+    type Err = ShardError;
+
+    fn from_str(s: &str) -> Result<Self, ShardError> {
+        match s {
+            "append" => Ok(EotMode::Append),
+            "prepend" => Ok(EotMode::Prepend),
+            other => Err(ShardError::Settings(format!(
+                "eot must be 'append' or 'prepend', not {other:?}"
+            ))),
+        }
+    }
+}
+
 /// Which input documents go to the validation split; decided by a document's position in the
 /// input alone, so a rerun makes the same choice.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -287,6 +301,14 @@ fn is_inside(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eot_modes_parse_by_name() {
+        assert_eq!("append".parse::<EotMode>().unwrap(), EotMode::Append);
+        assert_eq!("prepend".parse::<EotMode>().unwrap(), EotMode::Prepend);
+        let e = "after".parse::<EotMode>().unwrap_err().to_string();
+        assert!(e.contains("'append' or 'prepend'"), "{e}");
+    }
 
     pub(crate) fn settings() -> Settings {
         Settings {

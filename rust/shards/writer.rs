@@ -18,6 +18,7 @@ use super::manifest::{
 use super::reader::Shard;
 use super::ShardError;
 use crate::bpe::{Encoder, Rank};
+use crate::fsio::{self, temp_path};
 use rustc_hash::FxHashSet;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -28,46 +29,13 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 /// Settings of an unfinished run, kept until the manifest replaces them.
 const PROGRESS_NAME: &str = ".gristmill-tokenize.json";
 
-/// The temporary name `path` is written under: hidden, in the same directory (so the rename
-/// is atomic), and fixed (so a rerun overwrites the leftovers of a killed run).
-pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
-}
-
-fn sync_dir(path: &Path) {
-    // Makes the rename itself durable. Not every platform can open a directory; the rename
-    // is still atomic without it, so failure here is not an error.
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-}
-
 fn commit(tmp: &Path, path: &Path) -> Result<(), ShardError> {
-    fs::rename(tmp, path).map_err(|e| ShardError::io(path, e))?;
-    sync_dir(path);
-    Ok(())
+    fsio::commit(tmp, path).map_err(|e| ShardError::io(path, e))
 }
 
-/// Writes `bytes` to `path` atomically: temporary name, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShardError> {
-    let tmp = temp_path(path);
-    let io = |e| ShardError::io(&tmp, e);
-    let mut f = File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    commit(&tmp, path)
+/// Writes `bytes` to `path` atomically (see `crate::fsio`).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShardError> {
+    fsio::write_atomic(path, bytes).map_err(|e| ShardError::io(path, e))
 }
 
 /// Bytes of a shard handed to the kernel before their writeback to disk is started, so the
