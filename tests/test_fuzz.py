@@ -21,19 +21,16 @@ import contextlib
 import faulthandler
 import gzip
 import json
-import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import zstandard
+from gristmill import Tokenizer, read_documents
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-
-from gristmill import InputFormatError, Tokenizer, read_documents
 
 FUZZ = hsettings.get_profile("fuzz")
 
@@ -131,9 +128,10 @@ def damage(data: bytes, changes: list, start: int = 0, end: int | None = None) -
 
 def _lines(integers, extremes: bool):
     """Lines of a JSON-lines file: records with ids and fields of every JSON type, junk, and
-    (``extremes``) nesting and integers past what Python's json takes."""
+    (``extremes``) nesting, integers past what Python's json takes, and Infinity."""
     value = st.recursive(
-        st.none() | st.booleans() | integers | st.floats(allow_nan=False) | st.text(max_size=12),
+        st.none() | st.booleans() | integers | st.floats(allow_nan=False, allow_infinity=extremes)
+        | st.text(max_size=12),
         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
         max_leaves=8,
     )
@@ -226,7 +224,8 @@ def _tokenized(path: Path, out: Path, tok: Tokenizer):
 def test_tokenize_reads_json_lines_as_prep_does(small_tokenizer, lines, zst):
     # The same file, two readers: prep's (Python) and tokenize's (the core). Both read it, with
     # the same documents, or both refuse it, naming it. Not compared: lines nested over ~990
-    # deep, which Python's json refuses (prep says so) and the core reads.
+    # deep, which Python's json refuses (prep says so) and the core reads; and the two known
+    # differences below.
     body = b"\n".join(lines)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / ("docs.jsonl.zst" if zst else "docs.jsonl")
@@ -246,6 +245,18 @@ def test_integer_ids_beyond_64_bits_read_alike(small_tokenizer, tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_bytes(b'{"text": "a", "id": 7777777777777777777777777777}\n')
     assert _tokenized(path, tmp_path / "ds", small_tokenizer) == _read(path) == [("7777777777777777777777777777", "a")]
+
+
+@pytest.mark.xfail(strict=True, reason="defect found by fuzzing, not fixed yet: Python's json "
+                   "reads NaN and Infinity (and prep's writer, documents.shard_bytes, writes them), "
+                   "the core's JSON-lines reader refuses them, so tokenize fails on prep's output")
+def test_prep_output_with_nan_is_read_by_tokenize(small_tokenizer, tmp_path):
+    from gristmill.documents import Document, shard_bytes
+
+    path = tmp_path / "docs-00000.jsonl"
+    path.write_bytes(shard_bytes([Document("a", "hello", {"score": float("nan")})], "jsonl"))
+    assert _read(path) == [("a", "hello")]
+    assert _tokenized(path, tmp_path / "ds", small_tokenizer) == [("a", "hello")]
 
 
 # ---- tokenizer files ------------------------------------------------------------------------
@@ -300,6 +311,19 @@ def small_tokenizer(tokenizer_files, tmp_path_factory) -> Tokenizer:
 def _use(tok: Tokenizer) -> None:
     text = "hello world <|endoftext|>"
     assert tok.decode(tok.encode(text, allowed_special="all")) == text
+
+
+def test_a_huge_rank_is_refused_not_allocated(tmp_path):
+    # A rank of 4000000000 once made the core ask for 64 GB and abort the interpreter.
+    import base64
+
+    from gristmill import TokenizerError
+
+    path = tmp_path / "x.tiktoken"
+    lines = [f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)]
+    path.write_text("".join(lines) + "IUE= 4000000000\n")
+    with watchdog(), pytest.raises(TokenizerError, match=f"{path}: .*4000000000"):
+        Tokenizer.load(path)
 
 
 # tokenizer_config.json joins these when the xfail below passes.
@@ -525,10 +549,9 @@ def test_checkpoint_config_values(checkpoints, tmp_path):
     """Every field of a model's config (in the weights' metadata, or a HF config.json) set to
     a value no run writes: loading refuses it, naming the file, before building a model of
     that size (the heap is capped at 512 MB beyond its size, so a model built first fails)."""
+    from gristmill import checkpoint
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
-
-    from gristmill import checkpoint
 
     failures = []
     for kind in ("bare", "hf"):
@@ -562,7 +585,8 @@ def test_the_watchdog_and_the_property_work(tmp_path):
     assert read_or_refuse(lambda: (_ for _ in ()).throw(ValueError(f"{tmp_path}: bad")), tmp_path) is None
     with pytest.raises(AssertionError, match="names none"):
         read_or_refuse(lambda: (_ for _ in ()).throw(ValueError("bad")), tmp_path)
-    with pytest.raises(KeyError):
+    with pytest.raises(AssertionError, match="not one line"):
+        read_or_refuse(lambda: (_ for _ in ()).throw(OSError(f"{tmp_path}: a\nb")), tmp_path)
+    with pytest.raises(KeyError):  # any other type fails the test
         read_or_refuse(lambda: {}["x"], tmp_path)
-    assert sys.modules["faulthandler"].is_enabled() in (True, False)
-    assert os.environ.get("GRISTMILL_FUZZ", "ci") in ("ci", "long") or os.environ["GRISTMILL_FUZZ"].isdigit()
+    assert damage(b"abcdef", [("delete", 0.5, 2), ("insert", 0.0, b"X"), ("truncate", 0.99, 0)]) == b"Xabc"

@@ -34,28 +34,13 @@ pub trait Record: Copy + Ord + Send + Sync + 'static {
     fn decode(buf: &[u8]) -> Self;
 }
 
-/// Writes a file atomically: to a temporary name in the same directory, flushed and fsynced,
-/// then renamed over `path`. A crash leaves either the old file or the new one, never half.
+/// Writes a file atomically (see `crate::fsio`): a crash leaves either the old file or the
+/// new one, never half.
 pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 ) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-        write(&mut w)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io_err(path))
+    crate::fsio::write_with(path, write).map_err(io_err(path))
 }
 
 /// Sorts `records` (in parallel) and writes them as a run file at `path`, atomically.

@@ -9,6 +9,7 @@ pub mod jsonl;
 pub mod manifest;
 pub mod reader;
 pub mod sampler;
+pub mod shard_file;
 pub mod tokenize;
 pub mod writer;
 

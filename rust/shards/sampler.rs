@@ -863,3 +863,83 @@ mod tests {
         assert!(e.contains("seq_len 5"), "{e}");
     }
 }
+
+/// Fuzzing the saved sampler state (issue 18): it comes from a checkpoint's `state.json` on
+/// resume, so a damaged or hand-edited one must load or be refused, and a loaded one must
+/// draw batches without a panic. `PROPTEST_CASES` sets the cases (see `crate::fuzz`).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::{apply, config, edits};
+    use crate::shards::manifest::EotMode;
+    use crate::shards::reader::{tests::build, Dataset};
+    use proptest::prelude::*;
+
+    fn dataset(shard_size: u64) -> (tempfile::TempDir, Arc<Split>) {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path(), 60, shard_size, EotMode::Append);
+        let split = Dataset::open(dir.path()).unwrap().split("train").unwrap().clone();
+        (dir, split)
+    }
+
+    fn sampler(split: &Arc<Split>, mode: Mode, packing: bool) -> Sampler {
+        let cfg = SamplerConfig {
+            batch_size: 2,
+            seq_len: 8,
+            stride: 8,
+            mode,
+            seed: 7,
+            rank: 0,
+            world_size: 1,
+            packing,
+            pad: 256,
+        };
+        Sampler::new(split.clone(), cfg).unwrap()
+    }
+
+    fn draw(s: &mut Sampler) {
+        let mut out = vec![0u16; (s.cfg.batch_size * s.row_len()) as usize];
+        for _ in 0..3 {
+            let _ = s.next_into(&mut out);
+            let _ = s.skip();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(64))]
+
+        /// The position fields set to any value, near the valid ones or not.
+        #[test]
+        fn any_position_loads_or_is_refused(
+            sequential in any::<bool>(),
+            packing in any::<bool>(),
+            fields in prop::collection::vec(prop_oneof![0..400u64, any::<u64>()], 5),
+        ) {
+            let (_dir, split) = dataset(100);
+            let mode = if sequential { Mode::Sequential } else { Mode::Random };
+            let mut s = sampler(&split, mode, packing);
+            let mut state: serde_json::Value = serde_json::from_str(&s.state_json()).unwrap();
+            for (name, v) in ["epoch", "shard", "cursor", "offset", "batches"].iter().zip(&fields) {
+                state[name] = (*v).into();
+            }
+            if s.load_state_json(&state.to_string()).is_ok() {
+                draw(&mut s);
+            }
+        }
+
+        #[test]
+        fn damaged_states_load_or_are_refused(sequential in any::<bool>(), packing in any::<bool>(), e in edits()) {
+            let (_dir, split) = dataset(100);
+            let mode = if sequential { Mode::Sequential } else { Mode::Random };
+            let mut s = sampler(&split, mode, packing);
+            draw(&mut s);
+            let damaged = apply(s.state_json().as_bytes(), &e);
+            let mut fresh = sampler(&split, mode, packing);
+            if let Ok(text) = std::str::from_utf8(&damaged) {
+                if fresh.load_state_json(text).is_ok() {
+                    draw(&mut fresh);
+                }
+            }
+        }
+    }
+}
