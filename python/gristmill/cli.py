@@ -308,7 +308,7 @@ def _add_dedup(sub) -> None:
         "--threshold", type=float, default=None,
         help="also require this Jaccard similarity (estimated from signatures) for a merge",
     )
-    p.add_argument("--memory-limit", default=D.memory_limit, help="index memory before spilling to disk")
+    p.add_argument("--memory-limit", default=D.memory_limit, help="working memory of every pass; peak RSS is about this + 64 MB")
     p.add_argument("--work-dir", default=None, help="indexes and checkpoints (default DIR/.dedup-work)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the output of a run with another configuration (only dedup's own files)")
