@@ -410,6 +410,39 @@ def test_damaged_datasets(dataset, which, changes):
         got = read_or_refuse(lambda: _read_dataset(copy), copy)
         if name.endswith((".bin", ".idx")) and after != before:
             assert got is None, f"{name} damaged, yet the dataset opened and verified"
+        if name.endswith(".bin"):  # alone, as llm.c's shards are read
+            from gristmill.shards import open_shard
+
+            read_or_refuse(lambda: open_shard(copy / name).sum(), copy / name)
+
+
+_POSITION = st.one_of(st.integers(0, 300), st.integers(0, 2**64 - 1))
+
+
+@FUZZ
+@given(mode=st.sampled_from(["random", "sequential"]), packing=st.booleans(),
+       position=st.fixed_dictionaries({k: _POSITION for k in ("epoch", "shard", "cursor", "offset", "batches")}),
+       changes=st.none() | edits)
+def test_damaged_sampler_states(dataset, mode, packing, position, changes):
+    # A checkpoint's state.json hands the core its samplers' positions on resume: any position,
+    # or a damaged state, loads (and draws batches) or is a ValueError, never a panic.
+    from gristmill import ShardDataset
+
+    ds = ShardDataset(dataset)
+    make = lambda: ds.sampler(batch_size=2, seq_len=8, mode=mode, packing=packing)  # noqa: E731
+    state = make().state_dict()
+    if changes is None:
+        state = {**state, **position}
+    else:
+        try:
+            state = json.loads(damage(json.dumps(state).encode(), changes))
+        except ValueError:
+            return  # not JSON: the checkpoint's reader refuses it, naming state.json
+    sampler = make()
+    read_or_refuse(lambda: sampler.load_state_dict(state), "")  # the trainer names the file
+    with watchdog():
+        for _ in range(3):
+            sampler.next_batch()
 
 
 # ---- configs --------------------------------------------------------------------------------

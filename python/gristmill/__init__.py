@@ -14,7 +14,7 @@ from gristmill.documents import Document, InputFormatError, read_documents
 from gristmill.outputs import OutputFolderError
 from gristmill.prep import PrepConfig, prep
 from gristmill.shards import BatchSampler, ShardDataset, ShardFormatError, write_shards
-from gristmill.tokenizer import Tokenizer, split_pieces
+from gristmill.tokenizer import Tokenizer, UnknownTokenError, split_pieces
 
 __version__ = "0.1.0"
 
@@ -62,6 +62,7 @@ __all__ = [
     "Tokenizer",
     "TokenizerError",
     "TrainConfig",
+    "UnknownTokenError",
     "__version__",
     "dedup",
     "generate",

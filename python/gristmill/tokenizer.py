@@ -40,6 +40,35 @@ _BUILTIN = {
     "r50k_base": ("gpt2.tiktoken", "gpt2", {ENDOFTEXT: 50256}),
 }
 
+#: Where :meth:`Tokenizer.from_name` looks for the rank files it does not ship.
+TIKTOKEN_DIR_ENV = "GRISTMILL_TIKTOKEN_DIR"
+_OPENAI_URL = "https://openaipublic.blob.core.windows.net/encodings/"
+_OPENAI = {
+    # name: (pattern, special tokens, mergeable tokens in the file, sha256 of the file), as in
+    # tiktoken_ext/openai_public.py. Too big to ship: the user points at the files.
+    "cl100k_base": (
+        "cl100k",
+        {ENDOFTEXT: 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259,
+         "<|fim_suffix|>": 100260, "<|endofprompt|>": 100276},
+        100256,
+        "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+    ),
+    "o200k_base": (
+        "o200k",
+        {ENDOFTEXT: 199999, "<|endofprompt|>": 200018},
+        199998,
+        "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+    ),
+}
+
+
+class UnknownTokenError(KeyError, TokenizerError):
+    """A token id that is not in the vocabulary: a ``KeyError`` as tiktoken raises, and a
+    :class:`TokenizerError` as the rest of gristmill does."""
+
+    def __str__(self) -> str:  # KeyError would show the repr of the message
+        return str(self.args[0]) if self.args else ""
+
 
 def _with_valid_text(fn):
     """Retries a call whose text argument(s) held lone surrogates, after replacing them."""
@@ -76,22 +105,72 @@ class Tokenizer:
     ValueError: Encountered text corresponding to disallowed special token '<|endoftext|>'...
     """
 
-    def __init__(self, core: "_core.CoreBPE", name: str = "custom"):
+    def __init__(
+        self,
+        core: Union["_core.CoreBPE", str, None] = None,
+        name: Optional[str] = None,
+        *,
+        pat_str: Optional[str] = None,
+        mergeable_ranks: Optional[dict[bytes, int]] = None,
+        special_tokens: Optional[dict[str, int]] = None,
+        explicit_n_vocab: Optional[int] = None,
+    ):
+        """From a core encoder, or as ``tiktoken.Encoding(name, pat_str=..., mergeable_ranks=...,
+        special_tokens=..., explicit_n_vocab=...)`` takes it. A ``pat_str`` equal to tiktoken's
+        gpt2, cl100k_base or o200k_base regex gets the fast hand-written pre-tokenizer.
+
+        Raises:
+            TokenizerError: a bad vocabulary or pattern, or ``explicit_n_vocab`` that does not
+                match (tiktoken asserts).
+        """
+        if isinstance(core, str):  # tiktoken's order: the name comes first
+            core, name = None, core
+        if core is None:
+            if pat_str is None or mergeable_ranks is None:
+                raise TypeError(
+                    "Tokenizer(name, pat_str=..., mergeable_ranks=..., special_tokens=...) needs "
+                    "pat_str and mergeable_ranks, as tiktoken.Encoding does"
+                )
+            specials = dict(special_tokens or {})
+            core = _core.CoreBPE(mergeable_ranks, specials, pat_str)
+            if explicit_n_vocab and (
+                len(mergeable_ranks) + len(specials) != explicit_n_vocab
+                or core.n_vocab != explicit_n_vocab
+            ):
+                raise TokenizerError(
+                    f"explicit_n_vocab is {explicit_n_vocab} but the vocabulary has "
+                    f"{len(mergeable_ranks)} mergeable + {len(specials)} special tokens and "
+                    f"largest id {core.n_vocab - 1}"
+                )
+            # Kept as given, as tiktoken keeps it (no copy of a large dict).
+            self.__dict__["_mergeable_ranks"] = mergeable_ranks
+        elif pat_str is not None or mergeable_ranks is not None or special_tokens is not None:
+            raise TypeError("give either a core encoder or tiktoken's keyword arguments, not both")
         self._core = core
-        self.name = name
+        self.name = "custom" if name is None else name
         self._special_tokens = dict(core.special_tokens())
 
     # ---- construction ---------------------------------------------------------------------
 
     @classmethod
-    def from_name(cls, name: str) -> "Tokenizer":
-        """A built-in tokenizer, available offline: ``gpt2`` (alias ``r50k_base``).
+    def from_name(cls, name: str, path: Optional[PathLike] = None) -> "Tokenizer":
+        """A tokenizer by its tiktoken name: ``gpt2`` (alias ``r50k_base``) ships with gristmill;
+        ``cl100k_base`` and ``o200k_base`` read their rank file (``<name>.tiktoken``, as tiktoken
+        downloads it) from ``path`` (the file or its folder), else from the folder
+        ``$GRISTMILL_TIKTOKEN_DIR`` names, else from tiktoken's own cache.
 
         Raises:
-            ValueError: for an unknown name.
+            TokenizerError: an unknown name, or a rank file that is not found (saying where to
+                put it) or damaged.
         """
+        if name in _OPENAI:
+            pattern, specials, _, _ = _OPENAI[name]
+            ranks = _openai_ranks_file(name, path)
+            with _naming(ranks):
+                core = _core.CoreBPE.from_tiktoken_file(os.fspath(ranks), specials, pattern)
+            return cls(core, name)
         if name not in _BUILTIN:
-            raise ValueError(f"unknown tokenizer {name!r}; built in: {sorted(_BUILTIN)}")
+            raise TokenizerError(f"unknown tokenizer {name!r}; known: {', '.join(_known_names())}")
         filename, pattern, specials = _BUILTIN[name]
         text = resources.files("gristmill").joinpath("data", filename).read_text("utf-8")
         core = _core.CoreBPE.from_tiktoken_text(text, specials, pattern, f"gristmill/data/{filename}")
@@ -103,20 +182,32 @@ class Tokenizer:
     def from_tiktoken_file(
         cls,
         path: PathLike,
-        pattern: str = "gpt2",
+        pattern: Optional[str] = None,
         special_tokens: Optional[dict[str, int]] = None,
     ) -> "Tokenizer":
         """Loads a tiktoken rank file (``base64(token) rank`` per line).
 
         Args:
             path: the ``.tiktoken`` file.
-            pattern: the pre-tokenizer: ``gpt2``, ``cl100k``, ``o200k`` or any regex.
-            special_tokens: ``{text: id}``; by default ``<|endoftext|>`` gets the next free id.
+            pattern: the pre-tokenizer: ``gpt2``, ``cl100k``, ``o200k`` or any regex; by default
+                tiktoken's for a file named ``cl100k_base`` / ``o200k_base``, else ``gpt2``.
+            special_tokens: ``{text: id}``; by default tiktoken's for those two files, else
+                ``<|endoftext|>`` with the next free id.
 
         Raises:
             FileNotFoundError, TokenizerError: naming the file and line at fault.
         """
+        known = _OPENAI.get(Path(path).stem)
+        if pattern is None:
+            pattern = known[0] if known else "gpt2"
         with _naming(path):
+            if known and special_tokens is None:
+                try:
+                    core = _core.CoreBPE.from_tiktoken_file(os.fspath(path), known[1], pattern)
+                except TokenizerError:
+                    core = None  # another file so named: read below as any file, errors and all
+                if core is not None and core.n_mergeable == known[2]:
+                    return cls(core, Path(path).stem)
             core = _core.CoreBPE.from_tiktoken_file(os.fspath(path), special_tokens or {}, pattern)
             if special_tokens is None:
                 core = _core.CoreBPE.from_tiktoken_file(
@@ -264,16 +355,16 @@ class Tokenizer:
         path = Path(spec)
         if path.exists():
             return cls.load(path)
-        if isinstance(spec, str) and spec in _BUILTIN:
+        if isinstance(spec, str) and (spec in _BUILTIN or spec in _OPENAI):
             return cls.from_name(spec)
         if isinstance(spec, str) and not _looks_like_path(spec):
             raise TokenizerError(
-                f"unknown tokenizer {spec!r}; give a built-in name ({', '.join(sorted(_BUILTIN))}) "
+                f"unknown tokenizer {spec!r}; give a known name ({', '.join(_known_names())}) "
                 "or the path of a tokenizer folder, .tiktoken or tokenizer.json file"
             )
         raise TokenizerError(
             f"{spec}: no such tokenizer file or folder; give the path of a tokenizer folder, "
-            f".tiktoken or tokenizer.json file, or a built-in name ({', '.join(sorted(_BUILTIN))})"
+            f".tiktoken or tokenizer.json file, or a known name ({', '.join(_known_names())})"
         )
 
     # ---- saving ---------------------------------------------------------------------------
@@ -344,6 +435,20 @@ class Tokenizer:
     def pattern(self) -> str:
         """The pre-tokenizer regex."""
         return self._core.pattern
+
+    @property
+    def _pat_str(self) -> str:
+        # tiktoken's name for it, documented in its README for extending an encoding.
+        return self._core.pattern
+
+    @functools.cached_property
+    def _mergeable_ranks(self) -> dict[bytes, int]:
+        # tiktoken's attribute; built once (a dict of the whole vocabulary).
+        return self._core.mergeable_ranks()
+
+    def is_special_token(self, token: int) -> bool:
+        """Whether ``token`` is the id of a special token."""
+        return token in self._special_tokens.values()
 
     @property
     def eot_token(self) -> int:
@@ -425,6 +530,19 @@ class Tokenizer:
         return self._core.encode(text, allowed)
 
     @_with_valid_text
+    def encode_to_numpy(
+        self,
+        text: str,
+        *,
+        allowed_special: Union[Literal["all"], AbstractSet[str]] = frozenset(),
+        disallowed_special: Union[Literal["all"], Collection[str]] = "all",
+    ) -> np.ndarray:
+        """:meth:`encode` as a uint32 array, as tiktoken returns it."""
+        allowed = self._allowed_ids(text, allowed_special, disallowed_special)
+        tokens, _ = self._core.encode_batch_numpy([text], allowed, None, False)
+        return tokens.astype(np.uint32, copy=False)
+
+    @_with_valid_text
     def encode_ordinary(self, text: str) -> list[int]:
         """Encodes ``text`` with special tokens treated as ordinary text."""
         return self._core.encode_ordinary(text)
@@ -503,13 +621,16 @@ class Tokenizer:
         """The bytes of ``tokens``.
 
         Raises:
-            TokenizerError: for an id that is not in the vocabulary.
+            UnknownTokenError: (a ``KeyError`` and a ``TokenizerError``) for an id that is not
+                in the vocabulary.
         """
         ids = _as_id_list(tokens)
         try:
             return self._core.decode_bytes(ids)
         except OverflowError:  # an id below 0 or above u32: the core never sees it
             raise _unknown_id(next(i for i in ids if not 0 <= int(i) < 2**32)) from None
+        except TokenizerError as e:  # decoding fails only on an unknown id
+            raise UnknownTokenError(str(e)) from None
 
     def decode(self, tokens: Sequence[int], errors: str = "replace") -> str:
         """The text of ``tokens``; invalid UTF-8 is replaced with U+FFFD by default."""
@@ -520,30 +641,116 @@ class Tokenizer:
         token = int(token)
         if not 0 <= token < 2**32:
             raise _unknown_id(token)
-        return self._core.token_bytes(token)
+        try:
+            return self._core.token_bytes(token)
+        except TokenizerError as e:
+            raise UnknownTokenError(str(e)) from None
 
     def decode_tokens_bytes(self, tokens: Sequence[int]) -> list[bytes]:
         """The bytes of each token."""
         return [self.decode_single_token_bytes(t) for t in tokens]
 
+    def decode_with_offsets(self, tokens: Sequence[int]) -> tuple[str, list[int]]:
+        """The text of ``tokens`` and, for each token, the index in that text of the first
+        character holding any of its bytes (as tiktoken computes it).
+
+        Raises:
+            UnicodeDecodeError: the tokens do not decode to valid UTF-8 (as in tiktoken).
+        """
+        token_bytes = self.decode_tokens_bytes(tokens)
+        offsets, chars = [], 0
+        for b in token_bytes:
+            # A token starting with a continuation byte belongs to the character before it.
+            offsets.append(max(0, chars - (bool(b) and 0x80 <= b[0] < 0xC0)))
+            chars += sum(1 for c in b if not 0x80 <= c < 0xC0)
+        return b"".join(token_bytes).decode("utf-8", errors="strict"), offsets
+
+    def decode_batch(
+        self, batch: Sequence[Sequence[int]], *, errors: str = "replace", num_threads: int = 8
+    ) -> list[str]:
+        """:meth:`decode` of each token list (``num_threads`` is accepted for tiktoken)."""
+        return [self.decode(tokens, errors=errors) for tokens in batch]
+
+    def decode_bytes_batch(
+        self, batch: Sequence[Sequence[int]], *, num_threads: int = 8
+    ) -> list[bytes]:
+        """:meth:`decode_bytes` of each token list (``num_threads`` is accepted for tiktoken)."""
+        return [self.decode_bytes(tokens) for tokens in batch]
+
     def encode_single_token(self, text_or_bytes: Union[str, bytes]) -> int:
-        """The id of a single token given as text or bytes.
+        """The id of a single token given as text or bytes, special tokens included.
 
         Raises:
             KeyError: if it is not one token.
         """
         if isinstance(text_or_bytes, str):
-            if text_or_bytes in self._special_tokens:
-                return self._special_tokens[text_or_bytes]
             text_or_bytes = text_or_bytes.encode("utf-8")
-        rank = self._core.token_id(bytes(text_or_bytes))
-        if rank is None:
-            raise KeyError(text_or_bytes)
-        return rank
+        text_or_bytes = bytes(text_or_bytes)
+        rank = self._core.token_id(text_or_bytes)
+        if rank is not None:
+            return rank
+        try:
+            return self._special_tokens[text_or_bytes.decode("utf-8")]
+        except (UnicodeDecodeError, KeyError):
+            raise KeyError(text_or_bytes) from None
+
+    # ---- tiktoken's private encoders (its test suite and some users call them) ---------------
+
+    def _encode_single_piece(self, text_or_bytes: Union[str, bytes]) -> list[int]:
+        """BPE of bytes without the pre-tokenizer split; special tokens are not looked for."""
+        if isinstance(text_or_bytes, str):
+            text_or_bytes = text_or_bytes.encode("utf-8")
+        return self._byte_pair_encode(bytes(text_or_bytes))
+
+    def _encode_bytes(self, text: bytes) -> list[int]:
+        """Encodes bytes that may not be valid UTF-8, as tiktoken does: the valid prefix as
+        text, then its last piece (widened over trailing whitespace tokens) joined with the
+        rest of the bytes as one BPE piece. ``decode_bytes`` gives the bytes back."""
+        text = bytes(text)
+        try:
+            return self._core.encode_ordinary(text.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            valid = e.start
+        prefix = text[:valid].decode("utf-8")
+        tokens = self._core.encode_ordinary(prefix)
+        pieces = _core.split_pieces(prefix, self.pattern) if prefix else []
+        last = len(self._byte_pair_encode(pieces[-1].encode("utf-8"))) if pieces else 0
+        # tiktoken's widening: whitespace pieces can merge across a split that disappears.
+        space = lambda t: _all_space(self.decode_single_token_bytes(t))  # noqa: E731
+        if last and space(tokens[-last]):
+            while last < len(tokens) and space(tokens[-last - 1]):
+                last += 1
+        if tokens and last:
+            unstable = self.decode_bytes(tokens[-last:]) + text[valid:]
+            del tokens[-last:]
+        else:
+            unstable = text[valid:]
+        return tokens + self._byte_pair_encode(unstable)
+
+    def _byte_pair_encode(self, piece: bytes) -> list[int]:
+        # Plain BPE in Python for the rare pieces the core cannot be handed (not UTF-8):
+        # the lowest-ranked adjacent pair merges first, as in tiktoken.
+        ranks = self._mergeable_ranks
+        if not piece:
+            return []
+        if piece in ranks:
+            return [ranks[piece]]
+        parts = [piece[i : i + 1] for i in range(len(piece))]
+        while len(parts) > 1:
+            best, at = None, -1
+            for i in range(len(parts) - 1):
+                r = ranks.get(parts[i] + parts[i + 1])
+                if r is not None and (best is None or r < best):
+                    best, at = r, i
+            if best is None:
+                break
+            parts[at : at + 2] = [parts[at] + parts[at + 1]]
+        return [ranks[p] for p in parts]
 
     def token_byte_values(self) -> list[bytes]:
-        """The bytes of every mergeable token, in rank order."""
-        return [b for b, _ in sorted(self._core.mergeable_ranks().items(), key=lambda kv: kv[1])]
+        """The bytes of every mergeable token, sorted by their bytes as tiktoken returns them
+        (rank order is ``sorted(self._mergeable_ranks, key=self._mergeable_ranks.get)``)."""
+        return sorted(self._mergeable_ranks)
 
     def mergeable_ranks(self) -> dict[bytes, int]:
         return self._core.mergeable_ranks()
@@ -605,9 +812,64 @@ def _naming(path: PathLike):
         raise TokenizerError(f"{os.fspath(path)}: {e}") from None
 
 
-def _unknown_id(token: int) -> TokenizerError:
+def _unknown_id(token: int) -> UnknownTokenError:
     # The core's wording, for ids it cannot even be given.
-    return TokenizerError(f"token id {token} is not in the vocabulary")
+    return UnknownTokenError(f"token id {token} is not in the vocabulary")
+
+
+def _all_space(token: bytes) -> bool:
+    return all(c in b" \n\t" for c in token)
+
+
+def _known_names() -> list[str]:
+    return sorted({*_BUILTIN, *_OPENAI})
+
+
+def _openai_ranks_file(name: str, path: Optional[PathLike]) -> Path:
+    """The rank file of ``name`` (in :data:`_OPENAI`): ``path`` (the file or its folder), else
+    ``$GRISTMILL_TIKTOKEN_DIR/<name>.tiktoken``, else tiktoken's cached download."""
+    filename = f"{name}.tiktoken"
+    if path is not None:
+        found = Path(path) / filename if Path(path).is_dir() else Path(path)
+        if not found.is_file():
+            raise TokenizerError(
+                f"{found}: no such file; {name} needs its rank file {filename} "
+                f"(from {_OPENAI_URL}{filename})"
+            )
+        return found
+    folder = os.environ.get(TIKTOKEN_DIR_ENV)
+    if folder and (Path(folder) / filename).is_file():
+        return Path(folder) / filename
+    cached = _tiktoken_cached(name)
+    if cached is not None:
+        return cached
+    where = f"{folder} holds no {filename}" if folder else f"${TIKTOKEN_DIR_ENV} is not set"
+    raise TokenizerError(
+        f"{name}: rank file not found ({where}); download {_OPENAI_URL}{filename} into a folder "
+        f"and set {TIKTOKEN_DIR_ENV} to it, or pass its path"
+    )
+
+
+def _tiktoken_cached(name: str) -> Optional[Path]:
+    """tiktoken's own download of ``name``'s rank file, if it is there and intact."""
+    import hashlib
+    import tempfile
+
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        cache = os.environ["TIKTOKEN_CACHE_DIR"]
+    elif "DATA_GYM_CACHE_DIR" in os.environ:
+        cache = os.environ["DATA_GYM_CACHE_DIR"]
+    else:
+        cache = os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    if not cache:
+        return None
+    url = f"{_OPENAI_URL}{name}.tiktoken"
+    path = Path(cache) / hashlib.sha1(url.encode()).hexdigest()
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return path if hashlib.sha256(data).hexdigest() == _OPENAI[name][3] else None
 
 
 def _looks_like_path(spec: str) -> bool:

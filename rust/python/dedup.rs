@@ -212,13 +212,6 @@ fn lsh_collision_probability(s: f64, bands: usize, rows: usize) -> f64 {
     dedup::lsh::collision_probability(s, bands, rows)
 }
 
-/// The exact-dedup hash of `text`.
-#[pyfunction]
-#[pyo3(signature = (text, bits = 128))]
-fn exact_hash(text: &str, bits: u32) -> u128 {
-    dedup::exact::doc_hash(text, bits)
-}
-
 /// The dedup keys of each text, for engines that group by them (Ray): the exact hash as
 /// `(n, 2)` uint64 `[hi, lo]`, the LSH band keys as `(n, 2 * bands)` uint64 `[hi, lo]` per
 /// band, and whether the text has a MinHash signature (a text with fewer words than one
@@ -269,7 +262,6 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(shingle_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(dedup_words, m)?)?;
     m.add_function(wrap_pyfunction!(lsh_collision_probability, m)?)?;
-    m.add_function(wrap_pyfunction!(exact_hash, m)?)?;
     m.add_function(wrap_pyfunction!(dedup_hash_keys, m)?)?;
     m.add_function(wrap_pyfunction!(dedup_union_find, m)?)?;
     Ok(())

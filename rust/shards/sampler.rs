@@ -658,21 +658,40 @@ impl Sampler {
                 "the saved sampler state has {name} {theirs}, this sampler has {ours}{why}"
             )));
         }
-        let st = &saved.state;
-        let in_range = if self.cfg.packing {
-            st.cursor <= self.split.num_docs()
-        } else if self.cfg.mode == Mode::Sequential {
-            (st.shard as usize) < self.split.shards().len()
-        } else {
-            st.cursor <= self.num_windows()
-        };
-        if !in_range {
+        // Checked in place (the epoch picks the order), put back if outside the split.
+        let previous = std::mem::replace(&mut self.state, saved.state);
+        let in_range = self.position_in_range();
+        if !matches!(in_range, Ok(true)) {
+            let st = std::mem::replace(&mut self.state, previous);
+            in_range?;
             return Err(ShardError::Settings(format!(
                 "the saved sampler state {st:?} is outside this split"
             )));
         }
-        self.state = saved.state;
         Ok(())
+    }
+
+    /// Whether `state` is a position a run could reach: a window or document of this split (and,
+    /// packing, an offset inside that document), counters that cannot overflow as they advance.
+    fn position_in_range(&self) -> Result<bool, ShardError> {
+        let st = &self.state;
+        let n_docs = self.split.num_docs();
+        let in_range = if self.cfg.packing {
+            if st.cursor < n_docs {
+                let perm = (self.cfg.mode == Mode::Random).then(|| self.permutation(n_docs));
+                let d = perm.map_or(st.cursor, |p| p.apply(st.cursor));
+                let (start, end) = self.split.doc_range(d)?;
+                st.offset < end - start
+            } else {
+                st.cursor == n_docs && st.offset == 0
+            }
+        } else if self.cfg.mode == Mode::Sequential {
+            let shard = st.shard as usize;
+            shard < self.split.shards().len() && st.cursor <= self.shard_windows(shard)
+        } else {
+            st.cursor <= self.num_windows()
+        };
+        Ok(in_range && st.epoch < 1 << 48 && st.batches < 1 << 48)
     }
 }
 
@@ -878,7 +897,8 @@ mod fuzz {
     fn dataset(shard_size: u64) -> (tempfile::TempDir, Arc<Split>) {
         let dir = tempfile::tempdir().unwrap();
         build(dir.path(), 60, shard_size, EotMode::Append);
-        let split = Dataset::open(dir.path()).unwrap().split("train").unwrap().clone();
+        let ds = Dataset::open(dir.path()).unwrap();
+        let split = ds.split("train").unwrap().clone();
         (dir, split)
     }
 
