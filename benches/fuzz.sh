@@ -4,8 +4,8 @@
 #         indexes, manifests, datasets, JSON lines, zstd), PROPTEST_CASES per property;
 #   Python: tests/test_fuzz.py (the same files through the public API, plus configs and
 #         checkpoints), GRISTMILL_FUZZ examples per test.
-# Usage: benches/fuzz.sh [CASES]   (default 10000 Rust cases, 3000 Python examples; about an
-# hour on 2 cores). A failure prints the smallest input found; proptest also saves it under
+# Usage: benches/fuzz.sh [CASES]   (default 10000 Rust cases, 3000 Python examples; about
+# 20 minutes on 2 cores). A failure prints the smallest input found; proptest also saves it under
 # proptest-regressions/ and hypothesis under .hypothesis/, so a rerun tries it first.
 set -euo pipefail
 cd "$(dirname "$0")/.."

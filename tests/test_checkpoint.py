@@ -233,6 +233,53 @@ def test_hf_folder_loads_and_damaged_is_one_line(tmp_path, fmt, capsys):
     assert str(weights) in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind", ["bare", "hf"])
+@pytest.mark.parametrize("field,value", [("n_layer", 10**9), ("n_embd", 1 << 20), ("block_size", 10**9),
+                                         ("vocab_size", 10**9), ("n_head", 0), ("n_layer", 1.5),
+                                         ("dropout", "x")])
+def test_config_values_are_refused_before_building(tmp_path, monkeypatch, kind, field, value):
+    """A config's bad or huge values (in the weights' metadata, or a HF config.json) are one
+    line naming the config's file, checked against the tensors' shapes before a model of that
+    size is built."""
+    import gristmill.checkpoint as ckpt
+    from gristmill.model import GPT, GPTConfig
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    model = GPT(GPTConfig.from_preset("tiny", vocab_size=96, n_layer=1, block_size=32))
+    weights = tmp_path / "model.safetensors"
+    hf_names = {"block_size": "n_positions"}
+    if kind == "bare":
+        ckpt.save_weights(model, weights)
+        with safe_open(str(weights), "pt") as f:
+            meta = f.metadata()
+        config = {**json.loads(meta["gristmill_config"]), field: value}
+        save_file(load_file(str(weights)), str(weights),
+                  metadata={**meta, "gristmill_config": json.dumps(config)})
+        named = weights
+    else:
+        ckpt.save_hf(model, tmp_path)
+        named = tmp_path / "config.json"
+        if field == "dropout":
+            field = "resid_pdrop"  # not read: a HF dropout is not this GPT's concern
+            value = 0.1
+        named.write_text(json.dumps({**json.loads(named.read_text()),
+                                     hf_names.get(field, field): value}))
+
+    def no_model(*a, **k):
+        raise AssertionError("built a model before checking the config")
+
+    monkeypatch.setattr(ckpt, "GPT", no_model)
+    if field == "resid_pdrop":
+        with pytest.raises(AssertionError, match="built a model"):
+            load_model(tmp_path)  # a valid config reaches the build
+        return
+    with pytest.raises(CheckpointError) as e:
+        load_model(tmp_path)
+    msg = _one_line_naming(e.value, named)
+    assert hf_names.get(field, field) in msg or field in msg, msg
+
+
 # ---- fuzzing: any damage to any file is a CheckpointError or loads, never another error -----
 
 

@@ -98,6 +98,24 @@ def test_config_is_checked():
         GPTConfig(n_embd=100, n_head=3)
 
 
+@pytest.mark.parametrize("field,value", [
+    ("n_head", 0), ("n_layer", -1), ("n_layer", 1.5), ("block_size", True), ("vocab_size", "x"),
+    ("n_embd", None), ("vocab_multiple", []), ("dropout", -0.1), ("dropout", 1.0),
+    ("dropout", float("nan")), ("dropout", "x"), ("dropout", None), ("dropout", True),
+    ("bias", 1), ("bias", None), ("n_head", 10**9)])
+def test_config_values_are_checked(field, value):
+    # A wrong type or range is a ValueError naming the field, never a TypeError or
+    # ZeroDivisionError from deep inside the model.
+    with pytest.raises(ValueError, match=field) as e:
+        GPTConfig.from_dict({"n_layer": 2, "n_head": 2, "n_embd": 64, field: value})
+    assert "\n" not in str(e.value)
+    # what configs and CLIs write is still fine: an integer dropout, numpy sizes
+    import numpy as np
+
+    cfg = GPTConfig(n_layer=np.int64(2), n_head=2, n_embd=64, dropout=0)
+    assert type(cfg.n_layer) is int and cfg.dropout == 0.0 and type(cfg.dropout) is float
+
+
 def test_gpt2_init_and_weight_tying():
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=64, vocab_size=1000, n_layer=8, n_head=4, n_embd=256)

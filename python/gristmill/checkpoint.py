@@ -328,6 +328,51 @@ def _torch_load(path: Path, fix: str, device="cpu"):
     raise CheckpointError(f"{path}: not a readable torch file ({why}); {fix}")
 
 
+_LAYER = re.compile(r"transformer\.h\.(\d+)\.")
+
+
+def _safetensors_shapes(path: Path, fix: str) -> dict[str, tuple]:
+    """The tensors' names (wrappers' prefixes stripped) and shapes, from the header alone."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)}); "
+                              f"{fix}") from None
+    return clean_state_dict(shapes)
+
+
+def _check_shapes(config: GPTConfig, shapes: dict, config_file: Path, weights: Path, fix: str,
+                  hf: bool = False) -> None:
+    """The config against the tensors' shapes, before a model of the config's size is built:
+    sizes are free to write in a config, so a huge one over small weights must be refused
+    without allocating it. What this leaves (n_head, biases) cannot make the model bigger
+    than its weights, and the state dict load checks it."""
+    c = config
+    held = "its tensors" if config_file == weights else str(weights)
+    if hf:  # HF names, and its vocab is not padded
+        wte_fields, wte = f"vocab_size={c.vocab_size}", c.vocab_size
+        wpe_fields = f"n_positions={c.block_size}"
+    else:
+        wte_fields, wte = (f"vocab_size={c.vocab_size}, vocab_multiple={c.vocab_multiple}",
+                           c.padded_vocab_size)
+        wpe_fields = f"block_size={c.block_size}"
+    for name, fields, want in (("transformer.wte.weight", wte_fields, (wte, c.n_embd)),
+                               ("transformer.wpe.weight", wpe_fields, (c.block_size, c.n_embd))):
+        got = shapes.get(name)
+        if got is None:
+            raise CheckpointError(f"{weights}: no {name} tensor; {fix}")
+        if tuple(got) != want:
+            raise CheckpointError(f"{config_file}: {fields}, n_embd={c.n_embd} need {name} of "
+                                  f"shape {want}, but {held} hold {tuple(got)}; {fix}")
+    layers = {int(m.group(1)) for k in shapes if (m := _LAYER.match(k))}
+    if len(layers) != c.n_layer:
+        raise CheckpointError(f"{config_file}: n_layer={c.n_layer}, but {held} hold "
+                              f"{len(layers)} layers; {fix}")
+
+
 def _into_model(model: GPT, sd: dict, path: Path, fix: str) -> GPT:
     try:
         model.load_state_dict(sd)
@@ -356,6 +401,7 @@ def _load_weights(path: Path, fix: str, checked: bool, overrides: dict) -> GPT:
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: bad gristmill_config in its metadata "
                               f"({_first_line(e)}); {fix}") from None
+    _check_shapes(config, _safetensors_shapes(path, fix), path, path, fix)
     sd = clean_state_dict(_read_safetensors(path, fix))
     if "transformer.wte.weight" not in sd:
         raise CheckpointError(f"{path}: no transformer.wte.weight tensor; {fix}")
@@ -406,12 +452,18 @@ def from_hf(path: PathLike, **overrides) -> GPT:
     hf = _read_json(cfg_file, "download or copy the model again")
     if not isinstance(hf, dict):
         raise CheckpointError(f"{cfg_file}: expected a JSON object (a HF GPT-2 config)")
+    fix = "download or copy the model again"
     try:
         config = config_from_hf(hf, **overrides)
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{cfg_file}: {_first_line(e)}") from None
+        raise CheckpointError(f"{cfg_file}: {_first_line(e)}; {fix}") from None
     tensors, source = _read_hf_tensors(directory)
-    fix = "download or copy the model again"
+    if not (isinstance(tensors, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in tensors.items())):
+        raise CheckpointError(f"{source}: expected a mapping of tensor names to tensors; {fix}")
+    shapes = {k if k.startswith("transformer.") else "transformer." + k: tuple(v.shape)
+              for k, v in tensors.items()}
+    _check_shapes(config, shapes, cfg_file, source, fix, hf=True)
     try:
         sd = from_hf_state_dict(tensors, config)
     except ValueError as e:

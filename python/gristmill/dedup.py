@@ -69,7 +69,7 @@ _APPLY_STATE = "apply.json"
 # Files the core and this module write into a work directory (removed after a finished run).
 _WORK_FILES = re.compile(
     r"^(scan\.json|resolve\.json|apply\.json|(exact|bands|lines|spans)-\d+\.run"
-    r"|(ids|sigs)-\d+\.bin|decisions\.run|removals\.run|\..*\.tmp-\d+|\.(decisions|removals)-tmp-\d+\.run"
+    r"|(ids|sigs)-\d+\.bin|decisions\.run|removals\.run|\..*\.tmp(-\d+)?|\.(decisions|removals)-tmp-\d+\.run"
     r"|\.merge-.*\.run)$"
 )
 _CORE_FIELDS = (

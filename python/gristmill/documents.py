@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -355,6 +356,26 @@ def read_documents(
             raise InputFormatError(f"{path}: unknown format (expected .txt, .jsonl[.gz|.zst] or .parquet)")
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities (which JSON has no numbers for) as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def _json_line(record: dict) -> str:
+    """One record as strict JSON: Python's json reads NaN in input, but a NaN written back
+    would make the shard unreadable to strict readers (the core's among them), so it is null."""
+    try:
+        return json.dumps(record, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(record), ensure_ascii=False, allow_nan=False)
+
+
 def shard_bytes(docs: list[Document], fmt: str) -> bytes:
     """The bytes of one shard of ``docs`` in ``fmt`` (jsonl, jsonl.zst or parquet)."""
     records = [{"id": d.id, "text": d.text, **d.metadata} for d in docs]
@@ -367,7 +388,7 @@ def shard_bytes(docs: list[Document], fmt: str) -> bytes:
         return sink.getvalue().to_pybytes()
     # Each record is encoded on its own: one character beyond Latin-1 in one document would
     # widen a str of the whole shard to 2 or 4 bytes a character (a shard's memory, 4 times).
-    data = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in records)
+    data = b"".join((_json_line(r) + "\n").encode("utf-8") for r in records)
     if fmt == "jsonl.zst":
         data = _core.zstd_compress(data, 3)
     return data

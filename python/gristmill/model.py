@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Union
@@ -48,11 +49,27 @@ class GPTConfig:
     vocab_multiple: int = 64
 
     def __post_init__(self):
+        # Configs come from files (checkpoint metadata, HF config.json, TOML): a wrong type or
+        # range is named here rather than surfacing as a TypeError deep inside torch.
+        def bad(name, want):
+            shown = repr(getattr(self, name))
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            return ValueError(f"GPTConfig {name} must be {want}, got {shown}")
+
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise bad(name, "a positive integer")
+            setattr(self, name, int(value))  # numpy integers from shapes become plain ints
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
+            raise bad("dropout", "a number in [0, 1)")
+        self.dropout = float(d)
+        if not isinstance(self.bias, bool):
+            raise bad("bias", "true or false")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "vocab_multiple"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            raise ValueError(f"GPTConfig n_embd ({self.n_embd}) must be a multiple of n_head "
+                             f"({self.n_head})")
 
     @property
     def padded_vocab_size(self) -> int:

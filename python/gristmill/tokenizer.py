@@ -878,7 +878,15 @@ def _looks_like_path(spec: str) -> bool:
 
 def _read_config(path: Path) -> dict:
     """A saved tokenizer's ``tokenizer_config.json``, its keys checked."""
-    text = path.read_text("utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise TokenizerError(
+            f"{path}: line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
+            "expected UTF-8 JSON: save the tokenizer again or fix the file"
+        ) from None
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as e:
@@ -889,16 +897,27 @@ def _read_config(path: Path) -> dict:
     if not isinstance(meta, dict):
         raise TokenizerError(f"{path}: expected a JSON object, found {type(meta).__name__}")
     specials = meta.get("special_tokens")
-    if not isinstance(specials, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) for k, v in specials.items()
-    ):
+    if not isinstance(specials, dict):
         raise TokenizerError(
             f"{path}: special_tokens: expected an object of token -> id, found {specials!r}"
         )
+    for token, id_ in specials.items():
+        # Ids are u32 in the core; a bool is an int to Python but not an id.
+        if not isinstance(id_, int) or isinstance(id_, bool) or not 0 <= id_ < 2**32:
+            raise TokenizerError(
+                f"{path}: special_tokens[{token!r}]: expected an id from 0 to {2**32 - 1}, "
+                f"found {id_!r}"
+            )
+    if not isinstance(meta.get("name", ""), str):
+        raise TokenizerError(f"{path}: name: expected a string, found {meta['name']!r}")
     if not isinstance(meta.get("pattern"), str):
         raise TokenizerError(
             f"{path}: pattern: expected a pre-tokenizer name or regex, found {meta.get('pattern')!r}"
         )
+    try:  # compiled here so that a bad regex is blamed on this file
+        _core.split_pieces("", meta["pattern"])
+    except TokenizerError as e:
+        raise TokenizerError(f"{path}: pattern: {e}") from None
     return meta
 
 

@@ -235,7 +235,26 @@ pub fn read_gpt2(encoder_json: &Path, vocab_bpe: &Path) -> Result<Vocab, BpeErro
         };
         merges.push((i + 1, a.to_string(), b.to_string()));
     }
-    vocab_from_merges(ids, merges, vocab_bpe)
+    let v = vocab_from_merges(ids, merges, vocab_bpe)?;
+    // GPT-2's files do not mark special tokens. Its only one is `<|endoftext|>`; any other
+    // entry that is neither a byte nor made by a merge means merges are missing (a truncated
+    // vocab.bpe), and reading it as special would make BPE never produce it.
+    if let Some((token, id)) = v.specials.iter().find(|(s, _)| !looks_special(s)) {
+        return Err(BpeError::Vocab(format!(
+            "{}: {} lines, but no merge makes {token:?} (id {id} in {}): the merge list is \
+             incomplete (a truncated file?); expected a merge for every token that is not a \
+             single byte or a <|...|> special token",
+            vocab_bpe.display(),
+            merges_text.lines().count(),
+            encoder_json.display()
+        )));
+    }
+    Ok(v)
+}
+
+/// Whether a GPT-2 `encoder.json` entry has the shape of a special token, `<|...|>`.
+fn looks_special(token: &str) -> bool {
+    token.len() >= 4 && token.starts_with("<|") && token.ends_with("|>")
 }
 
 /// Common to GPT-2 and HF files: ids by spelling, plus merges (line, left, right).
@@ -786,13 +805,9 @@ mod fuzz {
         }
     }
 
-    /// The same for GPT-2's vocab.bpe (a truncated download): today the merged token of each
-    /// missing merge is read as a special token, so text that holds it is refused by
-    /// `encode` and tokenized differently by `encode_ordinary`. Not fixed: GPT-2's files do
-    /// not say which entries are special, so a rule is needed (only `<|...|>`? only ids after
-    /// every merge?). Run with `cargo test --lib fuzz -- --ignored`.
+    /// The same for GPT-2's vocab.bpe (a truncated download): the merged token of a missing
+    /// merge must not be read as a special token (only `<|...|>` entries are special).
     #[test]
-    #[ignore = "defect found by fuzzing, not fixed yet: see the doc comment"]
     fn gpt2_merge_lists_missing_a_merge_are_refused() {
         let enc = small_encoder();
         for m in 0..9 {
@@ -806,12 +821,26 @@ mod fuzz {
                 &dir.path().join("encoder.json"),
                 &dir.path().join("vocab.bpe"),
             );
-            assert!(
-                got.is_err(),
-                "merge {m} missing, read as {:?}",
-                got.map(|v| v.specials)
-            );
+            let e = got
+                .map(|v| v.specials)
+                .expect_err(&format!("merge {m} missing"))
+                .to_string();
+            assert!(e.contains("vocab.bpe: 9 lines, but no merge makes"), "{e}");
+            assert!(!e.contains('\n'), "{e}");
         }
+        // A truncated file: the first token without its merge is named.
+        let dir = tempfile::tempdir().unwrap();
+        let (encoder_json, vocab_bpe) = gpt2_files(&enc);
+        let cut: Vec<&str> = vocab_bpe.lines().take(6).collect();
+        write(dir.path(), "encoder.json", encoder_json.as_bytes());
+        write(dir.path(), "vocab.bpe", cut.join("\n").as_bytes());
+        let e = read_gpt2(
+            &dir.path().join("encoder.json"),
+            &dir.path().join("vocab.bpe"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("6 lines, but no merge makes \"or\" (id 261"), "{e}");
     }
 
     /// The encoder keeps a slot per id: a damaged rank such as 4000000000 once made it ask

@@ -874,8 +874,12 @@ mod fuzz {
             match reference(line) {
                 Ok(Some(text)) => prop_assert_eq!(got.unwrap().unwrap().0, text),
                 Ok(None) => prop_assert!(got.is_err()),
-                // serde_json refuses lone surrogates, which the reader replaces.
+                // serde_json refuses lone surrogates, which the reader replaces, and numbers
+                // beyond f64, which it skips in fields it does not keep (as Python's json
+                // reads them: as infinity).
                 Err(()) if replace_lone_surrogates(line).is_some() => {}
+                Err(()) if serde_json::from_str::<serde_json::Value>(line)
+                    .is_err_and(|e| e.to_string().starts_with("number out of range")) => {}
                 Err(()) => prop_assert!(got.is_err(), "{line:?} read as {:?}", got.map(|r| r.map(|r| r.0))),
             }
         }

@@ -235,9 +235,10 @@ impl Manifest {
             ));
         }
         for (name, split) in &m.splits {
-            let tokens: u64 = split.shards.iter().map(|s| s.tokens).sum();
-            let docs: u64 = split.shards.iter().map(|s| s.documents).sum();
-            if tokens != split.tokens || docs != split.documents {
+            // Summed as u128: a damaged manifest's counts may overflow u64 (a panic).
+            let tokens: u128 = split.shards.iter().map(|s| s.tokens as u128).sum();
+            let docs: u128 = split.shards.iter().map(|s| s.documents as u128).sum();
+            if tokens != split.tokens as u128 || docs != split.documents as u128 {
                 return Err(ShardError::manifest(
                     path,
                     format!(
@@ -248,8 +249,98 @@ impl Manifest {
                 ));
             }
         }
+        m.check_settings(path)?;
         m.check_paths(path)?;
         Ok(m)
+    }
+
+    /// The settings and header must agree with each other as the writer makes them: a
+    /// hand-edited or damaged manifest that contradicts itself would make a reader misread
+    /// the shards (a dtype too narrow for the ids) or trust wrong totals.
+    fn check_settings(&self, path: &Path) -> Result<(), ShardError> {
+        let bad = |field: &str, found: String, expected: String| {
+            Err(ShardError::manifest(
+                path,
+                format!("{field} is {found}, expected {expected}"),
+            ))
+        };
+        let s = &self.settings;
+        let n_vocab = s.tokenizer.n_vocab;
+        // Ids are u32, so no vocabulary holds more than 2^32 of them.
+        if n_vocab == 0 || n_vocab > 1 << 32 {
+            return bad(
+                "tokenizer.n_vocab",
+                n_vocab.to_string(),
+                "between 1 and 4294967296".into(),
+            );
+        }
+        if s.tokenizer.eot_token as u64 >= n_vocab {
+            return bad(
+                "tokenizer.eot_token",
+                s.tokenizer.eot_token.to_string(),
+                format!("an id below tokenizer.n_vocab ({n_vocab})"),
+            );
+        }
+        let dtype = Dtype::for_vocab(n_vocab as usize);
+        if s.dtype != dtype {
+            return bad(
+                "dtype",
+                format!("{:?}", s.dtype.name()),
+                format!("{:?} for tokenizer.n_vocab {n_vocab}", dtype.name()),
+            );
+        }
+        if s.shard_size == 0 || s.shard_size > format::MAX_SHARD_TOKENS {
+            return bad(
+                "shard_size",
+                s.shard_size.to_string(),
+                format!(
+                    "between 1 and {} tokens (the header's count is an int32)",
+                    format::MAX_SHARD_TOKENS
+                ),
+            );
+        }
+        match s.split {
+            SplitRule::ValFraction(f) if !(0.0..1.0).contains(&f) => {
+                return bad(
+                    "split.val_fraction",
+                    f.to_string(),
+                    "a fraction in [0, 1)".into(),
+                );
+            }
+            _ => {}
+        }
+        let h = &self.header;
+        if h.magic != format::MAGIC {
+            return bad("header.magic", h.magic.to_string(), format::MAGIC.to_string());
+        }
+        if h.version != s.dtype.version() {
+            return bad(
+                "header.version",
+                h.version.to_string(),
+                format!("{} (dtype {:?})", s.dtype.version(), s.dtype.name()),
+            );
+        }
+        if h.bytes != format::HEADER_BYTES {
+            return bad(
+                "header.bytes",
+                h.bytes.to_string(),
+                format::HEADER_BYTES.to_string(),
+            );
+        }
+        // Every input document gets a record in one split, so the splits add up to the total.
+        let split_docs = self
+            .splits
+            .values()
+            .try_fold(0u64, |sum, s| sum.checked_add(s.documents));
+        if split_docs != Some(self.documents) {
+            let sum = split_docs.map_or("more than 2^64".to_string(), |d| d.to_string());
+            return bad(
+                "documents",
+                self.documents.to_string(),
+                format!("{sum}, the documents of the splits added up"),
+            );
+        }
+        Ok(())
     }
 
     /// Every file the manifest names must lie in its folder: a hostile or careless manifest
@@ -492,6 +583,13 @@ mod fuzz {
                 split.shards.iter().map(|s| s.documents).sum::<u64>()
             );
         }
+        let docs: u64 = m.splits.values().map(|s| s.documents).sum();
+        assert_eq!(m.documents, docs);
+        let s = &m.settings;
+        assert_eq!(s.dtype, Dtype::for_vocab(s.tokenizer.n_vocab as usize));
+        assert!((s.tokenizer.eot_token as u64) < s.tokenizer.n_vocab);
+        assert!(s.shard_size > 0);
+        assert_eq!(m.header.version, s.dtype.version());
     }
 
     proptest! {
@@ -532,11 +630,9 @@ mod fuzz {
 
     /// Settings no writer makes (a dtype too narrow for the vocabulary, an end-of-text id
     /// outside it, a header for another dtype, a document total that disagrees with the
-    /// splits, a zero shard size) are refused. Today `parse` checks only the split totals, so
-    /// a hand-edited or damaged manifest that contradicts itself opens. Run with
-    /// `cargo test --lib fuzz -- --ignored`.
+    /// splits, a zero shard size) are refused, naming the field, what it holds and what was
+    /// expected.
     #[test]
-    #[ignore = "defect found by fuzzing, not fixed yet: Manifest::parse does not check its settings"]
     fn settings_that_disagree_are_refused() {
         let text = valid().to_json();
         assert!(Manifest::parse(&text, Path::new("m.json")).is_ok());
@@ -552,7 +648,11 @@ mod fuzz {
             assert!(text.contains(from), "{from} not in {text}");
             let bad = text.replace(from, to);
             let got = Manifest::parse(&bad, Path::new("m.json"));
-            assert!(got.is_err(), "{to} was accepted");
+            let e = got.expect_err(&format!("{to} was accepted")).to_string();
+            let field = from.split('"').nth(1).unwrap();
+            let found = to.rsplit(' ').next().unwrap();
+            assert!(e.starts_with("m.json: "), "{e}");
+            assert!(e.contains(field) && e.contains(found) && e.contains("expected"), "{e}");
         }
     }
 }
