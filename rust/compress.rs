@@ -240,7 +240,7 @@ mod fuzz {
             // Cut to nothing, it is an empty file, which is refused too.
             prop_assume!(at % frame.len() != 0 || at == 0);
             let cut_path = write(dir.path(), "cut.zst", &file[..at]);
-            let err = read_all(cut_path).err().expect("a cut file was read");
+            let err = read_all(cut_path).expect_err("a cut file was read");
             prop_assert!(err.to_string().contains("cut.zst"), "{err}");
             let damaged = apply(&file, &e);
             let p = write(dir.path(), "damaged.zst", &damaged);

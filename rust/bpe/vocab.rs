@@ -236,14 +236,15 @@ pub fn read_gpt2(encoder_json: &Path, vocab_bpe: &Path) -> Result<Vocab, BpeErro
         merges.push((i + 1, a.to_string(), b.to_string()));
     }
     let v = vocab_from_merges(ids, merges, vocab_bpe)?;
-    // GPT-2's files do not mark special tokens. Its only one is `<|endoftext|>`; any other
-    // entry that is neither a byte nor made by a merge means merges are missing (a truncated
-    // vocab.bpe), and reading it as special would make BPE never produce it.
+    // GPT-2's files do not mark special tokens. Its only one is `<|endoftext|>` (RoBERTa-style
+    // files add `<s>`, `<pad>`, `</s>`, ...); any other entry that is neither a byte nor made
+    // by a merge means merges are missing (a truncated vocab.bpe), and reading it as special
+    // would make BPE never produce it.
     if let Some((token, id)) = v.specials.iter().find(|(s, _)| !looks_special(s)) {
         return Err(BpeError::Vocab(format!(
             "{}: {} lines, but no merge makes {token:?} (id {id} in {}): the merge list is \
              incomplete (a truncated file?); expected a merge for every token that is not a \
-             single byte or a <|...|> special token",
+             single byte or a <...> special token",
             vocab_bpe.display(),
             merges_text.lines().count(),
             encoder_json.display()
@@ -252,9 +253,14 @@ pub fn read_gpt2(encoder_json: &Path, vocab_bpe: &Path) -> Result<Vocab, BpeErro
     Ok(v)
 }
 
-/// Whether a GPT-2 `encoder.json` entry has the shape of a special token, `<|...|>`.
+/// Whether a GPT-2 `encoder.json` entry has the shape of a special token: `<|endoftext|>`,
+/// or RoBERTa's `<s>`, `</s>`, `<pad>`, `<unk>`, `<mask>` (no space inside: a merged word
+/// such as `<div` or ` <b>` is made by merges, not special).
 fn looks_special(token: &str) -> bool {
-    token.len() >= 4 && token.starts_with("<|") && token.ends_with("|>")
+    token.len() >= 3
+        && token.starts_with('<')
+        && token.ends_with('>')
+        && !token.contains(char::is_whitespace)
 }
 
 /// Common to GPT-2 and HF files: ids by spelling, plus merges (line, left, right).
@@ -806,7 +812,7 @@ mod fuzz {
     }
 
     /// The same for GPT-2's vocab.bpe (a truncated download): the merged token of a missing
-    /// merge must not be read as a special token (only `<|...|>` entries are special).
+    /// merge must not be read as a special token (only `<...>` entries are special).
     #[test]
     fn gpt2_merge_lists_missing_a_merge_are_refused() {
         let enc = small_encoder();
@@ -840,7 +846,10 @@ mod fuzz {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("6 lines, but no merge makes \"or\" (id 261"), "{e}");
+        assert!(
+            e.contains("6 lines, but no merge makes \"or\" (id 261"),
+            "{e}"
+        );
     }
 
     /// The encoder keeps a slot per id: a damaged rank such as 4000000000 once made it ask
@@ -851,9 +860,7 @@ mod fuzz {
         for rank in ["4000000000", "2147483647", "300000000"] {
             let text = format_tiktoken(&small_encoder()) + &format!("IUE= {rank}\n");
             let m = parse_tiktoken(&text, Path::new("x.tiktoken")).unwrap();
-            let e = Encoder::new(m, vec![], Pattern::R50k)
-                .err()
-                .expect("a huge rank was accepted");
+            let e = Encoder::new(m, vec![], Pattern::R50k).expect_err("a huge rank was accepted");
             assert!(e.to_string().contains(rank), "{e}");
         }
         let m =

@@ -311,7 +311,11 @@ impl Manifest {
         }
         let h = &self.header;
         if h.magic != format::MAGIC {
-            return bad("header.magic", h.magic.to_string(), format::MAGIC.to_string());
+            return bad(
+                "header.magic",
+                h.magic.to_string(),
+                format::MAGIC.to_string(),
+            );
         }
         if h.version != s.dtype.version() {
             return bad(
@@ -448,7 +452,7 @@ mod tests {
                 }],
             },
         );
-        let m = Manifest::new(settings(), 3, splits);
+        let m = Manifest::new(settings(), 2, splits);
         let text = m.to_json();
         assert!(text.contains("\"val_fraction\": 0.25"), "{text}");
         assert!(text.contains("\"dtype\": \"uint16\""), "{text}");
@@ -652,7 +656,10 @@ mod fuzz {
             let field = from.split('"').nth(1).unwrap();
             let found = to.rsplit(' ').next().unwrap();
             assert!(e.starts_with("m.json: "), "{e}");
-            assert!(e.contains(field) && e.contains(found) && e.contains("expected"), "{e}");
+            assert!(
+                e.contains(field) && e.contains(found) && e.contains("expected"),
+                "{e}"
+            );
         }
     }
 }
