@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from gpt2_bytes import bytes_to_unicode
 from gristmill import Tokenizer, read_documents
 from hypothesis import given
 from hypothesis import settings as hsettings
@@ -263,19 +264,6 @@ def test_prep_output_with_nan_is_read_by_tokenize(small_tokenizer, tmp_path):
 # ---- tokenizer files ------------------------------------------------------------------------
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's table: each byte's character in encoder.json and vocab.bpe."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    table, shifted = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + shifted)
-            shifted += 1
-    return table
-
-
 class Fixture(dict):
     """A fixture's files or folders, shown by name in a failing example, not byte by byte."""
 
@@ -291,7 +279,7 @@ def tokenizer_files(tmp_path_factory) -> dict[str, bytes]:
         ranks[t.encode()] = 256 + i
     tok = Tokenizer.from_ranks(ranks, special_tokens={"<|endoftext|>": 265}, name="small")
     d = tok.save(tmp_path_factory.mktemp("tok"))
-    spell = _bytes_to_unicode()
+    spell = bytes_to_unicode()
     word = lambda b: "".join(spell[x] for x in b)  # noqa: E731
     encoder = {word(b): r for b, r in ranks.items()} | {"<|endoftext|>": 265}
     merges = "#version: 0.2\n" + "".join(f"{word(a)} {word(b)}\n" for a, b in tok.merges())

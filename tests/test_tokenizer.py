@@ -13,6 +13,7 @@ import gristmill
 import numpy as np
 import pytest
 import tiktoken
+from gpt2_bytes import bytes_to_unicode
 from gristmill import Tokenizer, TokenizerError
 from gristmill.tokenizer import ENDOFTEXT
 from hypothesis import example, given, settings
@@ -282,15 +283,7 @@ def test_gpt2_encoder_json_and_vocab_bpe(tmp_path, gpt2_ranks):
     from gristmill import _core
 
     tok = Tokenizer.from_name("gpt2")
-    byte_chars = {}
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    n = 0
-    for b in range(256):
-        if b in printable:
-            byte_chars[b] = chr(b)
-        else:
-            byte_chars[b] = chr(256 + n)
-            n += 1
+    byte_chars = bytes_to_unicode()
     spell = lambda bs: "".join(byte_chars[b] for b in bs)  # noqa: E731
     encoder = {spell(b): r for b, r in gpt2_ranks.items()}
     encoder[ENDOFTEXT] = 50256
