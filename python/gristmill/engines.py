@@ -46,7 +46,7 @@ def run_stage(stage: str, *args: Any, engine: str = "local", address: str | None
         from gristmill import ray_engine
 
         ray_engine.require_ray()
-        fn = getattr(ray_engine, "tokenize" if stage == "tokenize" else stage)
+        fn = getattr(ray_engine, stage)  # the Ray twin has the same name
         options["address"] = address
     else:
         if address is not None:
