@@ -527,8 +527,9 @@ class ShardDataset:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        packing: bool = False,
+        packing: bool | str = False,
         stride: int | None = None,
+        pool: int = 1024,
     ) -> BatchSampler:
         """A sampler of ``(batch_size, seq_len + 1)`` token windows for next-token training.
 
@@ -538,11 +539,18 @@ class ShardDataset:
             seed: the random order's seed.
             rank, world_size: this process's part of each global batch (DDP): every rank gets
                 ``batch_size`` rows, disjoint from the other ranks'.
-            packing: rows of whole documents (never cut at a row's end unless longer than a row),
-                padded with end-of-text; :meth:`BatchSampler.last_lengths` says how much is real.
+            packing: ``False``/``"off"``: windows of the token stream. ``True``/``"pad"``: rows
+                of whole documents (never cut at a row's end unless longer than a row), padded
+                with end-of-text; :meth:`BatchSampler.last_lengths` says how much is real.
+                ``"bestfit"``: every row starts at a document's start and is filled exactly,
+                best-fit from whole documents of a pool, the last one cropped (nanochat's
+                BOS-aligned loader); :meth:`BatchSampler.last_utilisation` says how much was
+                lost to cropping. Rows' documents: :meth:`BatchSampler.last_segments`.
             stride: distance between window starts (default ``seq_len``: every token is a
                 target once per epoch; smaller strides overlap windows, as in "Build a Large
                 Language Model (From Scratch)", ch. 2).
+            pool: ``"bestfit"``: documents (consecutive in the epoch's order) packed together;
+                a larger pool crops less and costs a little more each time one is packed.
 
         Raises:
             ValueError: when a split is too small for one global batch, or for bad arguments.
@@ -555,9 +563,28 @@ class ShardDataset:
             "seed": int(seed),
             "rank": int(rank),
             "world_size": int(world_size),
-            "packing": bool(packing),
+            "packing": packing_name(packing),
+            "pool": int(pool),
         }
         return BatchSampler(self, split, kwargs)
+
+
+#: The ways rows are made (see :meth:`ShardDataset.sampler`).
+PACKINGS = ("off", "pad", "bestfit")
+
+
+def packing_name(packing: bool | str) -> str:
+    """``packing`` as one of :data:`PACKINGS` (``False`` is ``"off"``, ``True`` ``"pad"``).
+
+    Raises:
+        ValueError: for any other value.
+    """
+    if isinstance(packing, bool):
+        return "pad" if packing else "off"
+    if packing not in PACKINGS:
+        raise ValueError(f"packing must be one of {', '.join(PACKINGS)} (or true/false), "
+                         f"not {packing!r}")
+    return packing
 
 
 def _restore_sampler(dataset: ShardDataset, split: str, kwargs: dict, state: dict) -> BatchSampler:
@@ -659,6 +686,30 @@ class BatchSampler:
         """Where each row of the last batch starts, as a token offset into the split."""
         return self._core.last_starts()
 
+    def last_cropped(self) -> np.ndarray:
+        """Document tokens cut away from each row of the last batch (``"bestfit"``: the tail of
+        its last document; a pool's last, unfillable row counts with the pool's last row)."""
+        return self._core.last_cropped()
+
+    def last_utilisation(self) -> float:
+        """The last batch's utilisation: document tokens in its rows over its row slots plus
+        the document tokens cropped away, ``sum(lengths) / (B (T + 1) + sum(cropped))``. 1 for
+        windows; padding (``"pad"``) and cropping (``"bestfit"``) lower it."""
+        real = int(self._core.last_lengths().sum())
+        slots = self.batch_size * (self.seq_len + 1) + int(self._core.last_cropped().sum())
+        return real / slots
+
+    def last_segments(self) -> np.ndarray:
+        """The documents of each row of the last batch, numbered along the row: a
+        ``(batch_size, seq_len + 1)`` int32 array, 0 for the row's first document, +1 at each
+        document start, padding one number after the last document. Packed rows know their
+        documents; windows read the document index.
+
+        Raises:
+            ValueError: for windows of bare shards (no document index).
+        """
+        return self._core.last_segments()
+
     def torch(self, *, device: Any = None, num_batches: int | None = None):
         """A torch ``IterableDataset`` of ``(x, y)`` int64 tensor pairs; see :func:`torch_batches`."""
         return torch_batches(self, device=device, num_batches=num_batches)
@@ -750,6 +801,24 @@ def torch_batches(sampler: BatchSampler, *, device: Any = None, num_batches: int
     return _TokenBatches()
 
 
+def document_attention_mask(segments: Any, device: Any = None):
+    """The attention mask that keeps each token to its own document: a boolean
+    ``(B, 1, T, T)`` torch tensor, True where query ``i`` may attend to key ``j`` (``j <= i``
+    and the same document), for :meth:`gristmill.model.GPT.forward`'s ``attn_mask``.
+
+    Args:
+        segments: ``(B, T)`` document numbers of the inputs, e.g.
+            ``sampler.last_segments()[:, :-1]``.
+        device: where the mask goes.
+    """
+    import torch
+
+    seg = torch.as_tensor(np.ascontiguousarray(segments), device=device)
+    T = seg.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=seg.device).tril()
+    return (seg[:, :, None] == seg[:, None, :]).logical_and_(causal).unsqueeze(1)
+
+
 def torch_loader(sampler: BatchSampler, *, num_workers: int = 0, device: Any = None, **kwargs):
     """A ``torch.utils.data.DataLoader`` over :func:`torch_batches` of ``sampler`` whose
     ``state_dict()`` says exactly where the batches taken from it end, with any
@@ -828,10 +897,13 @@ def sliding_window_dataset(dataset: ShardDataset, *, max_length: int, stride: in
 
 __all__ = [
     "FORMAT",
+    "PACKINGS",
     "BatchSampler",
     "ShardDataset",
     "ShardFormatError",
+    "document_attention_mask",
     "open_shard",
+    "packing_name",
     "sliding_window_dataset",
     "torch_batches",
     "torch_loader",

@@ -2,7 +2,7 @@
 
 use super::bpe::CoreBPE;
 use crate::shards::reader::Token;
-use crate::shards::sampler::Mode;
+use crate::shards::sampler::{Mode, Packing};
 use crate::shards::{
     manifest::TokenizerInfo, Dataset, DatasetWriter, Dtype, EotMode, Sampler, SamplerConfig,
     Settings, Shard, ShardError, SplitRule,
@@ -333,7 +333,7 @@ impl ShardDatasetCore {
 
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (split, *, batch_size, seq_len, stride, mode, seed, rank, world_size,
-                        packing, pad))]
+                        packing, pool, pad))]
     fn sampler(
         &self,
         split: &str,
@@ -344,9 +344,15 @@ impl ShardDatasetCore {
         seed: u64,
         rank: u64,
         world_size: u64,
-        packing: bool,
+        packing: &str,
+        pool: u64,
         pad: u32,
     ) -> PyResult<ShardSampler> {
+        let packing = Packing::from_name(packing).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "packing must be 'off', 'pad' or 'bestfit', not {packing:?}"
+            ))
+        })?;
         let mode = match mode {
             "random" => Mode::Random,
             "sequential" => Mode::Sequential,
@@ -366,6 +372,7 @@ impl ShardDatasetCore {
             rank,
             world_size,
             packing,
+            pool,
             pad,
         };
         let dtype = s.dtype();
@@ -483,6 +490,32 @@ impl ShardSampler {
             .map(|&n| n as i64)
             .collect();
         v.into_pyarray(py)
+    }
+
+    /// Document tokens cut away from each row of the last batch (best-fit packing).
+    fn last_cropped<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+        let v: Vec<i64> = self
+            .inner
+            .last_cropped()
+            .iter()
+            .map(|&n| n as i64)
+            .collect();
+        v.into_pyarray(py)
+    }
+
+    /// The documents of each row of the last batch numbered along the row (0, 1, ...; padding
+    /// one number after the last): a `(batch_size, seq_len + 1)` int32 array.
+    fn last_segments<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<i32>>> {
+        let (b, row) = (
+            self.inner.config().batch_size as usize,
+            self.inner.config().seq_len as usize + 1,
+        );
+        let mut v = vec![0u32; b * row];
+        self.inner.last_segments(&mut v)?;
+        let v: Vec<i32> = v.into_iter().map(|x| x as i32).collect();
+        Ok(numpy::ndarray::Array2::from_shape_vec((b, row), v)
+            .expect("the shape holds every number")
+            .into_pyarray(py))
     }
 
     /// Where each row of the last batch starts in the split (token offset).

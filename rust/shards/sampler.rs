@@ -20,16 +20,42 @@
 //!   once. The last `< B W` windows of an epoch are dropped (as llm.c drops a shard's tail).
 //!
 //! ## Packing
-//! With `packing`, rows are built from whole documents instead of windows: documents (each
+//! With `Packing::Pad`, rows are built from whole documents instead of windows: documents (each
 //! with its end-of-text) are placed one after another while they fit, so a row starts at a
 //! document's start and ends right after an end-of-text, and the rest of the row is padded
 //! with end-of-text. A document longer than a row is cut into windows of `T + 1` every `s`
 //! tokens, each starting a row of its own. Document order is the index order (`sequential`) or
 //! a seeded permutation per epoch (`random`).
 //!
+//! ## Best-fit packing (document-aligned rows)
+//! With `Packing::BestFit`, every row starts at a document's start and is filled exactly,
+//! with no padding: the documents of the epoch's order (index order, or the seeded
+//! permutation) are taken in *pools* of `pool` consecutive documents, and each pool is packed
+//! on its own by [`best_fit`]: a row takes the longest document of the pool that still fits,
+//! again and again, and when none fits, the shortest one left is cropped to the room left (its
+//! tail is not trained on this epoch). A document longer than a row is cropped to one row.
+//! Documents left over when the pool runs dry mid-row are dropped with that row. In `random`
+//! mode a pool's rows are served in a seeded order (else long documents would come first);
+//! in `sequential` mode in the order they were packed. This is nanochat's BOS-aligned
+//! best-fit loader, with a pool that is packed as a whole so that a position is two integers.
+//!
+//! *Utilisation* of a batch is `real / (B (T + 1) + cropped)`: the share of the row tokens
+//! that are document tokens (not padding), counting the document tokens cut away by cropping
+//! (and dropped with a pool's last partial row) as slots lost too. Windows have 1; padded
+//! packing loses padding, best-fit loses cropped tails; [`Sampler::last_cropped`] gives the
+//! cropped tokens of each row.
+//!
+//! ## Documents inside a row
+//! [`Sampler::last_segments`] numbers the documents of each row of the last batch (0, 1, ...
+//! along the row, padding a number of its own) from the pieces a packed row was built from, or
+//! for windows from the document index: what an attention mask limited to the current
+//! document needs.
+//!
 //! ## Resuming
 //! The state is four integers (epoch, shard, cursor, offset); saving it after batch `k` and
-//! loading it into a fresh sampler with the same configuration gives batch `k + 1` next.
+//! loading it into a fresh sampler with the same configuration gives batch `k + 1` next. With
+//! best-fit packing `cursor` is the first document (in the epoch's order) of the current pool
+//! and `offset` the rows of that pool already served; the pool is packed again on resume.
 
 use super::reader::{Split, Token};
 use super::ShardError;
@@ -54,9 +80,67 @@ pub struct SamplerConfig {
     pub seed: u64,
     pub rank: u64,
     pub world_size: u64,
-    pub packing: bool,
+    pub packing: Packing,
+    /// Best-fit packing: documents packed together (see the module's notes).
+    pub pool: u64,
     /// The padding token of packed rows (end-of-text).
     pub pad: u32,
+}
+
+/// How rows are made (see the module's notes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packing {
+    /// Windows of the token stream.
+    Off,
+    /// Whole documents one after another, the rest of the row padded.
+    Pad,
+    /// Document-aligned rows filled best-fit, the last document cropped.
+    BestFit,
+}
+
+impl Packing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Packing::Off => "off",
+            Packing::Pad => "pad",
+            Packing::BestFit => "bestfit",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Packing> {
+        [Packing::Off, Packing::Pad, Packing::BestFit]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+}
+
+// Saved states write `false` and `true` for windows and padded packing (as before best-fit
+// existed) and `"bestfit"` for best-fit, which an older reader refuses rather than resumes.
+impl Serialize for Packing {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Packing::Off => s.serialize_bool(false),
+            Packing::Pad => s.serialize_bool(true),
+            Packing::BestFit => s.serialize_str("bestfit"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Packing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Packing, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Saved {
+            Flag(bool),
+            Name(String),
+        }
+        match Saved::deserialize(d)? {
+            Saved::Flag(false) => Ok(Packing::Off),
+            Saved::Flag(true) => Ok(Packing::Pad),
+            Saved::Name(n) => Packing::from_name(&n)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown packing {n:?}"))),
+        }
+    }
 }
 
 /// Where the sampler is; `rank` excepted, the same on every rank.
@@ -85,7 +169,10 @@ struct Saved {
     mode: Mode,
     seed: u64,
     world_size: u64,
-    packing: bool,
+    packing: Packing,
+    /// Best-fit packing only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pool: Option<u64>,
     #[serde(flatten)]
     state: SamplerState,
 }
@@ -182,6 +269,68 @@ struct Piece {
     len: u64,
 }
 
+/// One pool packed by [`best_fit`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BestFit {
+    /// Each row: `(document, tokens taken from its start)`, documents as positions in the
+    /// lengths given; the tokens of a row add up to the row length.
+    pub rows: Vec<Vec<(usize, u64)>>,
+    /// Tokens cut away from each row's documents (only its last one is ever cropped).
+    pub cropped: Vec<u64>,
+    /// Tokens of the documents left for a last row the pool could not fill (dropped).
+    pub dropped: u64,
+}
+
+/// Packs documents of lengths `lens` into rows of exactly `row` tokens, each row starting at
+/// a document's start: a row takes the longest document left that fits in its room (of equal
+/// lengths, the later one), until none fits; then the shortest one left (of equal lengths, the
+/// earlier one) is cropped to the room, and the row is full. Empty documents are passed over.
+/// A last row the documents cannot fill is dropped (see [`BestFit::dropped`]).
+pub fn best_fit(lens: &[u64], row: u64) -> BestFit {
+    use std::collections::BTreeSet;
+    let mut left: BTreeSet<(u64, usize)> = lens
+        .iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 0)
+        .map(|(i, &n)| (n, i))
+        .collect();
+    let mut out = BestFit::default();
+    while !left.is_empty() {
+        let (mut pieces, mut room, mut cropped) = (Vec::new(), row, 0u64);
+        while room > 0 {
+            let fits = left.range(..(room + 1, 0)).next_back().copied();
+            match fits.or_else(|| left.first().copied()) {
+                Some(key @ (n, i)) => {
+                    left.remove(&key);
+                    let take = n.min(room);
+                    pieces.push((i, take));
+                    cropped += n - take;
+                    room -= take;
+                }
+                None => break,
+            }
+        }
+        if room > 0 {
+            // The pool ran dry: the documents of this last row wait for the next epoch.
+            out.dropped += row - room + cropped;
+            break;
+        }
+        out.rows.push(pieces);
+        out.cropped.push(cropped);
+    }
+    out
+}
+
+/// A pool of the epoch's documents packed into rows (`Piece`s of the split).
+#[derive(Debug)]
+struct PoolRows {
+    epoch: u64,
+    /// The pool's first document in the epoch's order.
+    first: u64,
+    rows: Vec<Vec<Piece>>,
+    cropped: Vec<u64>,
+}
+
 /// Draws `(B, T + 1)` batches from one split.
 pub struct Sampler {
     split: Arc<Split>,
@@ -193,6 +342,12 @@ pub struct Sampler {
     lengths: Vec<u64>,
     /// Where in the split each row of the last batch starts.
     starts: Vec<u64>,
+    /// Document tokens cut away from each row of the last batch (best-fit packing).
+    cropped: Vec<u64>,
+    /// Packing: the pieces of each row of the last batch.
+    pieces: Vec<Vec<Piece>>,
+    /// Best-fit packing: the last pool packed.
+    pool: Option<Arc<PoolRows>>,
 }
 
 impl Sampler {
@@ -203,6 +358,9 @@ impl Sampler {
                 "batch_size, seq_len and stride must be positive (got {}, {}, {})",
                 cfg.batch_size, cfg.seq_len, cfg.stride
             ));
+        }
+        if cfg.packing == Packing::BestFit && cfg.pool == 0 {
+            return bad("pool (documents packed together) must be positive, got 0".into());
         }
         if cfg.world_size == 0 || cfg.rank >= cfg.world_size {
             return bad(format!(
@@ -225,12 +383,15 @@ impl Sampler {
         let sampler = Sampler {
             lengths: vec![row; cfg.batch_size as usize],
             starts: vec![0; cfg.batch_size as usize],
+            cropped: vec![0; cfg.batch_size as usize],
+            pieces: Vec::new(),
+            pool: None,
             split,
             cfg,
             window_base,
             state: SamplerState::default(),
         };
-        if sampler.cfg.packing {
+        if sampler.cfg.packing != Packing::Off {
             sampler.split.doc_start(0).map_err(|e| match e {
                 ShardError::OutOfRange { .. } => {
                     ShardError::Settings(format!("split {name:?} has no documents"))
@@ -295,7 +456,7 @@ impl Sampler {
 
     /// Global batches per epoch, when it is known without reading the documents.
     pub fn batches_per_epoch(&self) -> Option<u64> {
-        if self.cfg.packing {
+        if self.cfg.packing != Packing::Off {
             return None;
         }
         Some(match self.cfg.mode {
@@ -316,8 +477,89 @@ impl Sampler {
         &self.starts
     }
 
+    /// Document tokens cut away from each row of the last batch (best-fit packing; a pool's
+    /// dropped last row counts with its last row served).
+    pub fn last_cropped(&self) -> &[u64] {
+        &self.cropped
+    }
+
+    /// The documents of each row of the last batch numbered along the row (0, 1, ...), padding
+    /// one number after the last document: `B (T + 1)` numbers, row-major, into `out`. Windows
+    /// read the document index (an error for bare shards).
+    pub fn last_segments(&self, out: &mut [u32]) -> Result<(), ShardError> {
+        let row = self.row_len() as usize;
+        if out.len() != row * self.cfg.batch_size as usize {
+            return Err(ShardError::Settings(format!(
+                "the segment buffer holds {} numbers, expected {} x {row}",
+                out.len(),
+                self.cfg.batch_size
+            )));
+        }
+        if self.cfg.packing == Packing::Off {
+            for (&start, dst) in self.starts.iter().zip(out.chunks_exact_mut(row)) {
+                self.window_segments(start, dst)?;
+            }
+            return Ok(());
+        }
+        if self.pieces.is_empty() {
+            out.fill(0); // no batch yet
+            return Ok(());
+        }
+        for (pieces, dst) in self.pieces.iter().zip(out.chunks_exact_mut(row)) {
+            let mut at = 0usize;
+            for (k, p) in pieces.iter().enumerate() {
+                dst[at..at + p.len as usize].fill(k as u32);
+                at += p.len as usize;
+            }
+            dst[at..].fill(pieces.len() as u32);
+        }
+        Ok(())
+    }
+
+    /// Document numbers along the window of `dst.len()` tokens at `start`, from the index.
+    fn window_segments(&self, start: u64, dst: &mut [u32]) -> Result<(), ShardError> {
+        let n_docs = self.split.num_docs();
+        self.split.doc_start(0)?; // bare shards: named here
+                                  // The first document starting after `start` (doc_start is increasing).
+        let (mut lo, mut hi) = (0u64, n_docs);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.split.doc_start(mid)? <= start {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let start_of = |d: u64| -> Result<u64, ShardError> {
+            if d < n_docs {
+                self.split.doc_start(d)
+            } else {
+                Ok(u64::MAX)
+            }
+        };
+        let (mut next, mut seg) = (lo, 0u32);
+        let mut boundary = start_of(next)?;
+        for (i, d) in dst.iter_mut().enumerate() {
+            let t = start + i as u64;
+            if boundary == t {
+                seg += 1;
+                // Past every document starting here (an index may hold empty ones).
+                while boundary <= t {
+                    next += 1;
+                    boundary = start_of(next)?;
+                }
+            }
+            *d = seg;
+        }
+        Ok(())
+    }
+
     fn permutation(&self, n: u64) -> Permutation {
-        Permutation::new(n, self.cfg.seed ^ splitmix64(self.state.epoch ^ 0x5eed))
+        self.permutation_of(self.state.epoch, n)
+    }
+
+    fn permutation_of(&self, epoch: u64, n: u64) -> Permutation {
+        Permutation::new(n, self.cfg.seed ^ splitmix64(epoch ^ 0x5eed))
     }
 
     /// The split-wide start of window `w` (of the whole split's tiling).
@@ -327,17 +569,127 @@ impl Sampler {
     }
 
     /// Advances by one global batch and returns this rank's rows.
-    fn plan(&mut self) -> Result<Vec<Vec<Piece>>, ShardError> {
-        if self.cfg.packing {
-            return self.plan_packed();
+    /// Also returns the tokens cropped from each row.
+    fn plan(&mut self) -> Result<(Vec<Vec<Piece>>, Vec<u64>), ShardError> {
+        let b = self.cfg.batch_size as usize;
+        match self.cfg.packing {
+            Packing::Pad => return Ok((self.plan_packed()?, vec![0; b])),
+            Packing::BestFit => return self.plan_best_fit(),
+            Packing::Off => {}
         }
         self.plan_windows()?;
         let len = self.row_len();
-        Ok(self
+        let rows = self
             .starts
             .iter()
             .map(|&start| vec![Piece { start, len }])
-            .collect())
+            .collect();
+        Ok((rows, vec![0; b]))
+    }
+
+    /// Packs the pool of the epoch's documents that starts at `first` (in the epoch's order).
+    fn pack_pool(&self, epoch: u64, first: u64) -> Result<PoolRows, ShardError> {
+        let n_docs = self.split.num_docs();
+        let last = first.saturating_add(self.cfg.pool).min(n_docs);
+        let perm = (self.cfg.mode == Mode::Random).then(|| self.permutation_of(epoch, n_docs));
+        let ranges = (first..last)
+            .map(|i| {
+                self.split
+                    .doc_range(perm.as_ref().map_or(i, |p| p.apply(i)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let lens: Vec<u64> = ranges.iter().map(|&(s, e)| e - s).collect();
+        let packed = best_fit(&lens, self.row_len());
+        let mut rows: Vec<Vec<Piece>> = packed
+            .rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|&(d, len)| Piece {
+                        start: ranges[d].0,
+                        len,
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut cropped = packed.cropped;
+        if let Some(c) = cropped.last_mut() {
+            *c += packed.dropped;
+        }
+        if self.cfg.mode == Mode::Random && rows.len() > 1 {
+            // Packing puts long documents first: serve the pool's rows in a seeded order.
+            let key = self.cfg.seed ^ splitmix64(epoch ^ 0x5eed) ^ splitmix64(first ^ 0xb0f1);
+            let order = Permutation::new(rows.len() as u64, key);
+            let n = rows.len() as u64;
+            let (r, c): (Vec<_>, Vec<_>) = (0..n)
+                .map(|i| {
+                    let j = order.apply(i) as usize;
+                    (std::mem::take(&mut rows[j]), cropped[j])
+                })
+                .unzip();
+            (rows, cropped) = (r, c);
+        }
+        Ok(PoolRows {
+            epoch,
+            first,
+            rows,
+            cropped,
+        })
+    }
+
+    /// The packed pool at `first` of `epoch`, packed again only when it is not the last one.
+    fn pool_rows(&mut self, epoch: u64, first: u64) -> Result<Arc<PoolRows>, ShardError> {
+        match &self.pool {
+            Some(p) if p.epoch == epoch && p.first == first => Ok(p.clone()),
+            _ => {
+                let p = Arc::new(self.pack_pool(epoch, first)?);
+                self.pool = Some(p.clone());
+                Ok(p)
+            }
+        }
+    }
+
+    /// Takes the next global batch of best-fit rows; returns this rank's, and their cropping.
+    fn plan_best_fit(&mut self) -> Result<(Vec<Vec<Piece>>, Vec<u64>), ShardError> {
+        let n_docs = self.split.num_docs();
+        let global = self.global() as usize;
+        loop {
+            let fresh = self.state.cursor == 0 && self.state.offset == 0;
+            let mut st = self.state.clone();
+            let (mut rows, mut cropped) = (Vec::with_capacity(global), Vec::with_capacity(global));
+            while rows.len() < global && st.cursor < n_docs {
+                let pool = self.pool_rows(st.epoch, st.cursor)?;
+                let from = st.offset as usize;
+                let take = (global - rows.len()).min(pool.rows.len().saturating_sub(from));
+                rows.extend_from_slice(&pool.rows[from..from + take]);
+                cropped.extend_from_slice(&pool.cropped[from..from + take]);
+                st.offset += take as u64;
+                if st.offset as usize >= pool.rows.len() {
+                    st.cursor = st.cursor.saturating_add(self.cfg.pool).min(n_docs);
+                    st.offset = 0;
+                }
+            }
+            if rows.len() == global {
+                self.state = st;
+                let (b, r) = (self.cfg.batch_size as usize, self.cfg.rank as usize);
+                let mine = r * b..(r + 1) * b;
+                return Ok((rows.drain(mine.clone()).collect(), cropped[mine].to_vec()));
+            }
+            if fresh {
+                return Err(ShardError::Settings(format!(
+                    "split {:?}: its {n_docs} documents pack best-fit into {} rows of {} \
+                     tokens (pools of {}), but a global batch needs {global}",
+                    self.split.name(),
+                    rows.len(),
+                    self.row_len(),
+                    self.cfg.pool
+                )));
+            }
+            // The epoch ran out mid-batch: drop the partial batch, start the next.
+            self.state.epoch += 1;
+            self.state.cursor = 0;
+            self.state.offset = 0;
+        }
     }
 
     /// Advances by one global batch of windows and puts this rank's row starts in
@@ -450,7 +802,7 @@ impl Sampler {
 
     /// Advances by one batch without copying tokens.
     pub fn skip(&mut self) -> Result<(), ShardError> {
-        if self.cfg.packing {
+        if self.cfg.packing != Packing::Off {
             self.plan()?;
         } else {
             let starts = self.starts.clone(); // `last_starts` stays the last batch served
@@ -478,11 +830,11 @@ impl Sampler {
                 self.split.dtype().name()
             )));
         }
-        if !self.cfg.packing {
+        if self.cfg.packing == Packing::Off {
             return self.next_windows_into(out);
         }
         let saved = self.state.clone();
-        let rows = self.plan()?;
+        let (rows, cropped) = self.plan()?;
         let pad = T::from_pad(self.cfg.pad);
         let split = &*self.split;
         let fill = |(pieces, dst): (&Vec<Piece>, &mut [T])| -> Result<u64, ShardError> {
@@ -524,6 +876,7 @@ impl Sampler {
         for (start, pieces) in self.starts.iter_mut().zip(&rows) {
             *start = pieces[0].start;
         }
+        (self.cropped, self.pieces) = (cropped, rows);
         self.state.batches += 1;
         Ok(())
     }
@@ -600,6 +953,7 @@ impl Sampler {
             seed: self.cfg.seed,
             world_size: self.cfg.world_size,
             packing: self.cfg.packing,
+            pool: (self.cfg.packing == Packing::BestFit).then_some(self.cfg.pool),
             state: self.state.clone(),
         };
         serde_json::to_string(&saved).expect("state serialises")
@@ -611,7 +965,7 @@ impl Sampler {
         let saved: Saved = serde_json::from_str(json)
             .map_err(|e| ShardError::Settings(format!("not a sampler state: {e}")))?;
         let mine: Saved = serde_json::from_str(&self.state_json()).expect("own state parses");
-        let checks: [(&str, String, String); 10] = [
+        let checks: [(&str, String, String); 11] = [
             ("format", saved.format.clone(), mine.format.clone()),
             ("split", saved.split.clone(), mine.split.clone()),
             (
@@ -643,8 +997,13 @@ impl Sampler {
             ),
             (
                 "packing",
-                saved.packing.to_string(),
-                mine.packing.to_string(),
+                saved.packing.name().to_string(),
+                mine.packing.name().to_string(),
+            ),
+            (
+                "pool",
+                format!("{:?}", saved.pool),
+                format!("{:?}", mine.pool),
             ),
         ];
         if let Some((name, theirs, ours)) = checks.iter().find(|(_, a, b)| a != b) {
@@ -676,7 +1035,14 @@ impl Sampler {
     fn position_in_range(&self) -> Result<bool, ShardError> {
         let st = &self.state;
         let n_docs = self.split.num_docs();
-        let in_range = if self.cfg.packing {
+        let in_range = if self.cfg.packing == Packing::BestFit {
+            // The start of a pool and a row of it (or the epoch's end).
+            if st.cursor < n_docs && st.cursor.is_multiple_of(self.cfg.pool) {
+                st.offset == 0 || st.offset < self.pack_pool(st.epoch, st.cursor)?.rows.len() as u64
+            } else {
+                st.cursor == n_docs && st.offset == 0
+            }
+        } else if self.cfg.packing == Packing::Pad {
             if st.cursor < n_docs {
                 let perm = (self.cfg.mode == Mode::Random).then(|| self.permutation(n_docs));
                 let d = perm.map_or(st.cursor, |p| p.apply(st.cursor));
@@ -715,7 +1081,7 @@ mod tests {
     use crate::shards::reader::Dataset;
     use std::collections::HashSet;
 
-    fn cfg(b: u64, t: u64, mode: Mode, rank: u64, world: u64, packing: bool) -> SamplerConfig {
+    fn cfg(b: u64, t: u64, mode: Mode, rank: u64, world: u64, packing: Packing) -> SamplerConfig {
         SamplerConfig {
             batch_size: b,
             seq_len: t,
@@ -725,6 +1091,7 @@ mod tests {
             rank,
             world_size: world,
             packing,
+            pool: 16,
             pad: 256,
         }
     }
@@ -791,8 +1158,16 @@ mod tests {
     fn sequential_matches_llm_c_positions() {
         let (_d, split) = dataset(100);
         let (b, t) = (2u64, 8u64);
-        let mut s0 = Sampler::new(split.clone(), cfg(b, t, Mode::Sequential, 0, 2, false)).unwrap();
-        let mut s1 = Sampler::new(split.clone(), cfg(b, t, Mode::Sequential, 1, 2, false)).unwrap();
+        let mut s0 = Sampler::new(
+            split.clone(),
+            cfg(b, t, Mode::Sequential, 0, 2, Packing::Off),
+        )
+        .unwrap();
+        let mut s1 = Sampler::new(
+            split.clone(),
+            cfg(b, t, Mode::Sequential, 1, 2, Packing::Off),
+        )
+        .unwrap();
         let tokens = split.shards()[0].tokens::<u16>().unwrap();
         // llm.c: rank r reads B*T+1 tokens at g*B*T*W + r*B*T.
         for g in 0..3usize {
@@ -810,12 +1185,12 @@ mod tests {
     #[test]
     fn random_epoch_covers_each_window_once_and_resumes() {
         let (_d, split) = dataset(64);
-        let c = cfg(3, 5, Mode::Random, 0, 1, false);
+        let c = cfg(3, 5, Mode::Random, 0, 1, Packing::Off);
         let mut s = Sampler::new(split.clone(), c.clone()).unwrap();
         let per_epoch = s.batches_per_epoch().unwrap();
         let mut seen = HashSet::new();
         for _ in 0..per_epoch {
-            let rows = s.plan().unwrap();
+            let (rows, _) = s.plan().unwrap();
             for r in rows {
                 assert!(seen.insert(r[0].start), "window repeated");
                 let (sh, local) = split.locate(r[0].start);
@@ -842,7 +1217,8 @@ mod tests {
     #[test]
     fn packed_rows_hold_whole_documents() {
         let (_d, split) = dataset(40);
-        let mut s = Sampler::new(split.clone(), cfg(4, 15, Mode::Random, 0, 1, true)).unwrap();
+        let mut s =
+            Sampler::new(split.clone(), cfg(4, 15, Mode::Random, 0, 1, Packing::Pad)).unwrap();
         for _ in 0..30 {
             let out = batch(&mut s);
             for (row, &len) in out.chunks(16).zip(s.last_lengths()) {
@@ -854,7 +1230,7 @@ mod tests {
                 }
             }
         }
-        let e = Sampler::new(split, cfg(4, 15, Mode::Random, 0, 1_000_000, true))
+        let e = Sampler::new(split, cfg(4, 15, Mode::Random, 0, 1_000_000, Packing::Pad))
             .unwrap()
             .skip()
             .unwrap_err();
@@ -864,7 +1240,7 @@ mod tests {
     #[test]
     fn packing_with_a_stride_longer_than_a_row_moves_on() {
         let (_d, split) = dataset(40);
-        let mut c = cfg(2, 3, Mode::Sequential, 0, 1, true);
+        let mut c = cfg(2, 3, Mode::Sequential, 0, 1, Packing::Pad);
         c.stride = 9;
         let mut s = Sampler::new(split, c).unwrap();
         for _ in 0..200 {
@@ -874,10 +1250,175 @@ mod tests {
     }
 
     #[test]
+    fn best_fit_examples() {
+        // The longest that fits first; what is left of the pool is dropped with its row.
+        let p = best_fit(&[5, 3, 8, 2], 8);
+        assert_eq!(p.rows, vec![vec![(2, 8)], vec![(0, 5), (1, 3)]]);
+        assert_eq!((p.cropped, p.dropped), (vec![0, 0], 2));
+        // Nothing fits the room left: the shortest left is cropped to it.
+        let p = best_fit(&[10, 4, 0], 6);
+        assert_eq!(p.rows, vec![vec![(1, 4), (0, 2)]]);
+        assert_eq!((p.cropped, p.dropped), (vec![8], 0));
+        // A document longer than a row is cropped to one row.
+        let p = best_fit(&[20, 20], 7);
+        assert_eq!(p.rows, vec![vec![(0, 7)], vec![(1, 7)]]);
+        assert_eq!(p.cropped, vec![13, 13]);
+    }
+
+    fn best_fit_cfg(b: u64, t: u64, mode: Mode, rank: u64, world: u64, pool: u64) -> SamplerConfig {
+        SamplerConfig {
+            pool,
+            ..cfg(b, t, mode, rank, world, Packing::BestFit)
+        }
+    }
+
+    /// Every row starts at a document's start, is full, and is made of heads of documents;
+    /// no document is used twice in an epoch (over all ranks).
+    #[test]
+    fn best_fit_rows_are_document_aligned_and_full() {
+        let (_d, split) = dataset(40);
+        let starts: HashSet<u64> = (0..split.num_docs())
+            .map(|i| split.doc_start(i).unwrap())
+            .collect();
+        for mode in [Mode::Random, Mode::Sequential] {
+            for pool in [7u64, 1000] {
+                let mut ranks: Vec<Sampler> = (0..2)
+                    .map(|r| Sampler::new(split.clone(), best_fit_cfg(3, 20, mode, r, 2, pool)))
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                let mut used = HashSet::new();
+                while ranks[0].state().epoch == 0 {
+                    for s in &mut ranks {
+                        let out = batch(s);
+                        assert!(s.last_lengths().iter().all(|&l| l == 21));
+                        let mut segs = vec![0u32; out.len()];
+                        s.last_segments(&mut segs).unwrap();
+                        for (pieces, row_segs) in s.pieces.iter().zip(segs.chunks(21)) {
+                            assert_eq!(pieces.iter().map(|p| p.len).sum::<u64>(), 21);
+                            let mut at = 0;
+                            for (k, p) in pieces.iter().enumerate() {
+                                assert!(starts.contains(&p.start), "a piece starts mid-document");
+                                let (a, b) = split
+                                    .doc_range(
+                                        (0..split.num_docs())
+                                            .find(|&i| split.doc_start(i).unwrap() == p.start)
+                                            .unwrap(),
+                                    )
+                                    .unwrap();
+                                assert!(p.len <= b - a);
+                                assert!(p.len == b - a || k == pieces.len() - 1, "cropped early");
+                                assert!(row_segs[at..at + p.len as usize]
+                                    .iter()
+                                    .all(|&x| x == k as u32));
+                                at += p.len as usize;
+                                if s.state().epoch == 0 {
+                                    assert!(used.insert(p.start), "a document used twice");
+                                }
+                            }
+                        }
+                    }
+                }
+                assert!(!used.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn best_fit_resumes_mid_pool() {
+        let (_d, split) = dataset(40);
+        for mode in [Mode::Random, Mode::Sequential] {
+            let c = best_fit_cfg(2, 12, mode, 1, 2, 9);
+            let mut a = Sampler::new(split.clone(), c.clone()).unwrap();
+            for k in 0..40 {
+                let mut b = Sampler::new(split.clone(), c.clone()).unwrap();
+                b.load_state_json(&a.state_json()).unwrap();
+                for _ in 0..3 {
+                    let mut probe = Sampler::new(split.clone(), c.clone()).unwrap();
+                    probe.load_state_json(&b.state_json()).unwrap();
+                    assert_eq!(batch(&mut b), batch(&mut probe), "k={k}");
+                }
+                let mut c2 = Sampler::new(split.clone(), c.clone()).unwrap();
+                c2.load_state_json(&a.state_json()).unwrap();
+                let want = batch(&mut c2);
+                assert_eq!(batch(&mut a), want, "{mode:?} k={k}");
+                assert_eq!(a.last_cropped(), c2.last_cropped());
+            }
+            assert!(a.state().epoch > 0, "the test should cross an epoch");
+        }
+    }
+
+    #[test]
+    fn best_fit_settings_and_states_are_checked() {
+        let (_d, split) = dataset(40);
+        let e = Sampler::new(split.clone(), best_fit_cfg(2, 8, Mode::Random, 0, 1, 0))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("pool"), "{e}");
+        let e = Sampler::new(
+            split.clone(),
+            best_fit_cfg(100_000, 8, Mode::Random, 0, 1, 4),
+        )
+        .unwrap()
+        .skip()
+        .unwrap_err();
+        assert!(e.to_string().contains("pack best-fit into"), "{e}");
+        // A state of another pool size, or of padded packing, is refused.
+        let a = Sampler::new(split.clone(), best_fit_cfg(2, 8, Mode::Random, 0, 1, 4)).unwrap();
+        let mut b = Sampler::new(split.clone(), best_fit_cfg(2, 8, Mode::Random, 0, 1, 5)).unwrap();
+        let e = b.load_state_json(&a.state_json()).unwrap_err().to_string();
+        assert!(e.contains("pool Some(4)"), "{e}");
+        let mut pad =
+            Sampler::new(split.clone(), cfg(2, 8, Mode::Random, 0, 1, Packing::Pad)).unwrap();
+        let e = pad
+            .load_state_json(&a.state_json())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("packing bestfit"), "{e}");
+        // Old states (packing written as true/false) still load.
+        let json = pad.state_json();
+        assert!(
+            json.contains("\"packing\":true") && !json.contains("pool"),
+            "{json}"
+        );
+        pad.load_state_json(&json).unwrap();
+        // A cursor inside a pool, or an offset past its rows, is refused.
+        let mut st: serde_json::Value = serde_json::from_str(&a.state_json()).unwrap();
+        st["cursor"] = 3.into();
+        let mut fresh =
+            Sampler::new(split.clone(), best_fit_cfg(2, 8, Mode::Random, 0, 1, 4)).unwrap();
+        assert!(fresh.load_state_json(&st.to_string()).is_err());
+        st["cursor"] = 4.into();
+        st["offset"] = 1000.into();
+        assert!(fresh.load_state_json(&st.to_string()).is_err());
+    }
+
+    #[test]
+    fn window_segments_follow_the_index() {
+        let (_d, split) = dataset(40);
+        let mut s =
+            Sampler::new(split.clone(), cfg(4, 30, Mode::Random, 0, 1, Packing::Off)).unwrap();
+        let starts: HashSet<u64> = (0..split.num_docs())
+            .map(|i| split.doc_start(i).unwrap())
+            .collect();
+        for _ in 0..10 {
+            batch(&mut s);
+            let mut segs = vec![0u32; 4 * 31];
+            s.last_segments(&mut segs).unwrap();
+            for (&start, row) in s.last_starts().iter().zip(segs.chunks(31)) {
+                assert_eq!(row[0], 0);
+                for i in 1..31 {
+                    let new_doc = starts.contains(&(start + i as u64));
+                    assert_eq!(row[i], row[i - 1] + u32::from(new_doc));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn state_must_match_configuration() {
         let (_d, split) = dataset(64);
-        let a = Sampler::new(split.clone(), cfg(3, 5, Mode::Random, 0, 1, false)).unwrap();
-        let mut b = Sampler::new(split, cfg(3, 6, Mode::Random, 0, 1, false)).unwrap();
+        let a = Sampler::new(split.clone(), cfg(3, 5, Mode::Random, 0, 1, Packing::Off)).unwrap();
+        let mut b = Sampler::new(split, cfg(3, 6, Mode::Random, 0, 1, Packing::Off)).unwrap();
         let e = b.load_state_json(&a.state_json()).unwrap_err().to_string();
         assert!(e.contains("seq_len 5"), "{e}");
     }
@@ -902,7 +1443,7 @@ mod fuzz {
         (dir, split)
     }
 
-    fn sampler(split: &Arc<Split>, mode: Mode, packing: bool) -> Sampler {
+    fn sampler(split: &Arc<Split>, mode: Mode, packing: Packing) -> Sampler {
         let cfg = SamplerConfig {
             batch_size: 2,
             seq_len: 8,
@@ -912,9 +1453,18 @@ mod fuzz {
             rank: 0,
             world_size: 1,
             packing,
+            pool: 16,
             pad: 256,
         };
         Sampler::new(split.clone(), cfg).unwrap()
+    }
+
+    fn packings() -> impl Strategy<Value = Packing> {
+        prop_oneof![
+            Just(Packing::Off),
+            Just(Packing::Pad),
+            Just(Packing::BestFit)
+        ]
     }
 
     fn draw(s: &mut Sampler) {
@@ -932,7 +1482,7 @@ mod fuzz {
         #[test]
         fn any_position_loads_or_is_refused(
             sequential in any::<bool>(),
-            packing in any::<bool>(),
+            packing in packings(),
             fields in prop::collection::vec(prop_oneof![0..400u64, any::<u64>()], 5),
         ) {
             let (_dir, split) = dataset(100);
@@ -948,7 +1498,7 @@ mod fuzz {
         }
 
         #[test]
-        fn damaged_states_load_or_are_refused(sequential in any::<bool>(), packing in any::<bool>(), e in edits()) {
+        fn damaged_states_load_or_are_refused(sequential in any::<bool>(), packing in packings(), e in edits()) {
             let (_dir, split) = dataset(100);
             let mode = if sequential { Mode::Sequential } else { Mode::Random };
             let mut s = sampler(&split, mode, packing);
@@ -960,6 +1510,86 @@ mod fuzz {
                     draw(&mut fresh);
                 }
             }
+        }
+    }
+}
+
+/// The best-fit packer against a written-out reference, and what every packing must keep.
+#[cfg(test)]
+mod best_fit_props {
+    use super::{best_fit, BestFit};
+    use proptest::prelude::*;
+
+    /// The rule of [`best_fit`], by scanning a list.
+    fn reference(lens: &[u64], row: u64) -> BestFit {
+        let mut left: Vec<usize> = (0..lens.len()).filter(|&i| lens[i] > 0).collect();
+        let (mut rows, mut cropped, mut dropped) = (Vec::new(), Vec::new(), 0);
+        while !left.is_empty() {
+            let (mut pieces, mut room, mut cut) = (Vec::new(), row, 0);
+            while room > 0 && !left.is_empty() {
+                let fit = left
+                    .iter()
+                    .copied()
+                    .filter(|&i| lens[i] <= room)
+                    .max_by_key(|&i| (lens[i], i));
+                let pick = fit
+                    .unwrap_or_else(|| left.iter().copied().min_by_key(|&i| (lens[i], i)).unwrap());
+                left.retain(|&i| i != pick);
+                let take = lens[pick].min(room);
+                pieces.push((pick, take));
+                cut += lens[pick] - take;
+                room -= take;
+            }
+            if room > 0 {
+                dropped = row - room;
+                break;
+            }
+            rows.push(pieces);
+            cropped.push(cut);
+        }
+        BestFit {
+            rows,
+            cropped,
+            dropped,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(256))]
+
+        #[test]
+        fn best_fit_is_the_reference(
+            lens in prop::collection::vec(prop_oneof![0..12u64, 0..80u64], 0..60),
+            row in 1..40u64,
+        ) {
+            prop_assert_eq!(best_fit(&lens, row), reference(&lens, row));
+        }
+
+        #[test]
+        fn best_fit_rows_are_full_and_every_token_is_counted(
+            lens in prop::collection::vec(1..100u64, 0..80),
+            row in 1..64u64,
+        ) {
+            let p = best_fit(&lens, row);
+            let mut used = vec![false; lens.len()];
+            for (pieces, &cut) in p.rows.iter().zip(&p.cropped) {
+                prop_assert_eq!(pieces.iter().map(|&(_, n)| n).sum::<u64>(), row);
+                for (k, &(d, n)) in pieces.iter().enumerate() {
+                    prop_assert!(!used[d], "document {} used twice", d);
+                    used[d] = true;
+                    prop_assert!(n <= lens[d] && n > 0);
+                    // Only a row's last document is cropped.
+                    prop_assert!(n == lens[d] || k + 1 == pieces.len());
+                }
+                let last = pieces.last().unwrap();
+                prop_assert_eq!(cut, lens[last.0] - last.1);
+            }
+            let placed: u64 = p.rows.len() as u64 * row + p.cropped.iter().sum::<u64>();
+            let unused: u64 = (0..lens.len()).filter(|&i| !used[i]).map(|i| lens[i]).sum();
+            // What no row holds is what the last, dropped row held: less than a row.
+            prop_assert_eq!(unused, p.dropped);
+            prop_assert!(p.dropped < row);
+            prop_assert_eq!(placed + unused, lens.iter().sum::<u64>());
         }
     }
 }
