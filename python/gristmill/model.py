@@ -1,9 +1,15 @@
-"""The GPT-2 model: config presets, GPT-2 initialisation, a KV cache, the HF GPT-2 layout.
+"""The GPT model: config presets, GPT-2 initialisation, a KV cache, the HF GPT-2 layout.
 
-Read top to bottom: ``GPTConfig`` and its presets, the blocks, ``GPT`` itself, the KV cache the
-sampler uses, then the conversion of state dicts and configs from and to the Hugging Face GPT-2
-layout. Files are not read or written here: checkpoints, HF folders and weight files are
-:mod:`gristmill.checkpoint`'s.
+GPT-2 is the default layout and the only one that exports to Hugging Face GPT-2. The layout
+options of :class:`GPTConfig` (rotary positions, RMSNorm, QK-norm, ReLU², an untied head, a
+logit soft-cap, zero-initialised output projections) make gristmill's own layout, which saves
+and loads through gristmill's checkpoints; the ``modern`` training recipe
+(:data:`gristmill.config.RECIPES`) bundles them with the Muon optimizer.
+
+Read top to bottom: ``GPTConfig`` and its presets, the blocks, ``GPT`` itself, the optimizers,
+the KV cache the sampler uses, then the conversion of state dicts and configs from and to the
+Hugging Face GPT-2 layout. Files are not read or written here: checkpoints, HF folders and
+weight files are :mod:`gristmill.checkpoint`'s.
 
 >>> cfg = GPTConfig.from_preset("tiny", vocab_size=100)
 >>> model = GPT(cfg)
@@ -25,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gristmill.config import LAYOUT_CHOICES, LAYOUT_KEYS
+
 PathLike = Union[str, os.PathLike]
 
 # ---- config ----------------------------------------------------------------------------------
@@ -32,7 +40,7 @@ PathLike = Union[str, os.PathLike]
 
 @dataclass
 class GPTConfig:
-    """The shape of a GPT-2 model.
+    """The shape and layout of a GPT: GPT-2's unless a layout option says otherwise.
 
     ``vocab_size`` is the tokenizer's; the embedding is padded up to ``vocab_multiple``
     (50257 -> 50304) so the matmuls hit fast kernel sizes. Pad logits are cut off in
@@ -47,6 +55,15 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     vocab_multiple: int = 64
+    # Layout options: the defaults are GPT-2's (see LAYOUT_CHOICES and GPT2_LAYOUT).
+    position: str = "learned"  # learned (GPT-2's wpe table) or rotary (RoPE on queries, keys)
+    norm: str = "layernorm"  # layernorm or rmsnorm (every norm: blocks and final)
+    activation: str = "gelu"  # gelu (tanh approximation, GPT-2's) or relu2 (ReLU squared)
+    qk_norm: bool = False  # RMSNorm of each head's queries and keys before attention
+    tie_embeddings: bool = True  # the LM head shares the token embedding's weight
+    logit_softcap: float = 0.0  # logits = cap * tanh(logits / cap); 0: off
+    zero_init: bool = False  # output projections (attn/MLP c_proj, an untied head) start at 0
+    rope_theta: float = 10000.0  # rotary base
 
     def __post_init__(self):
         # Configs come from files (checkpoint metadata, HF config.json, TOML): a wrong type or
@@ -65,11 +82,38 @@ class GPTConfig:
         if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
             raise bad("dropout", "a number in [0, 1)")
         self.dropout = float(d)
-        if not isinstance(self.bias, bool):
-            raise bad("bias", "true or false")
+        for name in ("bias", "qk_norm", "tie_embeddings", "zero_init"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "true or false")
+        for name, choices in LAYOUT_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise bad(name, " or ".join(choices))
+        def real(v):
+            return not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
+
+        if not real(self.logit_softcap) or self.logit_softcap < 0:
+            raise bad("logit_softcap", "0 (off) or a positive number")
+        if not real(self.rope_theta) or self.rope_theta <= 1:
+            raise bad("rope_theta", "a number above 1")
+        self.logit_softcap, self.rope_theta = float(self.logit_softcap), float(self.rope_theta)
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig n_embd ({self.n_embd}) must be a multiple of n_head "
                              f"({self.n_head})")
+        if self.position == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"GPTConfig position 'rotary' needs an even head size, got "
+                             f"n_embd/n_head = {self.n_embd // self.n_head}")
+
+    @property
+    def layout(self) -> str:
+        """``gpt2`` (exports to Hugging Face GPT-2) or ``gristmill`` (any layout option set)."""
+        return "gristmill" if self.non_gpt2_options() else "gpt2"
+
+    def non_gpt2_options(self) -> dict:
+        """The layout options that differ from GPT-2's, as ``{name: value}``."""
+        out = {k: getattr(self, k) for k, v in GPT2_LAYOUT.items() if getattr(self, k) != v}
+        if self.position != "rotary":
+            out.pop("rope_theta", None)  # unused without rotary positions
+        return out
 
     @property
     def padded_vocab_size(self) -> int:
@@ -99,6 +143,10 @@ class GPTConfig:
         return dataclasses.asdict(self)
 
 
+#: GPT-2's value of every layout option: a model with all of them exports to HF GPT-2.
+GPT2_LAYOUT: dict = {f.name: f.default for f in dataclasses.fields(GPTConfig)
+                     if f.name in (*LAYOUT_KEYS, "rope_theta")}
+
 PRESETS: dict[str, dict] = {
     "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768},  # 124M
     "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_embd": 1024},  # 350M
@@ -111,6 +159,34 @@ PRESETS: dict[str, dict] = {
 
 # ---- blocks ----------------------------------------------------------------------------------
 
+NORM_EPS = 1e-5  # GPT-2's LayerNorm epsilon; RMSNorm uses the same
+
+
+def make_norm(config: GPTConfig, dim: int) -> nn.Module:
+    """The config's norm over the last ``dim`` features: LayerNorm (GPT-2) or RMSNorm."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=NORM_EPS)
+    return nn.LayerNorm(dim, bias=config.bias)
+
+
+def rotary_tables(positions, head_dim: int, theta: float = 10000.0):
+    """``(cos, sin)`` of RoPE (Su et al. 2021) for ``positions`` ((T,) or (B, T)), shaped to
+    broadcast over (B, n_head, T, head_dim / 2); computed in float32."""
+    inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=positions.device,
+                                       dtype=torch.float32) / head_dim)
+    angles = positions.to(torch.float32)[..., None] * inv_freq
+    if angles.dim() == 3:  # (B, T, D/2): one table per row
+        angles = angles[:, None]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotates each pair (x[i], x[i + D/2]) of the last dimension by the pair's angle: the
+    half-split convention of GPT-NeoX and Llama in transformers."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
@@ -119,11 +195,19 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:
+            head_dim = config.n_embd // config.n_head
+            self.q_norm = nn.RMSNorm(head_dim, eps=NORM_EPS)
+            self.k_norm = nn.RMSNorm(head_dim, eps=NORM_EPS)
 
-    def forward(self, x, cache: KVCache | None = None, attn_mask=None):
+    def forward(self, x, cache: KVCache | None = None, attn_mask=None, rope=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:  # absolute positions: cached keys stay valid
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         start = 0
         if cache is not None:
             start = cache.length
@@ -148,23 +232,26 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.relu2 = config.activation == "relu2"
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        h = self.c_fc(x)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate="tanh")
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block, as GPT-2."""
+    """Pre-norm transformer block, as GPT-2."""
 
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, attn_mask=None):
-        x = x + self.attn(self.ln_1(x), cache, attn_mask)
+    def forward(self, x, cache=None, attn_mask=None, rope=None):
+        x = x + self.attn(self.ln_1(x), cache, attn_mask, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -172,25 +259,35 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """GPT-2: learned positions, pre-LN blocks, GELU (tanh), output tied to the token embedding."""
+    """GPT-2 by default: learned positions, pre-LN blocks, GELU (tanh), output tied to the token
+    embedding; the config's layout options change these (see :class:`GPTConfig`)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict({
-            "wte": nn.Embedding(config.padded_vocab_size, config.n_embd),
-            "wpe": nn.Embedding(config.block_size, config.n_embd),
+        modules = {"wte": nn.Embedding(config.padded_vocab_size, config.n_embd)}
+        if config.position == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update({
             "drop": nn.Dropout(config.dropout),
             "h": nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
-            "ln_f": nn.LayerNorm(config.n_embd, bias=config.bias),
+            "ln_f": make_norm(config, config.n_embd),
         })
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
-        # GPT-2 scales the init of the projections that feed the residual stream by 1/sqrt(2L).
+        # GPT-2 scales the init of the projections that feed the residual stream by 1/sqrt(2L);
+        # zero_init starts them (and an untied head) at zero, as modded-nanogpt does.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.zero_init and not config.tie_embeddings:
+            nn.init.zeros_(self.lm_head.weight)
 
     @staticmethod
     def _init_weights(module):
@@ -214,6 +311,28 @@ class GPT(nn.Module):
         Returns:
             ``(logits, loss)``: logits (B, T or 1, vocab_size), loss a scalar or None.
         """
+        x = self.hidden_states(idx, cache=cache, positions=positions, attn_mask=attn_mask)
+        if last_only and targets is None:
+            x = x[:, -1:, :]
+        logits = self.head_logits(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def head_logits(self, h):
+        """The LM head on hidden states ``h`` (..., n_embd): logits over the real vocabulary
+        (pad columns cut off), soft-capped in float32 when the config says so."""
+        logits = self.lm_head(h)[..., : self.config.vocab_size]  # pad logits never leave
+        cap = self.config.logit_softcap
+        if cap:
+            logits = cap * torch.tanh(logits.float() / cap)
+        return logits
+
+    def hidden_states(self, idx, *, cache=None, positions=None, attn_mask=None):
+        """The final norm's output (B, T, n_embd): what the LM head reads, and what a
+        fine-tuning head (:mod:`gristmill.finetune`) reads instead. Arguments as :meth:`forward`.
+        """
         T = idx.shape[1]
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -221,26 +340,32 @@ class GPT(nn.Module):
                              f"{self.config.block_size}")
         if positions is None:
             positions = torch.arange(start, start + T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+        x, rope = self.transformer.wte(idx), None
+        if self.config.position == "learned":
+            x = x + self.transformer.wpe(positions)
+        else:
+            c = self.config
+            rope = rotary_tables(positions, c.n_embd // c.n_head, c.rope_theta)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, cache, attn_mask)
+            x = block(x, cache, attn_mask, rope)
         if cache is not None:
             cache.length += T
-        x = self.transformer.ln_f(x)
-        if last_only and targets is None:
-            x = x[:, -1:, :]
-        logits = self.lm_head(x)[..., : self.config.vocab_size]  # pad logits never leave
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
-        return logits, loss
+        return self.transformer.ln_f(x)
 
     # ---- accounting ----
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; the tied token embedding counts once, positions only if asked."""
+        """Parameter count. ``non_embedding`` leaves out the lookup tables that do no matmul:
+        the position table, and the token embedding when it is not tied to the head (a tied
+        one counts once, as the head)."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        if non_embedding:
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.transformer.wte.weight.numel()
+        return n
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward): 6N + 12·L·H·Q·T (PaLM appendix B)."""
@@ -248,15 +373,75 @@ class GPT(nn.Module):
         return 6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * seq_len
 
     def configure_optimizer(self, lr: float, weight_decay: float, betas=(0.9, 0.95),
-                            eps: float = 1e-8, device_type: str = "cpu"):
-        """AdamW decaying only the >=2-D weights (matmuls, embeddings); fused on CUDA."""
-        params = [p for p in self.parameters() if p.requires_grad]
+                            eps: float = 1e-8, device_type: str = "cpu", optimizer: str = "adamw",
+                            muon_lr: float = 0.02, muon_momentum: float = 0.95):
+        """AdamW decaying only the >=2-D weights (matmuls, embeddings); fused on CUDA.
+
+        ``optimizer="muon"``: Muon (``torch.optim.Muon``) for the blocks' 2-D weights at
+        ``muon_lr``, AdamW as above for the embeddings, the head and the gains and biases; the
+        Muon group carries ``lr_scale = muon_lr / lr`` so that one schedule scales both.
+
+        Raises:
+            ValueError: an unknown optimizer, or Muon on a torch without it.
+        """
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be {' or '.join(OPTIMIZERS)}, got {optimizer!r}")
+        hidden = []
+        if optimizer == "muon":
+            hidden = [p for n, p in params if p.dim() == 2 and n.startswith("transformer.h.")]
+        in_muon = {id(p) for p in hidden}
+        rest = [p for _, p in params if id(p) not in in_muon]
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
         ]
         fused = {"fused": True} if device_type == "cuda" else {}
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **fused)
+        adamw = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **fused)
+        if optimizer == "adamw":
+            return adamw
+        muon_cls = getattr(torch.optim, "Muon", None)
+        if muon_cls is None:
+            raise ValueError(f"optimizer 'muon' needs torch.optim.Muon (PyTorch 2.9 or later); "
+                             f"this is torch {torch.__version__}: upgrade it or use "
+                             "optimizer=adamw")
+        muon = muon_cls([{"params": hidden, "lr_scale": muon_lr / lr}], lr=muon_lr,
+                        weight_decay=weight_decay, momentum=muon_momentum)
+        return CombinedOptimizer({"adamw": adamw, "muon": muon})
+
+
+OPTIMIZERS = ("adamw", "muon")
+
+
+class CombinedOptimizer:
+    """Several optimizers over disjoint parameters, stepped as one: ``param_groups`` lists all
+    their groups (a schedule sets each group's ``lr``), and the state dict holds each by name.
+    """
+
+    def __init__(self, optimizers: dict):
+        self.optimizers = dict(optimizers)
+
+    @property
+    def param_groups(self) -> list:
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def step(self, closure=None):
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or set(state) != set(self.optimizers):
+            raise ValueError(f"the optimizer state is not {' + '.join(self.optimizers)}'s "
+                             "(saved by a run with another optimizer?)")
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
 
 
 # ---- KV cache --------------------------------------------------------------------------------
@@ -314,11 +499,27 @@ def clean_state_dict(sd: dict) -> dict:
     return out
 
 
+def check_gpt2_layout(config: GPTConfig, action: str = "export to Hugging Face GPT-2") -> None:
+    """Refuses (one line, naming the options) a config that is not GPT-2's layout, for
+    ``action``: only GPT-2's layout exists in the Hugging Face GPT-2 format.
+
+    Raises:
+        ValueError: when any layout option differs from GPT-2's.
+    """
+    other = config.non_gpt2_options()
+    if other:
+        shown = ", ".join(f"{k}={v}" for k, v in other.items())
+        raise ValueError(f"cannot {action}: the model has gristmill's layout ({shown}), which "
+                         "Hugging Face GPT-2 does not have; it saves and loads as a gristmill "
+                         "checkpoint")
+
+
 def config_from_hf(hf: dict, **overrides) -> GPTConfig:
     """Maps a HF GPT-2 ``config.json`` onto :class:`GPTConfig`.
 
     Raises:
-        ValueError: for a model type or option this GPT does not implement.
+        ValueError: for a model type or option this GPT does not implement, or an override of
+            a layout option (the weights are GPT-2's).
     """
     missing = [k for k in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd")
                if k not in hf]
@@ -332,10 +533,16 @@ def config_from_hf(hf: dict, **overrides) -> GPTConfig:
     for key, want in expected.items():
         if hf.get(key, want) != want:
             raise ValueError(f"HF config has {key}={hf[key]!r}; gristmill's GPT-2 needs {want!r}")
-    return GPTConfig.from_dict({
+    config = GPTConfig.from_dict({
         "block_size": hf["n_positions"], "vocab_size": hf["vocab_size"],
         "n_layer": hf["n_layer"], "n_head": hf["n_head"], "n_embd": hf["n_embd"], **overrides,
     })
+    other = config.non_gpt2_options()
+    if other:
+        shown = ", ".join(f"{k}={v}" for k, v in other.items())
+        raise ValueError(f"Hugging Face GPT-2 weights have GPT-2's layout: {shown} cannot apply "
+                         "to them (train a preset with it instead)")
+    return config
 
 
 def from_hf_state_dict(hf_sd: dict, config: GPTConfig) -> dict:
@@ -367,8 +574,12 @@ def to_hf_state_dict(model: GPT) -> dict:
     """The model's weights in the HF GPT-2 layout (Conv1D transposed, vocab unpadded).
 
     ``lm_head.weight`` is left out: it is tied to ``transformer.wte.weight``.
+
+    Raises:
+        ValueError: for a model of gristmill's layout (see :func:`check_gpt2_layout`).
     """
     config = model.config
+    check_gpt2_layout(config)
     out = {}
     for k, v in clean_state_dict(model.state_dict()).items():
         if k == "lm_head.weight":
@@ -385,7 +596,12 @@ def to_hf_state_dict(model: GPT) -> dict:
 
 
 def config_to_hf(config: GPTConfig, eos_token_id: int | None = None) -> dict:
-    """The HF GPT-2 ``config.json`` of a :class:`GPTConfig` (end-of-text: the last token)."""
+    """The HF GPT-2 ``config.json`` of a :class:`GPTConfig` (end-of-text: the last token).
+
+    Raises:
+        ValueError: for a config of gristmill's layout (see :func:`check_gpt2_layout`).
+    """
+    check_gpt2_layout(config)
     eos = config.vocab_size - 1 if eos_token_id is None else eos_token_id
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
