@@ -456,6 +456,7 @@ def test_torch_batches_are_shifted_int64_pairs(dataset):
     assert len(list(loader)) == 4
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif("not __import__('torch').cuda.is_available()")
 def test_torch_batches_on_cuda(dataset):  # pragma: no cover - needs a GPU
     ref = dataset.sampler(batch_size=4, seq_len=32, seed=2)

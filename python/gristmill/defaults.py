@@ -46,3 +46,47 @@ SAMPLE = MappingProxyType({
     "num_return_sequences": 1,
     "seed": None,
 })
+
+#: ``gristmill eval`` / ``gristmill.eval`` / a suite file's tasks and the training loop's
+#: ``eval_tasks``. ``batch_tokens``: tokens fed to the model per forward pass when scoring
+#: choices (contexts + endings; memory grows with it times the vocabulary).
+EVAL = MappingProxyType({
+    "batch_size": 8,
+    "batch_tokens": 4096,
+    "num_fewshot": 0,
+    "metric": "acc_norm",
+    "delimiter": " ",
+    "seed": 1234,
+})
+
+#: ``gristmill serve`` / ``gristmill.serve.serve`` / ``BatchEngine``: sequences decoded together,
+#: requests that may wait for a place before the server answers 503, where it listens.
+SERVE = MappingProxyType({
+    "host": "127.0.0.1",
+    "port": 8000,
+    "max_batch": 32,
+    "max_queue": 64,
+})
+
+#: The GPT's shape when a setting is left out (GPT-2 124M's); ``model.GPTConfig`` and the
+#: planner (which must not import torch) both read it.
+MODEL = MappingProxyType({
+    "block_size": 1024,
+    "vocab_size": 50257,
+    "n_layer": 12,
+    "n_head": 12,
+    "n_embd": 768,
+    "bias": True,
+    "vocab_multiple": 64,
+})
+
+#: Named model shapes (``GPTConfig.from_preset``, ``model = "..."`` in a training config).
+MODEL_PRESETS = MappingProxyType({
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768},  # 124M
+    "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_embd": 1024},  # 350M
+    "gpt2-large": {"n_layer": 36, "n_head": 20, "n_embd": 1280},  # 774M
+    "gpt2-xl": {"n_layer": 48, "n_head": 25, "n_embd": 1600},  # 1558M
+    # Small ones for tests and CPU experiments.
+    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 128},
+    "mini": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 256},
+})

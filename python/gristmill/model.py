@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gristmill.config import LAYOUT_CHOICES, LAYOUT_KEYS
+from gristmill.defaults import MODEL, MODEL_PRESETS
 
 PathLike = Union[str, os.PathLike]
 
@@ -47,14 +48,14 @@ class GPTConfig:
     :meth:`GPT.forward`, so they are never sampled and never enter the loss.
     """
 
-    block_size: int = 1024
-    vocab_size: int = 50257
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
+    block_size: int = MODEL["block_size"]
+    vocab_size: int = MODEL["vocab_size"]
+    n_layer: int = MODEL["n_layer"]
+    n_head: int = MODEL["n_head"]
+    n_embd: int = MODEL["n_embd"]
     dropout: float = 0.0
-    bias: bool = True
-    vocab_multiple: int = 64
+    bias: bool = MODEL["bias"]
+    vocab_multiple: int = MODEL["vocab_multiple"]
     # Layout options: the defaults are GPT-2's (see LAYOUT_CHOICES and GPT2_LAYOUT).
     position: str = "learned"  # learned (GPT-2's wpe table) or rotary (RoPE on queries, keys)
     norm: str = "layernorm"  # layernorm or rmsnorm (every norm: blocks and final)
@@ -147,15 +148,7 @@ class GPTConfig:
 GPT2_LAYOUT: dict = {f.name: f.default for f in dataclasses.fields(GPTConfig)
                      if f.name in (*LAYOUT_KEYS, "rope_theta")}
 
-PRESETS: dict[str, dict] = {
-    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768},  # 124M
-    "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_embd": 1024},  # 350M
-    "gpt2-large": {"n_layer": 36, "n_head": 20, "n_embd": 1280},  # 774M
-    "gpt2-xl": {"n_layer": 48, "n_head": 25, "n_embd": 1600},  # 1558M
-    # Small ones for tests and CPU experiments.
-    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 128},
-    "mini": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 256},
-}
+PRESETS: dict[str, dict] = {name: dict(shape) for name, shape in MODEL_PRESETS.items()}
 
 # ---- blocks ----------------------------------------------------------------------------------
 

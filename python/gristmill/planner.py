@@ -12,8 +12,8 @@ would use: the nearest model preset, tokens per step, steps and peak learning ra
 
 Nothing here imports torch: ``gristmill plan`` answers at once. Parameter counts are those of
 ``GPT.num_params()`` for the GPT-2 layout (token embedding counted once, tied to the head;
-positions left out) computed from the shape; presets are read from :mod:`gristmill.model`'s
-source without importing it.
+positions left out) computed from the shape; presets come from :mod:`gristmill.defaults`,
+the table the model reads too, so no torch is imported.
 
 >>> p = plan(flops=5.76e23)  # Gopher's and Chinchilla's budget
 >>> round(p.params / 1e9), round(p.tokens / 1e12, 2)
@@ -24,16 +24,13 @@ source without importing it.
 
 from __future__ import annotations
 
-import ast
-import contextlib
 import dataclasses
-import importlib.util
 import math
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import Optional
+
+from gristmill.defaults import MODEL, MODEL_PRESETS
 
 #: Chinchilla's compute-optimal tokens per parameter (Hoffmann et al. 2022).
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
@@ -122,31 +119,13 @@ def count_params(n_layer: int, n_embd: int, vocab_size: int = 50257, *, vocab_mu
     return vocab * d + head + n_layer * block + norm
 
 
-@lru_cache(maxsize=1)
 def presets() -> dict[str, dict]:
-    """:data:`gristmill.model.PRESETS` and the :class:`~gristmill.model.GPTConfig` defaults
-    they fill in, read from the module's source (importing it would import torch): each
-    preset as a full shape ``{n_layer, n_head, n_embd, block_size, vocab_size, bias,
-    vocab_multiple}``."""
-    spec = importlib.util.find_spec("gristmill.model")
-    source = Path(spec.origin).read_text("utf-8")
-    tree = ast.parse(source)
-    table, defaults = None, {}
-    for node in tree.body:
-        if isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(isinstance(t, ast.Name) and t.id == "PRESETS" for t in targets):
-                table = ast.literal_eval(node.value)
-        if isinstance(node, ast.ClassDef) and node.name == "GPTConfig":
-            for item in node.body:
-                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) \
-                        and item.value is not None:
-                    with contextlib.suppress(ValueError):  # not a literal: not a shape field
-                        defaults[item.target.id] = ast.literal_eval(item.value)
-    if table is None:
-        raise RuntimeError(f"{spec.origin}: no PRESETS table")  # a broken install, not input
+    """Every model preset as a full shape ``{n_layer, n_head, n_embd, block_size, vocab_size,
+    bias, vocab_multiple}``: :data:`gristmill.defaults.MODEL_PRESETS` over
+    :data:`gristmill.defaults.MODEL`, the table ``GPTConfig`` reads too."""
     keys = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "vocab_multiple")
-    return {name: {k: {**defaults, **shape}.get(k) for k in keys} for name, shape in table.items()}
+    return {name: {k: {**MODEL, **shape}[k] for k in keys}
+            for name, shape in MODEL_PRESETS.items()}
 
 
 def preset_params(name: str, vocab_size: Optional[int] = None) -> int:
