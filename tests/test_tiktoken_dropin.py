@@ -220,6 +220,63 @@ def test_special_tokens_allowed_and_disallowed(cl100k):
         assert {eot, fip, fim} & set(tokens) == present, allowed
 
 
+def test_disallowed_special_token_message_is_tiktokens(pair):
+    ours, theirs = pair
+    text = "a <|endoftext|> b"
+    with pytest.raises(ValueError) as expected:
+        theirs.encode(text)
+    calls = [
+        lambda: ours.encode(text),
+        lambda: ours.encode(text, allowed_special=set(), disallowed_special={"<|endoftext|>"}),
+        lambda: ours.encode_to_numpy(text),
+        lambda: ours.count(text),
+        lambda: ours.encode_batch(["fine", text]),
+        lambda: ours.encode_batch_to_numpy(["fine", text], disallowed_special="all"),
+        lambda: ours.encode_with_unstable(text),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError) as got:
+            call()
+        assert str(got.value) == str(expected.value)
+    # Allowed, or not disallowed: no error.
+    assert ours.encode(text, allowed_special="all") == theirs.encode(text, allowed_special="all")
+    assert ours.count(text, disallowed_special=()) == len(theirs.encode_ordinary(text))
+
+
+def _completions(result):
+    stable, completions = result
+    return stable, sorted(map(tuple, completions))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(max_size=24))
+@example(text="hello fanta")
+@example(text="hello \n")
+@example(text="today\n \n")
+@example(text="x  ")
+@example(text="a\u3000")
+@example(text="I'm")
+@example(text="12345")
+@example(text="<|endoftext|>")
+@example(text="x<|endoftext|>y")
+@example(text="x<|endoftext|>")
+@example(text="")
+def test_hyp_encode_with_unstable_matches_tiktoken(pair, text):
+    ours, theirs = pair
+    for kwargs in ({"disallowed_special": ()}, {"allowed_special": "all"}):
+        expected = _completions(theirs.encode_with_unstable(text, **kwargs))
+        assert _completions(ours.encode_with_unstable(text, **kwargs)) == expected, kwargs
+
+
+def test_encode_with_unstable_known(pair):
+    ours, theirs = pair
+    stable, completions = ours.encode_with_unstable("hello fanta")
+    assert stable == ours.encode("hello")
+    assert all(ours.decode_bytes(stable + seq).startswith(b"hello fanta") for seq in completions)
+    if theirs.name == "r50k_base":
+        assert stable == [31373] and [8842] in completions and [277, 4910] in completions
+
+
 def test_batches(pair):
     ours, theirs = pair
     texts = ["hello world", "goodbye world"]

@@ -27,6 +27,8 @@ from gristmill.outputs import OutputFolderError, check_apart, claim
 from gristmill.storage import write_atomic
 
 ENDOFTEXT = "<|endoftext|>"
+#: The default ``allowed_special``: none (recognised by identity, for a fast default call).
+_NO_SPECIALS: AbstractSet[str] = frozenset()
 #: The files :meth:`Tokenizer.save` writes in a folder: all it ever replaces there.
 SAVED_FILES = ("tokenizer.tiktoken", "tokenizer.json", "tokenizer_config.json")
 PathLike = Union[str, "os.PathLike[str]"]
@@ -149,6 +151,7 @@ class Tokenizer:
         self._core = core
         self.name = "custom" if name is None else name
         self._special_tokens = dict(core.special_tokens())
+        self._all_special_ids = sorted(self._special_tokens.values())
 
     # ---- construction ---------------------------------------------------------------------
 
@@ -486,31 +489,30 @@ class Tokenizer:
 
     # ---- encoding --------------------------------------------------------------------------
 
-    def _allowed_ids(
+    def _special_ids(
         self,
-        text_or_texts: Union[str, Sequence[str]],
         allowed_special: Union[Literal["all"], AbstractSet[str]],
         disallowed_special: Union[Literal["all"], Collection[str]],
-    ) -> list[int]:
+    ) -> tuple[Sequence[int], Sequence[int]]:
+        """The ids of the special tokens to encode as such and of those whose text the core
+        refuses (with tiktoken's ValueError), as tiktoken reads the two arguments."""
+        if allowed_special is _NO_SPECIALS and disallowed_special == "all":
+            return (), self._all_special_ids
+        specials = self._special_tokens
         if allowed_special == "all":
-            allowed_special = self.special_tokens_set
+            allowed_special = specials.keys()
         if disallowed_special == "all":
-            disallowed_special = self.special_tokens_set - set(allowed_special)
-        if disallowed_special:
-            ids = [self._special_tokens[s] for s in disallowed_special if s in self._special_tokens]
-            texts = [text_or_texts] if isinstance(text_or_texts, str) else text_or_texts
-            for text in texts:
-                found = self._core.find_special(text, ids) if ids else None
-                if found is not None:
-                    _raise_disallowed_special_token(found)
-        return [self._special_tokens[s] for s in allowed_special if s in self._special_tokens]
+            disallowed_special = specials.keys() - set(allowed_special)
+        return (
+            [specials[s] for s in allowed_special if s in specials],
+            [specials[s] for s in disallowed_special if s in specials],
+        )
 
-    @_with_valid_text
     def encode(
         self,
         text: str,
         *,
-        allowed_special: Union[Literal["all"], AbstractSet[str]] = frozenset(),
+        allowed_special: Union[Literal["all"], AbstractSet[str]] = _NO_SPECIALS,
         disallowed_special: Union[Literal["all"], Collection[str]] = "all",
     ) -> list[int]:
         """Encodes ``text``; special-token text is refused unless allowed, as in tiktoken.
@@ -526,38 +528,68 @@ class Tokenizer:
         >>> Tokenizer.from_name("gpt2").encode("<|endoftext|>", allowed_special="all")
         [50256]
         """
-        allowed = self._allowed_ids(text, allowed_special, disallowed_special)
-        return self._core.encode(text, allowed)
+        # The default arguments, inline: this is the call short documents pay for most.
+        if allowed_special is _NO_SPECIALS and disallowed_special == "all":
+            allowed, disallowed = (), self._all_special_ids
+        else:
+            allowed, disallowed = self._special_ids(allowed_special, disallowed_special)
+        try:
+            return self._core.encode(text, allowed, disallowed)
+        except UnicodeEncodeError:  # lone surrogates, replaced as tiktoken does
+            return self._core.encode(replace_lone_surrogates(text), allowed, disallowed)
+
+    @_with_valid_text
+    def encode_with_unstable(
+        self,
+        text: str,
+        *,
+        allowed_special: Union[Literal["all"], AbstractSet[str]] = _NO_SPECIALS,
+        disallowed_special: Union[Literal["all"], Collection[str]] = "all",
+    ) -> tuple[list[int], list[list[int]]]:
+        """Encodes ``text`` into the tokens that more text cannot change and the possible
+        token sequences that continue them, as tiktoken's method of the same name (whose
+        heuristics it follows, so both give the same tokens and the same set of completions;
+        the completions come in no particular order).
+
+        >>> tok = Tokenizer.from_name("gpt2")
+        >>> stable, completions = tok.encode_with_unstable("hello fanta")
+        >>> stable, [8842] in completions
+        ([31373], True)
+        """
+        allowed, disallowed = self._special_ids(allowed_special, disallowed_special)
+        return self._core.encode_with_unstable(text, allowed, disallowed)
 
     @_with_valid_text
     def encode_to_numpy(
         self,
         text: str,
         *,
-        allowed_special: Union[Literal["all"], AbstractSet[str]] = frozenset(),
+        allowed_special: Union[Literal["all"], AbstractSet[str]] = _NO_SPECIALS,
         disallowed_special: Union[Literal["all"], Collection[str]] = "all",
     ) -> np.ndarray:
         """:meth:`encode` as a uint32 array, as tiktoken returns it."""
-        allowed = self._allowed_ids(text, allowed_special, disallowed_special)
-        tokens, _ = self._core.encode_batch_numpy([text], allowed, None, False)
+        allowed, disallowed = self._special_ids(allowed_special, disallowed_special)
+        tokens, _ = self._core.encode_batch_numpy([text], allowed, None, False, disallowed)
         return tokens.astype(np.uint32, copy=False)
 
-    @_with_valid_text
     def encode_ordinary(self, text: str) -> list[int]:
         """Encodes ``text`` with special tokens treated as ordinary text."""
-        return self._core.encode_ordinary(text)
+        try:
+            return self._core.encode_ordinary(text)
+        except UnicodeEncodeError:  # lone surrogates, replaced as tiktoken does
+            return self._core.encode_ordinary(replace_lone_surrogates(text))
 
     @_with_valid_text
     def count(
         self,
         text: str,
         *,
-        allowed_special: Union[Literal["all"], AbstractSet[str]] = frozenset(),
+        allowed_special: Union[Literal["all"], AbstractSet[str]] = _NO_SPECIALS,
         disallowed_special: Union[Literal["all"], Collection[str]] = "all",
     ) -> int:
         """``len(self.encode(text, ...))`` without building the list."""
-        allowed = self._allowed_ids(text, allowed_special, disallowed_special)
-        return self._core.count(text, allowed)
+        allowed, disallowed = self._special_ids(allowed_special, disallowed_special)
+        return self._core.count(text, allowed, disallowed)
 
     @_with_valid_text
     def encode_batch(
@@ -565,7 +597,7 @@ class Tokenizer:
         text: Sequence[str],
         *,
         num_threads: Optional[int] = None,
-        allowed_special: Union[Literal["all"], AbstractSet[str]] = frozenset(),
+        allowed_special: Union[Literal["all"], AbstractSet[str]] = _NO_SPECIALS,
         disallowed_special: Union[Literal["all"], Collection[str]] = "all",
     ) -> list[list[int]]:
         """Encodes many texts in parallel (Rust threads, GIL released).
@@ -573,9 +605,8 @@ class Tokenizer:
         ``num_threads`` is accepted for tiktoken compatibility; the pool size is set by
         ``GRISTMILL_NUM_THREADS``.
         """
-        texts = list(text)
-        allowed = self._allowed_ids(texts, allowed_special, disallowed_special)
-        return self._core.encode_batch(texts, allowed)
+        allowed, disallowed = self._special_ids(allowed_special, disallowed_special)
+        return self._core.encode_batch(list(text), allowed, disallowed)
 
     @_with_valid_text
     def encode_ordinary_batch(
@@ -595,7 +626,7 @@ class Tokenizer:
         text: Sequence[str],
         *,
         append_eot: bool = False,
-        allowed_special: Union[Literal["all"], AbstractSet[str]] = frozenset(),
+        allowed_special: Union[Literal["all"], AbstractSet[str]] = _NO_SPECIALS,
         disallowed_special: Union[Literal["all"], Collection[str]] = (),
         dtype: Optional[np.dtype] = None,
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -609,11 +640,10 @@ class Tokenizer:
         >>> toks.dtype, offs.tolist()
         (dtype('uint16'), [0, 2, 4])
         """
-        texts = list(text)
-        allowed = self._allowed_ids(texts, allowed_special, disallowed_special)
+        allowed, disallowed = self._special_ids(allowed_special, disallowed_special)
         uint16 = None if dtype is None else np.dtype(dtype) == np.uint16
         append = self.eot_token if append_eot else None
-        return self._core.encode_batch_numpy(texts, allowed, append, uint16)
+        return self._core.encode_batch_numpy(list(text), allowed, append, uint16, disallowed)
 
     # ---- decoding --------------------------------------------------------------------------
 
@@ -925,17 +955,6 @@ def _as_id_list(tokens: Iterable[int]) -> list[int]:
     if isinstance(tokens, np.ndarray):
         return tokens.astype(np.int64, copy=False).tolist()
     return tokens if isinstance(tokens, list) else list(tokens)
-
-
-def _raise_disallowed_special_token(token: str):
-    raise ValueError(
-        f"Encountered text corresponding to disallowed special token {token!r}.\n"
-        "If you want this text to be encoded as a special token, "
-        f"pass it to `allowed_special`, e.g. `allowed_special={{{token!r}, ...}}`.\n"
-        f"If you want this text to be encoded as normal text, disable the check for this token "
-        f"by passing `disallowed_special=(enc.special_tokens_set - {{{token!r}}})`.\n"
-        "To disable this check for all special tokens, pass `disallowed_special=()`.\n"
-    )
 
 
 def split_pieces(text: str, pattern: str = "gpt2") -> list[str]:

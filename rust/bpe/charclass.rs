@@ -4,7 +4,8 @@
 //! `fancy-regex` crates (and so tiktoken) use, so `\p{L}`, `\p{N}`, `\s` and the o200k
 //! letter classes agree with the regex engine character for character. One byte of flags per
 //! code point (1.1 MB, built once) keeps the hot loop to a single load; ASCII is answered
-//! from a 128-entry table before that.
+//! from a 128-entry table before that. Two derived flags (`OTHER`, `NEWLINE`) let every class
+//! the patterns use be tested with one mask.
 
 use regex_syntax::hir::{Class, HirKind};
 use std::sync::OnceLock;
@@ -15,6 +16,8 @@ pub const SPACE: u8 = 4; // \s (Unicode White_Space)
 pub const UPPERISH: u8 = 8; // [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]  (o200k)
 pub const LOWERISH: u8 = 16; // [\p{Ll}\p{Lm}\p{Lo}\p{M}]  (o200k)
 pub const MARK: u8 = 32; // \p{M}
+pub const OTHER: u8 = 64; // [^\s\p{L}\p{N}]
+pub const NEWLINE: u8 = 128; // [\r\n]
 
 const CLASSES: [(&str, u8); 6] = [
     (r"\p{L}", LETTER),
@@ -39,6 +42,13 @@ fn build_table() -> Vec<u8> {
             table[code_points].iter_mut().for_each(|bits| *bits |= flag);
         }
     }
+    for bits in table.iter_mut() {
+        if *bits & (LETTER | NUMBER | SPACE) == 0 {
+            *bits |= OTHER;
+        }
+    }
+    table[b'\r' as usize] |= NEWLINE;
+    table[b'\n' as usize] |= NEWLINE;
     table
 }
 
@@ -60,10 +70,12 @@ static ASCII: [u8; 128] = {
             }
         } else if b.is_ascii_digit() {
             NUMBER
-        } else if matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r') {
+        } else if matches!(b, b'\n' | b'\r') {
+            SPACE | NEWLINE
+        } else if matches!(b, b' ' | b'\t' | 0x0b | 0x0c) {
             SPACE
         } else {
-            0
+            OTHER
         };
         c += 1;
     }
@@ -73,7 +85,19 @@ static ASCII: [u8; 128] = {
 /// The class flags of `c`.
 #[inline(always)]
 pub fn flags(c: char) -> u8 {
-    let cp = c as usize;
+    code_point_flags(c as u32)
+}
+
+/// The class flags of an ASCII byte (below 0x80).
+#[inline(always)]
+pub fn ascii_flags(b: u8) -> u8 {
+    ASCII[(b & 0x7f) as usize]
+}
+
+/// The class flags of a code point (below 0x110000).
+#[inline(always)]
+pub fn code_point_flags(cp: u32) -> u8 {
+    let cp = cp as usize;
     if cp < 128 {
         ASCII[cp]
     } else {
@@ -106,5 +130,9 @@ mod tests {
         assert_eq!(flags('\u{3000}') & SPACE, SPACE); // ideographic space
         assert_eq!(flags('\u{0301}') & (MARK | LETTER), MARK); // combining acute: mark, not letter
         assert_eq!(flags('中') & (UPPERISH | LOWERISH), UPPERISH | LOWERISH); // Lo is in both
+        assert_eq!(flags('!'), OTHER);
+        assert_eq!(flags('\u{301}') & OTHER, OTHER); // a mark is none of \s, \p{L}, \p{N}
+        assert_eq!(flags('\u{85}') & (SPACE | NEWLINE | OTHER), SPACE); // NEL: space, no newline
+        assert_eq!(flags('\r'), SPACE | NEWLINE);
     }
 }

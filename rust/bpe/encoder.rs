@@ -5,6 +5,7 @@
 //! Aho-Corasick and only honoured where the caller allows them, as in tiktoken.
 
 use super::merge::merge_boundaries;
+use super::tokenmap::{pack, Key};
 use super::{BpeError, Pattern, Rank, RankMap};
 use crate::parallel;
 use aho_corasick::{AhoCorasick, Input, MatchKind};
@@ -13,18 +14,56 @@ use rustc_hash::FxHashSet;
 
 /// Pieces that are not themselves tokens, with their merged tokens, per thread. Rare words
 /// recur (names, technical terms), and merging costs tens of lookups where the cache costs one.
-/// The cache belongs to one encoder at a time (`owner`) and is bounded by `MERGE_CACHE_ENTRIES`.
+/// A piece of up to `MAX_PACKED` bytes is keyed by its packed form, as in the vocabulary; the
+/// tokens of all pieces sit in one array. The cache belongs to one encoder at a time (`owner`)
+/// and is emptied when it holds `MERGE_CACHE_ENTRIES` pieces or `MERGE_CACHE_TOKENS` tokens.
+#[derive(Default)]
 struct MergeCache {
     owner: u64,
-    map: rustc_hash::FxHashMap<Box<[u8]>, Box<[Rank]>>,
+    short: rustc_hash::FxHashMap<Key, (u32, u32)>,
+    long: rustc_hash::FxHashMap<Box<[u8]>, (u32, u32)>,
+    tokens: Vec<Rank>,
 }
 
 const MERGE_CACHE_ENTRIES: usize = 1 << 17;
+const MERGE_CACHE_TOKENS: usize = 1 << 21;
+
+impl MergeCache {
+    fn belong_to(&mut self, owner: u64) {
+        if self.owner != owner {
+            self.clear();
+            self.owner = owner;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.short.clear();
+        self.long.clear();
+        self.tokens.clear();
+    }
+
+    #[inline(always)]
+    fn tokens(&self, (start, len): (u32, u32)) -> &[Rank] {
+        &self.tokens[start as usize..(start + len) as usize]
+    }
+
+    /// Stores `tokens` and returns where they are.
+    fn push(&mut self, tokens: &[Rank]) -> (u32, u32) {
+        if self.short.len() + self.long.len() >= MERGE_CACHE_ENTRIES
+            || self.tokens.len() + tokens.len() > MERGE_CACHE_TOKENS
+        {
+            self.clear();
+        }
+        let start = self.tokens.len() as u32;
+        self.tokens.extend_from_slice(tokens);
+        (start, tokens.len() as u32)
+    }
+}
 
 thread_local! {
     static MERGE_CACHE: std::cell::RefCell<MergeCache> = std::cell::RefCell::new(MergeCache {
         owner: u64::MAX,
-        map: Default::default(),
+        ..Default::default()
     });
 }
 
@@ -44,6 +83,8 @@ pub struct Encoder {
     specials: Vec<(String, Rank)>,
     special_matcher: Option<AhoCorasick>,
     pattern: Pattern,
+    /// Mergeable ids sorted by their bytes, made on first use (by `encode_with_unstable`).
+    sorted_by_bytes: std::sync::OnceLock<Vec<Rank>>,
 }
 
 impl Encoder {
@@ -128,6 +169,7 @@ impl Encoder {
             specials,
             special_matcher,
             pattern,
+            sorted_by_bytes: Default::default(),
         })
     }
 
@@ -181,36 +223,48 @@ impl Encoder {
         let _ = self.pattern.split(text, f);
     }
 
+    /// The tokens of a piece that is not itself a token.
+    fn merge_piece(&self, piece: &[u8]) -> Vec<Rank> {
+        merge_boundaries(&self.ranks, piece, Rank::MAX)
+            .windows(2)
+            .map(|w| {
+                self.ranks
+                    .get(&piece[w[0]..w[1]])
+                    .expect("merged parts are tokens")
+            })
+            .collect()
+    }
+
     /// Calls `f` with the tokens of each piece of `text`.
     fn for_each_piece_tokens(&self, text: &str, mut f: impl FnMut(&[Rank])) {
         MERGE_CACHE.with(|cache| {
             let mut cache = cache.borrow_mut();
-            if cache.owner != self.id {
-                cache.map.clear();
-                cache.owner = self.id;
-            }
+            cache.belong_to(self.id);
             self.for_each_piece(text, |piece| {
                 let piece = piece.as_bytes();
-                if let Some(r) = self.ranks.get(piece) {
-                    return f(&[r]);
+                if let Some(key) = pack(piece) {
+                    if let Some(r) = self.ranks.get_packed(key) {
+                        return f(&[r]);
+                    }
+                    if let Some(&at) = cache.short.get(&key) {
+                        return f(cache.tokens(at));
+                    }
+                    let tokens = self.merge_piece(piece);
+                    f(&tokens);
+                    let at = cache.push(&tokens);
+                    cache.short.insert(key, at);
+                } else {
+                    if let Some(r) = self.ranks.get_long(piece) {
+                        return f(&[r]);
+                    }
+                    if let Some(&at) = cache.long.get(piece) {
+                        return f(cache.tokens(at));
+                    }
+                    let tokens = self.merge_piece(piece);
+                    f(&tokens);
+                    let at = cache.push(&tokens);
+                    cache.long.insert(piece.into(), at);
                 }
-                if let Some(tokens) = cache.map.get(piece) {
-                    return f(tokens);
-                }
-                let bounds = merge_boundaries(&self.ranks, piece, Rank::MAX);
-                let tokens: Box<[Rank]> = bounds
-                    .windows(2)
-                    .map(|w| {
-                        self.ranks
-                            .get(&piece[w[0]..w[1]])
-                            .expect("merged parts are tokens")
-                    })
-                    .collect();
-                f(&tokens);
-                if cache.map.len() >= MERGE_CACHE_ENTRIES {
-                    cache.map.clear();
-                }
-                cache.map.insert(piece.into(), tokens);
             })
         })
     }
@@ -354,6 +408,135 @@ impl Encoder {
                 .map(|t| self.count(t.as_ref(), allowed))
                 .collect()
         })
+    }
+
+    // ---- unstable tails (tiktoken's `encode_with_unstable`) --------------------------------
+
+    /// The bytes of `id` if it is a mergeable token (not a special token).
+    fn mergeable_bytes(&self, id: Rank) -> Option<&[u8]> {
+        let bytes = self.decoder.get(id as usize)?.as_deref()?;
+        (self.ranks.get(bytes) == Some(id)).then_some(bytes)
+    }
+
+    /// `encode`, and how many tokens the last piece of the text gave (0 when the text ends
+    /// with a special token).
+    fn encode_with_last_piece(&self, text: &str, allowed: &FxHashSet<Rank>) -> (Vec<Rank>, usize) {
+        let state = std::cell::RefCell::new((Vec::new(), 0));
+        self.split_specials(
+            text,
+            allowed,
+            |t| {
+                self.for_each_piece_tokens(t, |piece| {
+                    let mut s = state.borrow_mut();
+                    s.0.extend_from_slice(piece);
+                    s.1 = piece.len();
+                })
+            },
+            |id| {
+                let mut s = state.borrow_mut();
+                s.0.push(id);
+                s.1 = 0;
+            },
+        );
+        state.into_inner()
+    }
+
+    /// Encodes `text` into the tokens that more text cannot change, and the set of token
+    /// sequences that may follow them: every way the unstable tail (the last piece, widened
+    /// over whitespace tokens before it) can be completed, as tiktoken computes it (its
+    /// `_encode_unstable_native`, heuristics included, so that the sets are equal).
+    pub fn encode_with_unstable(
+        &self,
+        text: &str,
+        allowed: &FxHashSet<Rank>,
+    ) -> (Vec<Rank>, FxHashSet<Vec<Rank>>) {
+        let mut completions = FxHashSet::default();
+        let (mut tokens, mut last) = self.encode_with_last_piece(text, allowed);
+        if last == 0 {
+            return (tokens, completions);
+        }
+        // A split the pattern made may vanish when text is added (cl100k's `\s*[\r\n]+`
+        // turns "\n" + " " into "\n \n"): whitespace tokens before the last piece are unstable.
+        let all_space = |id: Rank| {
+            self.mergeable_bytes(id)
+                .is_some_and(|b| b.iter().all(|c| matches!(c, b' ' | b'\n' | b'\t')))
+        };
+        let n = tokens.len();
+        if all_space(tokens[n - last]) {
+            while last < n && all_space(tokens[n - last - 1]) {
+                last += 1;
+            }
+        }
+        let unstable: Vec<u8> = tokens[n - last..]
+            .iter()
+            .flat_map(|&id| {
+                self.mergeable_bytes(id)
+                    .expect("pieces give mergeable tokens")
+            })
+            .copied()
+            .collect();
+        tokens.truncate(n - last);
+        if unstable.is_empty() {
+            return (tokens, completions);
+        }
+        let sorted = self.sorted_by_bytes.get_or_init(|| {
+            let mut ids: Vec<Rank> = self.mergeable_ranks().into_iter().map(|(_, r)| r).collect();
+            ids.sort_by(|&a, &b| self.decoder[a as usize].cmp(&self.decoder[b as usize]));
+            ids
+        });
+        let bytes_of = |id: Rank| self.decoder[id as usize].as_deref().unwrap_or_default();
+        // The ids of the tokens starting with `prefix`, in byte order.
+        let starting_with = |prefix: &[u8]| -> Vec<Rank> {
+            let from = sorted.partition_point(|&id| bytes_of(id) < prefix);
+            sorted[from..]
+                .iter()
+                .copied()
+                .take_while(|&id| bytes_of(id).starts_with(prefix))
+                .collect()
+        };
+        // One token holding the whole tail (and maybe more).
+        for id in starting_with(&unstable) {
+            completions.insert(vec![id]);
+        }
+        // A token straddling the tail's end at each other place: re-encode the tail's start
+        // with that token, keeping tokens until they cover the tail.
+        for i in 1..unstable.len() {
+            let (prefix, suffix) = unstable.split_at(i);
+            for id in starting_with(suffix) {
+                let possibility = [prefix, bytes_of(id)].concat();
+                let encoded = match std::str::from_utf8(&possibility) {
+                    Ok(s) => self.encode_ordinary(s),
+                    Err(_) => self.merge_piece(&possibility),
+                };
+                let mut seq = Vec::new();
+                let mut covered = 0;
+                for t in encoded {
+                    seq.push(t);
+                    covered += bytes_of(t).len();
+                    if covered >= unstable.len() {
+                        break;
+                    }
+                }
+                completions.insert(seq);
+            }
+        }
+        // A split may also appear: with `\s+(?!\S)` a tail ending in whitespace can lose its
+        // last char to the next piece.
+        if unstable.len() > 1 {
+            let start = (1..=unstable.len().min(4))
+                .map(|k| unstable.len() - k)
+                .find(|&at| unstable[at] & 0xc0 != 0x80)
+                .unwrap_or(0);
+            let last_char = std::str::from_utf8(&unstable[start..])
+                .ok()
+                .and_then(|s| s.chars().next());
+            if start > 0 && last_char.is_some_and(char::is_whitespace) {
+                let mut split = self.merge_piece(&unstable[..start]);
+                split.extend(self.merge_piece(&unstable[start..]));
+                completions.insert(split);
+            }
+        }
+        (tokens, completions)
     }
 
     // ---- decoding ------------------------------------------------------------------------

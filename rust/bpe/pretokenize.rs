@@ -8,7 +8,9 @@
 //! Any other pattern runs on `fancy-regex`. Tests compare both paths with each other and with
 //! tiktoken itself.
 
-use super::charclass::{flags, LETTER, LOWERISH, NUMBER, SPACE, UPPERISH};
+use super::charclass::{
+    ascii_flags, code_point_flags, LETTER, LOWERISH, NEWLINE, NUMBER, OTHER, SPACE, UPPERISH,
+};
 use super::BpeError;
 
 /// tiktoken's r50k_base / gpt2 pattern (tiktoken >= 0.8 spelling, with possessives).
@@ -91,10 +93,10 @@ impl Pattern {
 
     /// Calls `f` with each piece of `text`, in order.
     pub fn split<'t>(&self, text: &'t str, mut f: impl FnMut(&'t str)) -> Result<(), BpeError> {
-        let next_end: fn(&str, usize) -> usize = match self {
-            Pattern::R50k => r50k_piece_end,
-            Pattern::Cl100k => cl100k_piece_end,
-            Pattern::O200k => o200k_piece_end,
+        match self {
+            Pattern::R50k => split_with(text, r50k_piece_end, f),
+            Pattern::Cl100k => split_with(text, cl100k_piece_end, f),
+            Pattern::O200k => split_with(text, o200k_piece_end, f),
             Pattern::Custom(re) => {
                 for m in re.find_iter(text) {
                     let m = m.map_err(|e| BpeError::Pattern {
@@ -103,15 +105,7 @@ impl Pattern {
                     })?;
                     f(m.as_str());
                 }
-                return Ok(());
             }
-        };
-        let mut pos = 0;
-        while pos < text.len() {
-            let end = next_end(text, pos);
-            debug_assert!(end > pos && text.is_char_boundary(end));
-            f(&text[pos..end]);
-            pos = end;
         }
         Ok(())
     }
@@ -124,38 +118,80 @@ impl Pattern {
     }
 }
 
-// ---- character helpers -------------------------------------------------------------------
-
-/// The char starting at byte `i` (which must be a char boundary) and its length in bytes.
+/// Calls `f` with each piece of `text`, `piece_end` giving where the piece at a byte ends
+/// (one copy of this loop per matcher, so that the matcher is inlined into it).
 #[inline(always)]
-fn char_at(s: &str, i: usize) -> Option<(char, usize)> {
-    let b = *s.as_bytes().get(i)?;
-    if b < 0x80 {
-        return Some((b as char, 1));
+fn split_with<'t>(
+    text: &'t str,
+    piece_end: impl Fn(&[u8], usize) -> usize,
+    mut f: impl FnMut(&'t str),
+) {
+    let b = text.as_bytes();
+    let mut pos = 0;
+    while pos < b.len() {
+        let end = piece_end(b, pos);
+        debug_assert!(end > pos && text.is_char_boundary(end));
+        // Each matcher ends a piece after a whole char, so `end` is a char boundary.
+        f(&text[pos..end]);
+        pos = end;
     }
-    let c = s[i..].chars().next()?;
-    Some((c, c.len_utf8()))
+}
+
+// ---- character helpers -------------------------------------------------------------------
+//
+// The matchers work on the text's bytes: an ASCII byte is classified by one table load, any
+// other char is decoded in place (the text is valid UTF-8) and classified by the code-point
+// table. A run of one class is then a tight loop over bytes, the bulk of the work.
+
+/// The code point starting at byte `i` of valid UTF-8 and its length in bytes.
+#[inline(always)]
+fn decode(b: &[u8], i: usize) -> (u32, usize) {
+    let b0 = b[i] as u32;
+    let cont = |k: usize| (b[i + k] & 0x3f) as u32;
+    if b0 < 0x80 {
+        (b0, 1)
+    } else if b0 < 0xe0 {
+        (((b0 & 0x1f) << 6) | cont(1), 2)
+    } else if b0 < 0xf0 {
+        (((b0 & 0x0f) << 12) | (cont(1) << 6) | cont(2), 3)
+    } else {
+        (
+            ((b0 & 0x07) << 18) | (cont(1) << 12) | (cont(2) << 6) | cont(3),
+            4,
+        )
+    }
+}
+
+/// The flags of the char at byte `i` and its length; `(0, 0)` at the end of the text.
+#[inline(always)]
+fn class_at(b: &[u8], i: usize) -> (u8, usize) {
+    match b.get(i) {
+        None => (0, 0),
+        Some(&c) if c < 0x80 => (ascii_flags(c), 1),
+        Some(_) => {
+            let (cp, len) = decode(b, i);
+            (code_point_flags(cp), len)
+        }
+    }
 }
 
 #[inline(always)]
-fn flags_at(s: &str, i: usize) -> u8 {
-    char_at(s, i).map_or(0, |(c, _)| flags(c))
+fn flags_at(b: &[u8], i: usize) -> u8 {
+    class_at(b, i).0
 }
 
-/// End of the run starting at `i` of chars whose flags satisfy `keep`.
+/// End of the run starting at `i` of chars having any of the flags in `mask`.
 #[inline(always)]
-fn run_end(s: &str, mut i: usize, keep: impl Fn(char, u8) -> bool) -> usize {
-    let bytes = s.as_bytes();
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b < 0x80 {
-            if !keep(b as char, flags(b as char)) {
+fn run(b: &[u8], mut i: usize, mask: u8) -> usize {
+    while let Some(&c) = b.get(i) {
+        if c < 0x80 {
+            if ascii_flags(c) & mask == 0 {
                 break;
             }
             i += 1;
         } else {
-            let (c, len) = char_at(s, i).unwrap();
-            if !keep(c, flags(c)) {
+            let (cp, len) = decode(b, i);
+            if code_point_flags(cp) & mask == 0 {
                 break;
             }
             i += len;
@@ -164,40 +200,51 @@ fn run_end(s: &str, mut i: usize, keep: impl Fn(char, u8) -> bool) -> usize {
     i
 }
 
+/// End of the run starting at `i` of the ASCII bytes `keep` accepts.
 #[inline(always)]
-fn is_other(f: u8) -> bool {
-    f & (LETTER | NUMBER | SPACE) == 0
+fn byte_run(b: &[u8], mut i: usize, keep: impl Fn(u8) -> bool) -> usize {
+    while b.get(i).is_some_and(|&c| keep(c)) {
+        i += 1;
+    }
+    i
+}
+
+/// `[^\r\n\p{L}\p{N}]`: what may stand before a letter run in cl100k and o200k.
+#[inline(always)]
+fn is_letter_prefix(f: u8) -> bool {
+    f & (LETTER | NUMBER | NEWLINE) == 0 && f != 0
 }
 
 /// Length of a contraction (`'s 't 'm 'd 'll 've 're`) starting at the apostrophe at `i`, or 0.
 /// Case-insensitive matching follows Unicode simple case folding, where `s` also matches the
 /// long s `ſ` (U+017F), as the regex engines do.
-fn contraction_len(s: &str, i: usize, case_insensitive: bool) -> usize {
-    let b = s.as_bytes();
+#[inline(always)]
+fn contraction_len(b: &[u8], i: usize, case_insensitive: bool) -> usize {
     if b.get(i) != Some(&b'\'') {
         return 0;
     }
-    let Some((c1, l1)) = char_at(s, i + 1) else {
-        return 0;
-    };
-    let fold = |c: char| -> char {
-        if !case_insensitive {
-            c
-        } else if c == '\u{17F}' {
-            's'
-        } else {
-            c.to_ascii_lowercase()
+    contraction_tail(b, i, case_insensitive)
+}
+
+fn contraction_tail(b: &[u8], i: usize, case_insensitive: bool) -> usize {
+    // The letter after the apostrophe, folded; ſ is two bytes.
+    let letter = |at: usize| -> Option<(u8, usize)> {
+        match *b.get(at)? {
+            c if c < 0x80 && case_insensitive => Some((c.to_ascii_lowercase(), 1)),
+            c if c < 0x80 => Some((c, 1)),
+            0xc5 if case_insensitive && b.get(at + 1) == Some(&0xbf) => Some((b's', 2)),
+            _ => None,
         }
     };
-    match fold(c1) {
-        's' | 'd' | 'm' | 't' => 1 + l1,
-        first @ ('l' | 'v' | 'r') => {
-            let second = match first {
-                'l' => 'l',
-                _ => 'e',
-            };
-            match char_at(s, i + 1 + l1) {
-                Some((c2, l2)) if fold(c2) == second => 1 + l1 + l2,
+    let Some((c1, l1)) = letter(i + 1) else {
+        return 0;
+    };
+    match c1 {
+        b's' | b'd' | b'm' | b't' => 1 + l1,
+        b'l' | b'v' | b'r' => {
+            let second = if c1 == b'l' { b'l' } else { b'e' };
+            match letter(i + 1 + l1) {
+                Some((c2, l2)) if c2 == second => 1 + l1 + l2,
                 _ => 0,
             }
         }
@@ -220,21 +267,22 @@ enum Newlines {
 /// text is one piece (`\s++$`, or `\s+(?!\S)` at the end); `\s*[\r\n]` ends the piece after
 /// the run's last line break; otherwise `\s+(?!\S)` gives back the run's last char, so that
 /// the following word keeps its leading space, and a single whitespace char is a piece alone.
-fn whitespace_piece_end(s: &str, i: usize, newlines: Newlines) -> usize {
+fn whitespace_piece_end(b: &[u8], i: usize, newlines: Newlines) -> usize {
     let mut last_char_start = i;
     let mut after_last_newline = None;
     let mut j = i;
-    while let Some((c, len)) = char_at(s, j) {
-        if flags(c) & SPACE == 0 {
+    loop {
+        let (f, len) = class_at(b, j);
+        if f & SPACE == 0 {
             break;
         }
-        if c == '\r' || c == '\n' {
+        if f & NEWLINE != 0 {
             after_last_newline = Some(j + len);
         }
         last_char_start = j;
         j += len;
     }
-    let at_end = j == s.len();
+    let at_end = j == b.len();
     match (newlines, after_last_newline) {
         (Newlines::AfterEnd, _) if at_end => return j,
         (Newlines::AfterEnd | Newlines::BeforeEnd, Some(end)) => return end,
@@ -249,33 +297,58 @@ fn whitespace_piece_end(s: &str, i: usize, newlines: Newlines) -> usize {
     }
 }
 
+/// `\p{N}{1,3}`
+#[inline(always)]
+fn digits_end(b: &[u8], i: usize) -> usize {
+    let mut end = i;
+    for _ in 0..3 {
+        let (f, len) = class_at(b, end);
+        if f & NUMBER == 0 {
+            break;
+        }
+        end += len;
+    }
+    end
+}
+
+/// Where ` ?[^\s\p{L}\p{N}]+` starts its run, if it matches at `i` (whose flags are `f`).
+#[inline(always)]
+fn punctuation_start(b: &[u8], f: u8, i: usize) -> Option<usize> {
+    if f & OTHER != 0 {
+        Some(i)
+    } else if b[i] == b' ' && flags_at(b, i + 1) & OTHER != 0 {
+        Some(i + 1)
+    } else {
+        None
+    }
+}
+
 // ---- r50k / gpt2 -------------------------------------------------------------------------
 //   '(?:[sdmt]|ll|ve|re) | ?\p{L}++ | ?\p{N}++ | ?[^\s\p{L}\p{N}]++ | \s++$ | \s+(?!\S) | \s
 
-fn r50k_piece_end(s: &str, i: usize) -> usize {
-    let (c, len) = char_at(s, i).unwrap();
-    let n = contraction_len(s, i, false);
+fn r50k_piece_end(b: &[u8], i: usize) -> usize {
+    let (f, _) = class_at(b, i);
+    let n = contraction_len(b, i, false);
     if n > 0 {
         return i + n;
     }
     // The optional leading space of the next three alternatives.
-    let (start, f) = if c == ' ' {
-        match char_at(s, i + 1) {
-            Some((c2, _)) if flags(c2) & SPACE == 0 => (i + 1, flags(c2)),
-            _ => (i, flags(c)),
+    let (start, f) = if b[i] == b' ' {
+        match flags_at(b, i + 1) {
+            f2 if f2 & (LETTER | NUMBER | OTHER) != 0 => (i + 1, f2),
+            _ => (i, f),
         }
     } else {
-        (i, flags(c))
+        (i, f)
     };
     if f & LETTER != 0 {
-        run_end(s, start, |_, f| f & LETTER != 0)
+        run(b, start, LETTER)
     } else if f & NUMBER != 0 {
-        run_end(s, start, |_, f| f & NUMBER != 0)
-    } else if is_other(f) {
-        run_end(s, start, |_, f| is_other(f))
+        run(b, start, NUMBER)
+    } else if f & OTHER != 0 {
+        run(b, start, OTHER)
     } else {
-        debug_assert!(flags(c) & SPACE != 0 && start == i && len > 0);
-        whitespace_piece_end(s, i, Newlines::Ignored)
+        whitespace_piece_end(b, i, Newlines::Ignored)
     }
 }
 
@@ -283,56 +356,26 @@ fn r50k_piece_end(s: &str, i: usize) -> usize {
 //   '(?i:[sdmt]|ll|ve|re) | [^\r\n\p{L}\p{N}]?+\p{L}++ | \p{N}{1,3}+ | ?[^\s\p{L}\p{N}]++[\r\n]*+
 //   | \s++$ | \s*[\r\n] | \s+(?!\S) | \s
 
-#[inline(always)]
-fn is_letter_prefix(c: char, f: u8) -> bool {
-    // [^\r\n\p{L}\p{N}]
-    f & (LETTER | NUMBER) == 0 && c != '\r' && c != '\n'
-}
-
-fn cl100k_piece_end(s: &str, i: usize) -> usize {
-    let (c, len) = char_at(s, i).unwrap();
-    let f = flags(c);
-    let n = contraction_len(s, i, true);
+fn cl100k_piece_end(b: &[u8], i: usize) -> usize {
+    let (f, len) = class_at(b, i);
+    if f & LETTER != 0 {
+        return run(b, i + len, LETTER);
+    }
+    let n = contraction_len(b, i, true);
     if n > 0 {
         return i + n;
     }
-    if f & LETTER != 0 {
-        return run_end(s, i, |_, f| f & LETTER != 0);
-    }
-    if is_letter_prefix(c, f) && flags_at(s, i + len) & LETTER != 0 {
-        return run_end(s, i + len, |_, f| f & LETTER != 0);
+    if is_letter_prefix(f) && flags_at(b, i + len) & LETTER != 0 {
+        return run(b, i + len, LETTER);
     }
     if f & NUMBER != 0 {
-        return digits_end(s, i);
+        return digits_end(b, i);
     }
-    if let Some(start) = punctuation_start(s, c, f, i) {
-        let end = run_end(s, start, |_, f| is_other(f));
-        return run_end(s, end, |c, _| c == '\r' || c == '\n');
+    if let Some(start) = punctuation_start(b, f, i) {
+        let end = run(b, start, OTHER);
+        return byte_run(b, end, |c| c == b'\r' || c == b'\n');
     }
-    whitespace_piece_end(s, i, Newlines::AfterEnd)
-}
-
-/// `\p{N}{1,3}`
-fn digits_end(s: &str, i: usize) -> usize {
-    let mut end = i;
-    for _ in 0..3 {
-        match char_at(s, end) {
-            Some((c, l)) if flags(c) & NUMBER != 0 => end += l,
-            _ => break,
-        }
-    }
-    end
-}
-
-/// Where ` ?[^\s\p{L}\p{N}]+` starts its run, if it matches at `i`.
-fn punctuation_start(s: &str, c: char, f: u8, i: usize) -> Option<usize> {
-    if is_other(f) {
-        Some(i)
-    } else if c == ' ' && is_other(flags_at(s, i + 1)) && i + 1 < s.len() {
-        Some(i + 1)
-    } else {
-        None
-    }
+    whitespace_piece_end(b, i, Newlines::AfterEnd)
 }
 
 // ---- o200k -------------------------------------------------------------------------------
@@ -343,58 +386,58 @@ fn punctuation_start(s: &str, c: char, f: u8, i: usize) -> Option<usize> {
 /// `[Lu Lt Lm Lo M]*[Ll Lm Lo M]+` at `p`: the greedy upper run gives back chars until a
 /// lower-class char can follow it. Since Lm, Lo and M are in both classes, giving back stops at
 /// the last such char of the run.
-fn o200k_lower_word_end(s: &str, p: usize) -> Option<usize> {
-    let mut last_lowerish_end = None;
-    let mut u = p;
-    while let Some((c, l)) = char_at(s, u) {
-        let f = flags(c);
-        if f & UPPERISH == 0 {
-            break;
-        }
-        if f & LOWERISH != 0 {
-            last_lowerish_end = Some(u + l);
-        }
-        u += l;
+#[inline(always)]
+fn o200k_lower_word_end(b: &[u8], p: usize) -> Option<usize> {
+    let u = run(b, p, UPPERISH);
+    if flags_at(b, u) & LOWERISH != 0 {
+        return Some(run(b, u, LOWERISH));
     }
-    if flags_at(s, u) & LOWERISH != 0 {
-        Some(run_end(s, u, |_, f| f & LOWERISH != 0))
-    } else {
-        last_lowerish_end
+    // Rare: back over the upper run to its last char that is also lower-class.
+    let mut end = u;
+    while end > p {
+        let mut start = end - 1;
+        while b[start] & 0xc0 == 0x80 {
+            start -= 1;
+        }
+        if flags_at(b, start) & LOWERISH != 0 {
+            return Some(end);
+        }
+        end = start;
     }
+    None
 }
 
 /// `[Lu Lt Lm Lo M]+[Ll Lm Lo M]*` at `p`.
-fn o200k_upper_word_end(s: &str, p: usize) -> Option<usize> {
-    if flags_at(s, p) & UPPERISH == 0 {
-        return None;
-    }
-    let u = run_end(s, p, |_, f| f & UPPERISH != 0);
-    Some(run_end(s, u, |_, f| f & LOWERISH != 0))
+#[inline(always)]
+fn o200k_upper_word_end(b: &[u8], p: usize) -> Option<usize> {
+    let u = run(b, p, UPPERISH);
+    (u > p).then(|| run(b, u, LOWERISH))
 }
 
-fn o200k_piece_end(s: &str, i: usize) -> usize {
-    let (c, len) = char_at(s, i).unwrap();
-    let f = flags(c);
-    let has_prefix = is_letter_prefix(c, f);
-    for word_end in [o200k_lower_word_end, o200k_upper_word_end] {
-        let end = (if has_prefix {
-            word_end(s, i + len)
-        } else {
-            None
-        })
-        .or_else(|| word_end(s, i));
+fn o200k_piece_end(b: &[u8], i: usize) -> usize {
+    let (f, len) = class_at(b, i);
+    if f & (UPPERISH | LOWERISH) != 0 || is_letter_prefix(f) {
+        // The two word alternatives, each first with the optional prefix char, then without.
+        // A letter cannot be a prefix; a mark can be both a prefix and part of a word.
+        let prefix = is_letter_prefix(f);
+        let end = prefix
+            .then(|| o200k_lower_word_end(b, i + len))
+            .flatten()
+            .or_else(|| o200k_lower_word_end(b, i))
+            .or_else(|| prefix.then(|| o200k_upper_word_end(b, i + len)).flatten())
+            .or_else(|| o200k_upper_word_end(b, i));
         if let Some(end) = end {
-            return end + contraction_len(s, end, true);
+            return end + contraction_len(b, end, true);
         }
     }
     if f & NUMBER != 0 {
-        return digits_end(s, i);
+        return digits_end(b, i);
     }
-    if let Some(start) = punctuation_start(s, c, f, i) {
-        let end = run_end(s, start, |_, f| is_other(f));
-        return run_end(s, end, |c, _| matches!(c, '\r' | '\n' | '/'));
+    if let Some(start) = punctuation_start(b, f, i) {
+        let end = run(b, start, OTHER);
+        return byte_run(b, end, |c| matches!(c, b'\r' | b'\n' | b'/'));
     }
-    whitespace_piece_end(s, i, Newlines::BeforeEnd)
+    whitespace_piece_end(b, i, Newlines::BeforeEnd)
 }
 
 #[cfg(test)]

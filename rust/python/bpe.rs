@@ -66,6 +66,39 @@ fn id_set(ids: Option<Vec<Rank>>) -> FxHashSet<Rank> {
     ids.unwrap_or_default().into_iter().collect()
 }
 
+/// tiktoken's error for text that spells a special token the caller did not allow.
+fn disallowed_special_error(py: Python<'_>, token: &str) -> PyErr {
+    let repr = match pyo3::types::PyString::new(py, token).repr() {
+        Ok(r) => r.to_string(),
+        Err(e) => return e,
+    };
+    PyValueError::new_err(format!(
+        "Encountered text corresponding to disallowed special token {repr}.\n\
+         If you want this text to be encoded as a special token, pass it to `allowed_special`, \
+         e.g. `allowed_special={{{repr}, ...}}`.\n\
+         If you want this text to be encoded as normal text, disable the check for this token \
+         by passing `disallowed_special=(enc.special_tokens_set - {{{repr}}})`.\n\
+         To disable this check for all special tokens, pass `disallowed_special=()`.\n"
+    ))
+}
+
+/// The first special token whose id is in `disallowed` spelled in any of `texts`.
+fn first_disallowed<S: AsRef<str>>(
+    inner: &Encoder,
+    texts: &[S],
+    disallowed: &FxHashSet<Rank>,
+) -> Option<String> {
+    if disallowed.is_empty() {
+        return None;
+    }
+    texts.iter().find_map(|t| {
+        let t = t.as_ref();
+        inner
+            .find_special(t, 0, |id| disallowed.contains(&id))
+            .map(|(s, e, _)| t[s..e].to_string())
+    })
+}
+
 #[pymethods]
 impl CoreBPE {
     /// From mergeable ranks (`{bytes: rank}`), special tokens (`{str: id}`) and a pattern (a
@@ -137,23 +170,70 @@ impl CoreBPE {
         self.to_list(py, &ids)
     }
 
-    /// Encodes with the special tokens whose ids are in `allowed` honoured.
-    #[pyo3(signature = (text, allowed = None))]
+    /// Encodes with the special tokens whose ids are in `allowed` honoured; text spelling one
+    /// whose id is in `disallowed` raises tiktoken's ValueError.
+    #[pyo3(signature = (text, allowed = None, disallowed = None))]
     fn encode<'py>(
         &self,
         py: Python<'py>,
         text: String,
         allowed: Option<Vec<Rank>>,
+        disallowed: Option<Vec<Rank>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let allowed = id_set(allowed);
-        let ids = py.detach(|| self.inner.encode(&text, &allowed));
+        let (allowed, disallowed) = (id_set(allowed), id_set(disallowed));
+        let ids = py
+            .detach(
+                || match first_disallowed(&self.inner, &[&text], &disallowed) {
+                    Some(token) => Err(token),
+                    None => Ok(self.inner.encode(&text, &allowed)),
+                },
+            )
+            .map_err(|token| disallowed_special_error(py, &token))?;
         self.to_list(py, &ids)
     }
 
-    #[pyo3(signature = (text, allowed = None))]
-    fn count(&self, py: Python<'_>, text: String, allowed: Option<Vec<Rank>>) -> usize {
-        let allowed = id_set(allowed);
-        py.detach(|| self.inner.count(&text, &allowed))
+    /// tiktoken's `encode_with_unstable`: the stable tokens and the list of possible
+    /// completions of the unstable tail (in no particular order).
+    #[pyo3(signature = (text, allowed = None, disallowed = None))]
+    fn encode_with_unstable<'py>(
+        &self,
+        py: Python<'py>,
+        text: String,
+        allowed: Option<Vec<Rank>>,
+        disallowed: Option<Vec<Rank>>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let (allowed, disallowed) = (id_set(allowed), id_set(disallowed));
+        let (tokens, completions) = py
+            .detach(
+                || match first_disallowed(&self.inner, &[&text], &disallowed) {
+                    Some(token) => Err(token),
+                    None => Ok(self.inner.encode_with_unstable(&text, &allowed)),
+                },
+            )
+            .map_err(|token| disallowed_special_error(py, &token))?;
+        let completions = completions
+            .iter()
+            .map(|seq| self.to_list(py, seq))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok((self.to_list(py, &tokens)?, PyList::new(py, completions)?))
+    }
+
+    #[pyo3(signature = (text, allowed = None, disallowed = None))]
+    fn count(
+        &self,
+        py: Python<'_>,
+        text: String,
+        allowed: Option<Vec<Rank>>,
+        disallowed: Option<Vec<Rank>>,
+    ) -> PyResult<usize> {
+        let (allowed, disallowed) = (id_set(allowed), id_set(disallowed));
+        py.detach(
+            || match first_disallowed(&self.inner, &[&text], &disallowed) {
+                Some(token) => Err(token),
+                None => Ok(self.inner.count(&text, &allowed)),
+            },
+        )
+        .map_err(|token| disallowed_special_error(py, &token))
     }
 
     /// The first special token in `text` among `ids`, or None.
@@ -166,15 +246,23 @@ impl CoreBPE {
         })
     }
 
-    #[pyo3(signature = (texts, allowed = None))]
+    #[pyo3(signature = (texts, allowed = None, disallowed = None))]
     fn encode_batch<'py>(
         &self,
         py: Python<'py>,
         texts: Vec<String>,
         allowed: Option<Vec<Rank>>,
+        disallowed: Option<Vec<Rank>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let allowed = id_set(allowed);
-        let all = py.detach(|| self.inner.encode_batch(&texts, &allowed));
+        let (allowed, disallowed) = (id_set(allowed), id_set(disallowed));
+        let all = py
+            .detach(
+                || match first_disallowed(&self.inner, &texts, &disallowed) {
+                    Some(token) => Err(token),
+                    None => Ok(self.inner.encode_batch(&texts, &allowed)),
+                },
+            )
+            .map_err(|token| disallowed_special_error(py, &token))?;
         let lists = all
             .iter()
             .map(|ids| self.to_list(py, ids))
@@ -196,7 +284,7 @@ impl CoreBPE {
     /// Encodes `texts` in parallel into one flat numpy array (uint16 when every id fits,
     /// else uint32) and an int64 offsets array of len(texts) + 1. `append` is added after
     /// each document when given.
-    #[pyo3(signature = (texts, allowed = None, append = None, uint16 = None))]
+    #[pyo3(signature = (texts, allowed = None, append = None, uint16 = None, disallowed = None))]
     fn encode_batch_numpy<'py>(
         &self,
         py: Python<'py>,
@@ -204,8 +292,12 @@ impl CoreBPE {
         allowed: Option<Vec<Rank>>,
         append: Option<Rank>,
         uint16: Option<bool>,
+        disallowed: Option<Vec<Rank>>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyArray1<i64>>)> {
-        let allowed = id_set(allowed);
+        let (allowed, disallowed) = (id_set(allowed), id_set(disallowed));
+        if let Some(token) = py.detach(|| first_disallowed(&self.inner, &texts, &disallowed)) {
+            return Err(disallowed_special_error(py, &token));
+        }
         let small = uint16.unwrap_or(self.inner.n_vocab() <= 1 << 16);
         if small && self.inner.n_vocab() > 1 << 16 {
             return Err(PyValueError::new_err(format!(
