@@ -153,3 +153,42 @@ def encode_segments(tokenizer, segments: Sequence[Segment]) -> tuple[list[int], 
 def chat_prompt_ids(tokenizer, messages: Sequence[dict]) -> list[int]:
     """The token ids a model completes to answer the conversation's last user turn."""
     return encode_segments(tokenizer, chat_segments(messages, add_generation_prompt=True))[0]
+
+
+def encode_segments_batch(tokenizer, examples: Sequence[Sequence[Segment]]):
+    """:func:`encode_segments` of many examples at once, in flat arrays (the texts encoded in
+    one parallel call; no Python work per token).
+
+    Returns:
+        ``(tokens, targets, offsets)``: int32 ids, a bool per id, and example ``i``'s slice
+        ``offsets[i]:offsets[i + 1]`` of both.
+
+    >>> from gristmill.tokenizer import Tokenizer
+    >>> tok = Tokenizer.from_name("gpt2")
+    >>> ids, tgt, offs = encode_segments_batch(tok, [[Segment("Hi"), Segment(" you", True, True)]])
+    >>> ids.tolist(), tgt.tolist(), offs.tolist()
+    ([17250, 345, 50256], [False, True, True], [0, 3])
+    """
+    import numpy as np
+
+    segments = [s for ex in examples for s in ex]
+    counts = np.fromiter((len(ex) for ex in examples), dtype=np.int64, count=len(examples))
+    if segments:
+        flat, offs = tokenizer.encode_batch_to_numpy([s.text for s in segments])
+    else:
+        flat, offs = np.zeros(0, np.uint32), np.zeros(1, np.int64)
+    offs = np.asarray(offs, dtype=np.int64)
+    end = np.fromiter((s.end for s in segments), dtype=bool, count=len(segments))
+    target = np.fromiter((s.target for s in segments), dtype=bool, count=len(segments))
+    seg_tokens = np.diff(offs)
+    seg_len = seg_tokens + end
+    seg_start = np.cumsum(seg_len) - seg_len
+    tokens = np.empty(int(seg_len.sum()), dtype=np.int32)
+    shift = np.repeat(seg_start - offs[:-1], seg_tokens)
+    tokens[shift + np.arange(len(flat))] = flat
+    tokens[(seg_start + seg_tokens)[end]] = tokenizer.eot_token
+    targets = np.repeat(target, seg_len)
+    ex_end = np.cumsum(counts)
+    bounds = np.concatenate([[0], np.cumsum(seg_len)])
+    offsets = bounds[np.concatenate([[0], ex_end])]
+    return tokens, targets, offsets.astype(np.int64)
