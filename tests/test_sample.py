@@ -1,10 +1,8 @@
-"""Sampling and evaluation: parity with transformers' generate (greedy, beam, batched), KV
-cache vs recomputation, padding, sampling filters checked statistically, stop conditions,
-streaming of split UTF-8 characters, loss / perplexity / bits per byte, CLI."""
+"""Sampling: parity with transformers' generate (greedy, beam, batched), KV cache vs
+recomputation, padding, sampling filters checked statistically, stop conditions, streaming of
+split UTF-8 characters, CLI (loss and bits per byte: tests/test_eval.py)."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
@@ -19,13 +17,12 @@ from gristmill.sample import (
     SamplingConfig,
     TextStream,
     _Penalties,
-    evaluate,
     filter_logits,
     generate,
     sample_text,
     stream_text,
 )
-from text_shards import byte_tokenizer, text_shards
+from text_shards import byte_tokenizer
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest and deterministic
 
@@ -223,31 +220,6 @@ def _valid_utf8(b: bytes) -> bool:
         return True
     except UnicodeDecodeError:
         return False
-
-
-def test_evaluate_loss_perplexity_bits_per_byte(byte_model, shared_data, tmp_path):
-    path, model, tok = byte_model
-    text = (shared_data / "tinyshakespeare.txt").read_text("utf-8")[:5000]
-    tokens = np.asarray(tok.encode_ordinary(text))
-    r = evaluate(path, text, batch_size=4, seq_len=64)
-    with torch.no_grad():  # the same windows, scored directly
-        nats, n = 0.0, 0
-        for s in range(0, len(tokens) - 1, 64):
-            x = torch.as_tensor(tokens[s: s + 65])
-            logits = model(x[None, :-1])[0][0]
-            nats += torch.nn.functional.cross_entropy(logits[: len(x) - 1], x[1:],
-                                                      reduction="sum").item()
-            n += len(x) - 1
-    assert r["tokens"] == n == len(tokens) - 1
-    assert r["loss"] == pytest.approx(nats / n, rel=1e-5)
-    assert r["perplexity"] == pytest.approx(math.exp(nats / n), rel=1e-5)
-    # one byte per token: bits per byte is the loss in bits
-    assert r["bits_per_byte"] == pytest.approx(r["loss"] / math.log(2), rel=1e-6)
-    ds = text_shards(text, tmp_path / "shards", tok, val_fraction=0.5)
-    on_shards = evaluate(model, ds, tok, batch_size=4, seq_len=32)
-    assert on_shards["tokens"] > 0 and on_shards["loss"] > 0
-    with pytest.raises(ValueError, match="fingerprint"):
-        evaluate(model, ds, "gpt2")
 
 
 def test_cli_sample_and_eval(byte_model, tmp_path, capsys):

@@ -41,6 +41,7 @@ from gristmill.model import (
     GPT,
     GPTConfig,
     PathLike,
+    check_gpt2_layout,
     clean_state_dict,
     config_from_hf,
     config_to_hf,
@@ -51,7 +52,9 @@ from gristmill.outputs import check_apart, claim
 from gristmill.storage import atomic_file, fsync_dir, write_json_atomic
 
 __all__ = [
-    "CheckpointError", "claim_out_dir", "find_checkpoint", "from_hf", "list_checkpoints", "load_model",
+    "CheckpointError", "claim_out_dir", "file_digest", "find_checkpoint", "from_hf",
+    "list_checkpoints", "read_meta",
+    "load_extra_weights", "load_model",
     "load_optimizer_state", "load_weights", "prune_checkpoints", "read_best", "read_run_state",
     "save_checkpoint", "save_hf", "save_weights", "tokenizer_for", "update_best",
 ]
@@ -160,18 +163,24 @@ def _written_before_markers(out_dir: Path) -> bool:
     return False
 
 
-def claim_out_dir(out_dir: PathLike, inputs=()) -> None:
+def claim_out_dir(out_dir: PathLike, inputs=(), command: str = "train",
+                  also: str | None = None) -> None:
     """Takes ``out_dir`` for a training run before any step (see :mod:`gristmill.outputs`):
     apart from the ``inputs`` (the shard dataset), and new, empty or a training run's folder
     (which the run resumes), so that a user's own files are never overwritten, loaded as a
-    checkpoint or pruned.
+    checkpoint or pruned. ``command`` is the marker's name (``finetune`` for fine-tuning
+    runs) and ``also`` a regular expression of the files it writes besides a training run's
+    (reports, generated responses), relative to ``out_dir``.
 
     Raises:
         OutputFolderError: ``out_dir`` overlaps an input, or holds files a training run does
             not write (named).
     """
     check_apart(out_dir, inputs)
-    claim(out_dir, "train", owned_files, earlier=_written_before_markers)
+    extra = re.compile(also) if also else None
+    owns = owned_files if extra is None else (
+        lambda rel: owned_files(rel) or extra.fullmatch(rel) is not None)
+    claim(out_dir, command, owns, earlier=_written_before_markers)
 
 
 # ---- saving and pruning ----------------------------------------------------------------------
@@ -192,21 +201,27 @@ def _digest(path: Path) -> dict:
 
 
 def save_weights(model: GPT, path: PathLike, state_dict: dict | None = None) -> None:
-    """Writes the weights as safetensors, the config in its metadata (lm_head is tied: left out)."""
+    """Writes the weights as safetensors, the config in its metadata (a tied lm_head is left
+    out: it is the token embedding)."""
     from safetensors.torch import save_file
 
     sd = clean_state_dict(state_dict if state_dict is not None else model.state_dict())
-    tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items() if k != "lm_head.weight"}
+    tied = model.config.tie_embeddings
+    tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()
+               if not (tied and k == "lm_head.weight")}
     meta = {"format": "pt", "gristmill_config": json.dumps(model.config.to_dict())}
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
 
 def save_checkpoint(out_dir: PathLike, step: int, model: GPT, model_sd: dict, optim_sd: dict,
-                    state: dict, meta: dict, tokenizer=None) -> Path:
+                    state: dict, meta: dict, tokenizer=None,
+                    extra_weights: dict[str, dict] | None = None) -> Path:
     """Writes ``out_dir/ckpt-{step:07d}``: built under a temporary name, then renamed into place
     (a rerun that reaches the same step replaces it). ``meta`` becomes config.json, with the
-    size and sha256 of the weights, optimizer and state files added."""
+    size and sha256 of the weights, optimizer and state files added. ``extra_weights`` maps
+    more file names to state dicts written as safetensors beside the weights and checksummed
+    alike (a fine-tuning head, a LoRA adapter); read them with :func:`load_extra_weights`."""
     out_dir = Path(out_dir)
     final = out_dir / f"ckpt-{step:07d}"
     tmp = out_dir / f".{final.name}.tmp-{os.getpid()}"
@@ -217,7 +232,13 @@ def save_checkpoint(out_dir: PathLike, step: int, model: GPT, model_sd: dict, op
     with atomic_file(tmp / OPTIMIZER) as f:
         torch.save(optim_sd, f)
     write_json_atomic(tmp / STATE, state)
-    files = {name: _digest(tmp / name) for name in _CHECKSUMMED}
+    for name, tensors in (extra_weights or {}).items():
+        from safetensors.torch import save_file
+
+        with atomic_file(tmp / name) as f:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(f),
+                      metadata={"format": "pt"})
+    files = {name: _digest(tmp / name) for name in (*_CHECKSUMMED, *(extra_weights or {}))}
     write_json_atomic(tmp / META, {**meta, "format": FORMAT, "files": files})
     if tokenizer is not None:
         tokenizer.save(tmp / TOKENIZER)
@@ -271,6 +292,17 @@ def _gristmill_meta(directory: Path) -> dict | None:
         raise CheckpointError(f'{path}: "files" must map file names to {{"bytes", "sha256"}}; '
                               f"{_fallback(directory)}")
     return meta
+
+
+def read_meta(directory: PathLike) -> dict | None:
+    """The config.json of a gristmill checkpoint or quantized copy (checked), None for a HF
+    folder or none at all."""
+    return _gristmill_meta(Path(directory))
+
+
+def file_digest(path: PathLike) -> dict:
+    """``{"bytes", "sha256"}`` of a file, as config.json's ``"files"`` records them."""
+    return _digest(Path(path))
 
 
 def _check_file(directory: Path, name: str, meta: dict | None) -> Path:
@@ -359,8 +391,12 @@ def _check_shapes(config: GPTConfig, shapes: dict, config_file: Path, weights: P
         wte_fields, wte = (f"vocab_size={c.vocab_size}, vocab_multiple={c.vocab_multiple}",
                            c.padded_vocab_size)
         wpe_fields = f"block_size={c.block_size}"
-    for name, fields, want in (("transformer.wte.weight", wte_fields, (wte, c.n_embd)),
-                               ("transformer.wpe.weight", wpe_fields, (c.block_size, c.n_embd))):
+    expected = [("transformer.wte.weight", wte_fields, (wte, c.n_embd))]
+    if c.position == "learned":  # rotary positions have no table
+        expected.append(("transformer.wpe.weight", wpe_fields, (c.block_size, c.n_embd)))
+    if not c.tie_embeddings:
+        expected.append(("lm_head.weight", wte_fields, (wte, c.n_embd)))
+    for name, fields, want in expected:
         got = shapes.get(name)
         if got is None:
             raise CheckpointError(f"{weights}: no {name} tensor; {fix}")
@@ -391,7 +427,8 @@ def load_weights(path: PathLike, **overrides) -> GPT:
 
 
 def _load_weights(path: Path, fix: str, checked: bool, overrides: dict) -> GPT:
-    config = _read_safetensors(path, fix, metadata_only=True).get("gristmill_config")
+    metadata = _read_safetensors(path, fix, metadata_only=True)
+    config, quantized = metadata.get("gristmill_config"), metadata.get("gristmill_quantize")
     if config is None:
         raise CheckpointError(f"{path}: no gristmill_config in its safetensors metadata (not "
                               "written by gristmill); for a Hugging Face GPT-2 folder, pass the "
@@ -405,10 +442,21 @@ def _load_weights(path: Path, fix: str, checked: bool, overrides: dict) -> GPT:
     sd = clean_state_dict(_read_safetensors(path, fix))
     if "transformer.wte.weight" not in sd:
         raise CheckpointError(f"{path}: no transformer.wte.weight tensor; {fix}")
+    if quantized is not None:  # a copy written by gristmill.quantize: int8 weights + scales
+        from gristmill.quantize import dequantize_state_dict
+
+        try:
+            sd = dequantize_state_dict(sd)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}; {fix}") from None
     if not checked:  # a matching checksum already rules damage out
         _check_finite(sd, path, fix)
-    sd["lm_head.weight"] = sd["transformer.wte.weight"]
-    return _into_model(GPT(config), sd, path, fix)
+    if config.tie_embeddings:
+        sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    model = _into_model(GPT(config), sd, path, fix)
+    if quantized is not None:
+        model.quantization = str(quantized)  # inference quantizes it back (gristmill.quantize)
+    return model
 
 
 def _read_hf_tensors(directory: Path) -> tuple[dict, Path]:
@@ -474,7 +522,9 @@ def from_hf(path: PathLike, **overrides) -> GPT:
 
 def save_hf(model: GPT, path: PathLike, eos_token_id: int | None = None) -> Path:
     """Writes a HF GPT-2 folder (config.json + model.safetensors) that
-    ``GPT2LMHeadModel.from_pretrained`` loads.
+    ``GPT2LMHeadModel.from_pretrained`` loads. Only a GPT-2-layout model exports: one with
+    layout options (rotary, RMSNorm, ...) is refused before anything is written; it saves as a
+    gristmill checkpoint (:func:`save_weights`, training's checkpoints).
 
     >>> save_hf(GPT(GPTConfig.from_preset("tiny", vocab_size=100)), "/tmp/gm-tiny-hf").name
     'gm-tiny-hf'
@@ -482,6 +532,10 @@ def save_hf(model: GPT, path: PathLike, eos_token_id: int | None = None) -> Path
     from safetensors.torch import save_file
 
     directory = Path(path)
+    try:  # before anything is written: only GPT-2's layout exists in the HF GPT-2 format
+        check_gpt2_layout(model.config)
+    except ValueError as e:
+        raise ValueError(f"{directory}: {e}") from None
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.cpu() for k, v in to_hf_state_dict(model).items()}
     with atomic_file(directory / WEIGHTS) as tmp:
@@ -524,6 +578,14 @@ def read_run_state(ckpt: PathLike) -> tuple[dict, dict]:
         raise CheckpointError(f"{where}: lacks {', '.join(missing) or 'train'}; "
                               f"{_fallback(ckpt)}")
     return state, meta
+
+
+def load_extra_weights(ckpt: PathLike, name: str) -> dict:
+    """A state dict :func:`save_checkpoint` wrote as ``extra_weights[name]``, its size and
+    checksum checked."""
+    ckpt = Path(ckpt)
+    path = _check_file(ckpt, name, _gristmill_meta(ckpt))
+    return _read_safetensors(path, _fallback(ckpt))
 
 
 def load_optimizer_state(ckpt: PathLike, device="cpu") -> dict:

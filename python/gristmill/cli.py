@@ -31,6 +31,10 @@ OPTIONAL_PACKAGES = {
     "yaml": ("pyyaml", "train"),
     "ray": ("ray", "ray"),
     "pyarrow": ("pyarrow", "prep"),  # parquet files and URLs
+    "lm_eval": ("lm_eval", "eval"),  # gristmill.harness: the lm-evaluation-harness model
+    "starlette": ("starlette", "serve"),  # gristmill serve: the HTTP app
+    "uvicorn": ("uvicorn", "serve"),  # gristmill serve: the ASGI server
+    "torchao": ("torchao", "quantize"),  # --quantize on CUDA: int8 / int4 weight-only kernels
 }
 _PACKAGE_NAMES = {"yaml": "pyyaml"}  # import name -> pip name, where they differ
 
@@ -137,6 +141,85 @@ def _run_train(args) -> int:
     result = train(config_file=args.config_file, **overrides_from_args(args))
     if result["checkpoint"]:
         print(f"done at step {result['step']}: checkpoint {result['checkpoint']}")
+    return 0
+
+
+# ---- plan ---------------------------------------------------------------------------------
+
+_PLAN_QUANTITIES = ("params", "tokens", "flops", "gpu_hours", "dollars")
+
+
+def _add_plan(sub) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="size a training run: parameters, tokens, FLOPs, GPU hours, dollars",
+        description="Give any two of --params, --tokens and a compute budget (--flops, "
+        "--gpu-hours or --dollars), or one of them and --tokens-per-param (one alone: "
+        "Chinchilla's 20 tokens per parameter); prints the rest (C = 6 N D), the "
+        "compute-optimal point for the same FLOPs, and the preset, batch, steps and learning "
+        "rate a gristmill run would use. Numbers take k, M, B, T suffixes (124M, 1.4T).",
+    )
+    for name in _PLAN_QUANTITIES:
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="N")
+    p.add_argument("--tokens-per-param", dest="tokens_per_param", metavar="R",
+                   help="tokens per parameter (Chinchilla-optimal: 20)")
+    p.add_argument("--gpu", help="hardware for the peak bf16 FLOP/s [H100]")
+    p.add_argument("--peak-flops", dest="peak_flops", metavar="F",
+                   help="peak FLOP/s of one GPU (instead of --gpu's)")
+    p.add_argument("--mfu", metavar="U", help="model FLOPs utilisation reached [0.4]")
+    p.add_argument("--gpus", metavar="K", help="GPUs at once, for the wall-clock time [1]")
+    p.add_argument("--price", metavar="USD", help="dollars per GPU hour")
+    p.add_argument("--seq-len", dest="seq_len", metavar="T",
+                   help="context length [the preset's]")
+    p.add_argument("--vocab-size", dest="vocab_size", metavar="V",
+                   help="vocabulary, for parameter counts [50257]")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_run_plan)
+
+
+def _run_plan(args) -> int:
+    import json
+
+    from gristmill.planner import format_quantity, parse_quantity, plan
+
+    kw = {}
+    for name in (*_PLAN_QUANTITIES, "tokens_per_param", "peak_flops", "mfu", "price"):
+        if getattr(args, name) is not None:
+            kw[name] = parse_quantity(getattr(args, name), "--" + name.replace("_", "-"))
+    for name in ("gpus", "seq_len", "vocab_size"):
+        if getattr(args, name) is not None:
+            value = parse_quantity(getattr(args, name), "--" + name.replace("_", "-"))
+            if not value.is_integer():
+                raise ValueError(f"--{name.replace('_', '-')}: expected a whole number, got "
+                                 f"{getattr(args, name)!r}")
+            kw[name] = int(value)
+    if args.gpu is not None:
+        kw["gpu"] = args.gpu
+    p = plan(**kw)
+    if args.json:
+        print(json.dumps({**p.to_dict(), "train_flags": p.train_flags()}, indent=2))
+        return 0
+    q = format_quantity
+    print(f"gristmill plan: C = 6 N D, {p.gpu if 'peak_flops' not in kw else 'a GPU'} at "
+          f"{p.peak_flops / 1e12:g} TFLOP/s bf16, MFU {p.mfu:.0%}")
+    print(f"  parameters       {q(p.params)}")
+    print(f"  tokens           {q(p.tokens)} ({p.tokens_per_param:.3g} per parameter)")
+    print(f"  compute          {p.flops:.3g} FLOPs")
+    print(f"  GPU hours        {p.gpu_hours:,.3g}" + (f" ({p.hours:,.3g} h on {p.gpus} GPUs)"
+                                                       if p.gpus > 1 else ""))
+    if p.dollars is not None:
+        print(f"  cost             ${p.dollars:,.2f} at ${p.price:g} per GPU hour")
+    print(f"  compute-optimal  {q(p.optimal_params)} parameters on {q(p.optimal_tokens)} tokens "
+          "(Hoffmann et al. 2022: 20 tokens per parameter)")
+    near = 2 / 3 <= p.preset_params / p.params <= 1.5
+    s = p.shape
+    print(f"  model            preset {p.preset} ({q(p.preset_params)} parameters)" if near else
+          f"  model            n_layer={s['n_layer']} n_embd={s['n_embd']} n_head={s['n_head']} "
+          f"({q(s['params'])} parameters; nearest preset {p.preset}, {q(p.preset_params)})")
+    print(f"  batch            {p.tokens_per_step:,} tokens per step "
+          f"({p.tokens_per_step // p.seq_len} x {p.seq_len}), {p.steps:,} steps")
+    print(f"  learning rate    {p.lr:.3g} (GPT-3's Table 2.1 for this size; AdamW)")
+    print(f"  train with       gristmill train --data=DIR {' '.join(p.train_flags())}")
     return 0
 
 
@@ -461,6 +544,9 @@ def _model_args(p) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="quantize the linear layers' weights (int4: CUDA only); a copy saved "
+                   "by `gristmill quantize` is int8 without it")
 
 
 def _load_for_inference(args):
@@ -472,8 +558,39 @@ def _load_for_inference(args):
         "cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype != "auto" else (
         "bfloat16" if device.startswith("cuda") else "float32")
-    model = load_model(args.checkpoint).to(device=device, dtype=getattr(torch, dtype)).eval()
+    model = load_model(args.checkpoint)
+    quantization = getattr(args, "quantize", None) or getattr(model, "quantization", None)
+    model = model.to(device=device, dtype=getattr(torch, dtype)).eval()
+    if quantization:
+        from gristmill.quantize import quantize
+
+        model = quantize(model, quantization)
     return model, tokenizer_for(args.checkpoint, model, args.tokenizer, required=False)
+
+
+def _sampling_args(p) -> None:
+    """The sampling flags of `sample` and `chat` (defaults: gristmill.defaults.SAMPLE)."""
+    p.add_argument("--max-new-tokens", "-n", type=int, default=SAMPLE["max_new_tokens"], help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=SAMPLE["temperature"], help="0: greedy")
+    p.add_argument("--top-k", type=int, default=SAMPLE["top_k"], help="keep the k most likely (0: off)")
+    p.add_argument("--top-p", type=float, default=SAMPLE["top_p"], help="nucleus sampling")
+    p.add_argument("--min-p", type=float, default=SAMPLE["min_p"], help="drop tokens below min-p x the top one")
+    p.add_argument("--repetition-penalty", type=float, default=SAMPLE["repetition_penalty"], help=">1 discourages repeats")
+    p.add_argument("--frequency-penalty", type=float, default=SAMPLE["frequency_penalty"], help="per earlier occurrence")
+    p.add_argument("--presence-penalty", type=float, default=SAMPLE["presence_penalty"], help="once per token seen")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=SAMPLE["seed"], help="random seed (default: unseeded)")
+
+
+def _sampling_config(args, **fields):
+    """The SamplingConfig of the flags `_sampling_args` adds; ``fields`` set the others."""
+    from gristmill.sample import SamplingConfig
+
+    return SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+        frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty,
+        stop_strings=tuple(args.stop), seed=args.seed, **fields)
 
 
 def _add_sample(sub) -> None:
@@ -486,20 +603,11 @@ def _add_sample(sub) -> None:
     p.add_argument("--prompt", "-p", action="append", default=None,
                    help="prompt text (repeat for a batch); default: end-of-text")
     p.add_argument("--prompt-file", type=Path, help="a file whose whole text is one prompt")
-    p.add_argument("--max-new-tokens", "-n", type=int, default=SAMPLE["max_new_tokens"], help="tokens to generate")
-    p.add_argument("--temperature", type=float, default=SAMPLE["temperature"], help="0: greedy")
-    p.add_argument("--top-k", type=int, default=SAMPLE["top_k"], help="keep the k most likely (0: off)")
-    p.add_argument("--top-p", type=float, default=SAMPLE["top_p"], help="nucleus sampling")
-    p.add_argument("--min-p", type=float, default=SAMPLE["min_p"], help="drop tokens below min-p x the top one")
-    p.add_argument("--repetition-penalty", type=float, default=SAMPLE["repetition_penalty"], help=">1 discourages repeats")
-    p.add_argument("--frequency-penalty", type=float, default=SAMPLE["frequency_penalty"], help="per earlier occurrence")
-    p.add_argument("--presence-penalty", type=float, default=SAMPLE["presence_penalty"], help="once per token seen")
+    _sampling_args(p)
     p.add_argument("--num-beams", type=int, default=SAMPLE["num_beams"], help="beam search when > 1")
     p.add_argument("--length-penalty", type=float, default=SAMPLE["length_penalty"], help="beam scores / length ** this")
     p.add_argument("--early-stopping", choices=["false", "true", "never"], default="false")
     p.add_argument("--num-samples", type=int, default=1, help="completions per prompt")
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--seed", type=int, default=SAMPLE["seed"], help="random seed (default: unseeded)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-stream", action="store_true", help="print each completion when done")
     p.set_defaults(func=_run_sample)
@@ -508,7 +616,7 @@ def _add_sample(sub) -> None:
 def _run_sample(args) -> int:
     import torch
 
-    from gristmill.sample import SamplingConfig, TextStream, generate, generate_steps
+    from gristmill.sample import TextStream, generate, generate_steps
 
     model, tok = _load_for_inference(args)
     if tok is None:
@@ -519,13 +627,9 @@ def _run_sample(args) -> int:
     texts = texts or [""]
     early = {"false": False, "true": True, "never": "never"}[args.early_stopping]
     beams = args.num_beams > 1
-    cfg = SamplingConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-        frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty,
-        num_beams=args.num_beams, length_penalty=args.length_penalty, early_stopping=early,
-        num_return_sequences=args.num_samples if beams else 1, stop_strings=tuple(args.stop),
-        seed=args.seed)
+    cfg = _sampling_config(
+        args, num_beams=args.num_beams, length_penalty=args.length_penalty, early_stopping=early,
+        num_return_sequences=args.num_samples if beams else 1)
     prompts = [tok.encode(t, allowed_special="all") or [tok.eot_token] for t in texts]
     room = model.config.block_size - max(map(len, prompts))
     if room < 1:
@@ -571,18 +675,114 @@ def _run_sample(args) -> int:
     return 0
 
 
-def _add_eval(sub) -> None:
+def _add_chat(sub) -> None:
     p = sub.add_parser(
-        "eval", help="loss, perplexity and bits per byte of a checkpoint",
-        description="Evaluate a checkpoint on a shard dataset's split or on a text file; every "
-        "token after the first is predicted once.",
+        "chat", help="talk to an instruction-tuned model in the terminal (streams replies)",
+        description="A multi-turn conversation with an instruction-tuned model, in the prompt "
+        "format its run recorded (alpaca when none). Each line you type is a message; the "
+        "reply streams as it is generated and ends at end-of-text. When the conversation no "
+        "longer fits the model's context, the oldest turns are dropped (a note says so). "
+        "Commands: /reset forgets the conversation, /quit (or end of input) ends it.",
+    )
+    _model_args(p)
+    p.add_argument("--system", default=None, metavar="TEXT",
+                   help="replaces the prompt's first paragraph (default: the template's)")
+    _sampling_args(p)
+    p.set_defaults(func=_run_chat)
+
+
+def _run_chat(args) -> int:
+    from gristmill.chat import Chat, ChatError, restore_adapter, run_template
+
+    template, recorded = run_template(args.checkpoint)
+    model, tok = _load_for_inference(args)
+    if tok is None:
+        raise ValueError(f"no tokenizer found with {args.checkpoint}; pass --tokenizer")
+    restore_adapter(args.checkpoint, model)
+    chat = Chat(model, tok, _sampling_config(args), system=args.system, template=template)
+    block = model.config.block_size
+    interactive = sys.stdin.isatty()
+    if not recorded:
+        print(f"note: {args.checkpoint} records no prompt template; using {template}",
+              file=sys.stderr)
+    if interactive:
+        print(f"chatting with {args.checkpoint} ({template} format, {block}-token context); "
+              "/reset starts over, /quit ends", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            return 0
+        if text == "/reset":
+            chat.reset()
+            print("[conversation reset]", file=sys.stderr)
+            continue
+        if text.startswith("/") and " " not in text:
+            print(f"unknown command {text}: /reset or /quit", file=sys.stderr)
+            continue
+        try:
+            pieces = chat.reply(text)
+        except ChatError as e:
+            print(f"gristmill chat: {e}", file=sys.stderr)
+            continue
+        if chat.dropped:
+            print(f"[dropped the {chat.dropped} oldest turn(s) to fit the model's {block}-token "
+                  "context]", file=sys.stderr)
+        if chat.shortened:
+            print(f"[reply limited to {chat.shortened} tokens by the {block}-token context]",
+                  file=sys.stderr)
+        try:
+            for piece in pieces:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:  # stops this reply, not the chat
+            pieces.close()
+            print("\n[interrupted]", file=sys.stderr)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def _add_eval(sub) -> None:
+    from gristmill.defaults import EVAL
+
+    p = sub.add_parser(
+        "eval", help="loss and bits per byte; multiple-choice tasks and suites (HellaSwag, CORE)",
+        description="Evaluate a checkpoint. --data DIR (a shard dataset): loss and perplexity "
+        "of its split. --data FILE (.txt, .jsonl[.gz|.zst], .parquet, or a folder of them): "
+        "loss and bits per byte of the text, comparable across tokenizers. --task NAME --data "
+        "FILE: a multiple-choice task (HellaSwag's JSONL or {context, choices, label} lines): "
+        "acc and acc_norm. --suite FILE: the tasks a TOML file lists, with one score centred "
+        "on random guessing. Tasks write report.json, report.md, report.png and "
+        "predictions.jsonl to --out.",
     )
     _model_args(p)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="shard dataset directory (or its manifest.json)")
-    src.add_argument("--text", type=Path, help="a UTF-8 text file")
-    p.add_argument("--split", default="val")
-    p.add_argument("--batch-size", type=int, default=8)
+    src.add_argument("--data", type=Path, metavar="PATH",
+                     help="a shard dataset, documents (.txt, .jsonl[.gz|.zst], .parquet, a "
+                     "folder), or with --task the task's JSONL")
+    src.add_argument("--text", type=Path, help=argparse.SUPPRESS)  # the older name of --data FILE
+    src.add_argument("--suite", type=Path, metavar="TOML", help="a suite of tasks (see "
+                     "examples/eval/suite.toml)")
+    p.add_argument("--task", metavar="NAME", help="score --data as a multiple-choice task "
+                   "named NAME (e.g. hellaswag)")
+    p.add_argument("--num-fewshot", type=int, default=EVAL["num_fewshot"],
+                   help="--task: solved examples put before each question")
+    p.add_argument("--limit", type=int, default=None, help="the first N examples of each task")
+    p.add_argument("--truncate-context", action="store_true",
+                   help="cut the start of contexts too long for the model (counted in the "
+                   "report) instead of stopping")
+    p.add_argument("-o", "--out", type=Path, default=None,
+                   help="report folder for --task / --suite (default: eval-NAME)")
+    p.add_argument("--batch-tokens", type=int, default=EVAL["batch_tokens"],
+                   help="tasks: tokens per forward pass")
+    p.add_argument("--split", default="val", help="a shard dataset's split")
+    p.add_argument("--batch-size", type=int, default=EVAL["batch_size"],
+                   help="loss: sequences per forward pass")
     p.add_argument("--seq-len", type=int, default=None, help="default: the model's block_size")
     p.add_argument("--max-batches", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
@@ -590,21 +790,184 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> int:
-    from gristmill.sample import evaluate
+    from gristmill import eval as ev
 
+    data = args.data or args.text
+    if args.task and not data:
+        raise ValueError("--task needs --data FILE (the task's JSONL)")
+    if args.task and args.suite:
+        raise ValueError("--task and --suite: give one (a suite names its own tasks)")
     model, tok = _load_for_inference(args)
-    if args.data:
-        from gristmill.shards import ShardDataset
-
-        data = ShardDataset(args.data)
-    else:
-        data = args.text.read_text("utf-8")
-    r = evaluate(model, data, tok, split=args.split, batch_size=args.batch_size,
-                 seq_len=args.seq_len, max_batches=args.max_batches,
-                 progress=not args.no_progress)
+    progress = not args.no_progress
+    if args.task or args.suite:
+        if tok is None:
+            raise ValueError(f"no tokenizer found with {args.checkpoint}; pass --tokenizer")
+        if args.suite:
+            specs, name = ev.read_suite(args.suite), args.suite.stem
+            inputs = [args.suite, *(Path(s.path) for s in specs)]
+            for spec in specs:  # --limit caps every task of the suite
+                spec.limit = min(filter(None, (spec.limit, args.limit)), default=None)
+        else:
+            specs = [ev.TaskSpec(args.task, str(data), num_fewshot=args.num_fewshot,
+                                 limit=args.limit)]
+            name, inputs = args.task, [data]
+        tasks = [ev.prepare_task(s, tok, model.config.block_size,
+                                 truncate_context=args.truncate_context) for s in specs]
+        out = ev.claim_report(args.out or Path(f"eval-{name}"), inputs)  # before the scoring
+        t0 = time.perf_counter()
+        result = ev.score_tasks(model, tasks, batch_tokens=args.batch_tokens, progress=progress)
+        dt = time.perf_counter() - t0
+        ev.write_report(out, result, model=str(args.checkpoint), inputs=inputs)
+        n = sum(t["examples"] for t in result["tasks"])
+        print(ev.format_results(result), end="")
+        print(f"{n:,} examples in {dt:.1f} s ({n / dt:,.1f}/s); wrote report.json, report.md, "
+              f"report.png and predictions.jsonl to {out}")
+        return 0
+    r = ev.evaluate(model, data, tok, split=args.split, batch_size=args.batch_size,
+                    seq_len=args.seq_len, max_batches=args.max_batches, progress=progress)
     bpb = f", {r['bits_per_byte']:.4f} bits/byte" if r["bits_per_byte"] is not None else ""
-    print(f"loss {r['loss']:.4f} nats/token, perplexity {r['perplexity']:.3f}{bpb} "
-          f"({r['tokens']:,} tokens)")
+    counted = f"{r['tokens']:,} tokens" + (f", {r['bytes']:,} bytes" if r["bytes"] else "") + (
+        f", {r['documents']:,} documents" if "documents" in r else "")
+    print(f"loss {r['loss']:.4f} nats/token, perplexity {r['perplexity']:.3f}{bpb} ({counted})")
+    return 0
+
+
+# ---- finetune / classify ------------------------------------------------------------------
+
+
+def _add_finetune(sub) -> None:
+    from gristmill.config import FinetuneConfig, add_config_arguments
+
+    p = sub.add_parser(
+        "finetune", help="fine-tune a pretrained GPT: a classifier, or instruction following",
+        description="Fine-tune a gristmill run or a Hugging Face GPT-2 folder (--model). "
+        "Settings come from the defaults, then CONFIG (TOML/YAML/JSON), then --key=value flags. "
+        "Continues from the last checkpoint in --out-dir when there is one.",
+    )
+    kinds = p.add_subparsers(dest="finetune_command", metavar="KIND", required=True)
+    for kind, text in (("classify", "a classification head over labelled texts (TSV/CSV/"
+                                    "JSONL); report with accuracy, per-label F1, confusion"),
+                       ("instruct", "instruction following on Alpaca records or chat "
+                                    "'messages' (loss on the responses); test responses")):
+        k = kinds.add_parser(kind, help=text, description=text)
+        k.add_argument("config_file", nargs="?", metavar="CONFIG", help="TOML/YAML/JSON settings")
+        add_config_arguments(k, FinetuneConfig)
+        k.set_defaults(func=_run_finetune)
+
+
+def _run_finetune(args) -> int:
+    from gristmill.config import FinetuneConfig, overrides_from_args
+    from gristmill.finetune import finetune_classify, finetune_instruct
+
+    run = finetune_classify if args.finetune_command == "classify" else finetune_instruct
+    report = run(config_file=args.config_file, **overrides_from_args(args, FinetuneConfig))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 reports
+        return 0
+    for name in ("val", "test"):
+        if isinstance(report.get(name), dict):
+            r = report[name]
+            f1 = ", ".join(f"{k} F1 {v['f1']:.3f}" for k, v in r["per_class"].items())
+            print(f"{name}: accuracy {r['accuracy']:.2%}, loss {r['loss']:.4f} ({f1})")
+    if report.get("val_loss") is not None:
+        print(f"val loss {report['val_loss']:.4f}")
+    if report.get("responses"):
+        print(f"test responses: {report['responses']}")
+    if report.get("judge"):
+        j = report["judge"]
+        mean = "-" if j["mean_score"] is None else f"{j['mean_score']:.1f}"
+        print(f"judge {j['model']}: mean score {mean} ({j['scored']} of {j['of']} scored)")
+    if report.get("adapter"):
+        print(f"LoRA adapter (peft format): {report['adapter']}")
+    out = Path(report["checkpoint"]).parent
+    print(f"model: {report['checkpoint']}; report: {out / 'report.md'}")
+    return 0
+
+
+def _add_classify(sub) -> None:
+    p = sub.add_parser(
+        "classify", help="label texts with a classifier from `gristmill finetune classify`",
+        description="Print the label (and its probability) of each TEXT, one per line; with no "
+        "TEXT, of each line of stdin.")
+    p.add_argument("checkpoint", help="a `finetune classify` run (its best checkpoint) or one "
+                   "of its checkpoints")
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_run_classify)
+
+
+def _run_classify(args) -> int:
+    from gristmill.finetune import Classifier
+
+    clf = Classifier.load(args.checkpoint, device=None if args.device == "auto" else args.device)
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    probs = clf.predict_proba(texts, args.batch_size)
+    for text, row in zip(texts, probs):
+        best = int(row.argmax())
+        print(f"{clf.labels[best]}\t{row[best]:.3f}\t{text}")
+    return 0
+
+
+# ---- quantize / serve ---------------------------------------------------------------------
+
+
+def _add_quantize(sub) -> None:
+    p = sub.add_parser(
+        "quantize", help="save an int8 copy of a model (loads with every command)",
+        description="Write RUN's weights as int8 with per-channel scales (the token embedding "
+        "stays float) to DIR, with its tokenizer and prompt template; sample, eval, chat and "
+        "serve load DIR as an int8 model.")
+    p.add_argument("checkpoint", metavar="RUN", help="checkpoint dir, training out_dir, or a "
+                   "Hugging Face GPT-2 directory")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the copy's folder")
+    p.add_argument("--mode", choices=["int8"], default="int8", help="weight format")
+    p.set_defaults(func=_run_quantize)
+
+
+def _run_quantize(args) -> int:
+    from gristmill.checkpoint import WEIGHTS
+    from gristmill.quantize import quantize_run
+
+    out = quantize_run(args.checkpoint, args.output, args.mode)
+    size = (Path(out) / WEIGHTS).stat().st_size
+    print(f"wrote {out} ({args.mode}, {size / 1e6:.1f} MB of weights); e.g. gristmill sample "
+          f"{out}")
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="an OpenAI-compatible HTTP server (and a chat page at /)",
+        description="Serve a model over HTTP: /v1/completions, /v1/chat/completions (streaming "
+        "with server-sent events), /v1/models, /health, and a chat page at /. Concurrent "
+        "requests are decoded together in one batch (needs pip install 'gristmill[serve]').")
+    _model_args(p)
+    from gristmill.defaults import SERVE
+
+    p.add_argument("--host", default=SERVE["host"], help="address to listen on")
+    p.add_argument("--port", type=int, default=SERVE["port"])
+    p.add_argument("--model-name", default=None, help="the model id clients name "
+                   "(default: the folder's name)")
+    p.add_argument("--max-batch", type=int, default=SERVE["max_batch"],
+                   help="sequences decoded together")
+    p.add_argument("--max-queue", type=int, default=SERVE["max_queue"],
+                   help="requests waiting for a place in the batch before 503s")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args) -> int:
+    from gristmill.chat import run_template
+    from gristmill.serve import serve
+
+    run_template(args.checkpoint)  # an unknown recorded template is refused before loading
+    model, tok = _load_for_inference(args)
+    if tok is None:
+        raise ValueError(f"no tokenizer found with {args.checkpoint}; pass --tokenizer")
+    name = args.model_name or Path(args.checkpoint).resolve().name
+    print(f"serving {name} on http://{args.host}:{args.port}/ (chat page at /, API at /v1)",
+          file=sys.stderr)
+    serve(model, tok, name, host=args.host, port=args.port, max_batch=args.max_batch,
+          max_queue=args.max_queue)
     return 0
 
 
@@ -646,11 +1009,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prep(sub)
     _add_dedup(sub)
     _add_train(sub)
+    _add_plan(sub)
     _add_tokenizer(sub)
     _add_run(sub)
     _add_quickstart(sub)
     _add_sample(sub)
+    _add_chat(sub)
     _add_eval(sub)
+    _add_finetune(sub)
+    _add_classify(sub)
+    _add_quantize(sub)
+    _add_serve(sub)
     return parser
 
 

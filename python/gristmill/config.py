@@ -26,8 +26,30 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
+def _f(default, help: str, choices: tuple = ()):
+    """A config field: its default, its --help line and, for a string, the values it takes."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+#: What each ``recipe`` sets for the keys a run leaves unset. ``modern`` bundles what
+#: benches/bench_speedrun.py measured to reach a given loss fastest (README, "Faster to a given
+#: loss"): an untied head and the logit soft-cap did not pay there (the tied head reached the
+#: target in fewer steps; the cap never bit and cost a fifth of the step on CPU), so they stay
+#: options (tie_embeddings=false, logit_softcap=15) outside the preset.
+RECIPES: dict[str, dict] = {
+    "gpt2": {},
+    "modern": {"position": "rotary", "norm": "rmsnorm", "qk_norm": True, "activation": "relu2",
+               "zero_init": True, "bias": False, "optimizer": "muon"},
+}
+#: The model keys that change the layout (not the size): GPT-2's unless a recipe or key says.
+LAYOUT_KEYS = ("position", "norm", "activation", "qk_norm", "tie_embeddings", "logit_softcap",
+               "zero_init")
+#: The values of the layout keys that are words (GPTConfig checks them too); GPT-2's first.
+LAYOUT_CHOICES: dict[str, tuple[str, ...]] = {
+    "position": ("learned", "rotary"),
+    "norm": ("layernorm", "rmsnorm"),
+    "activation": ("gelu", "relu2"),
+}
 
 
 @dataclass
@@ -49,6 +71,23 @@ class TrainConfig:
     dropout: Optional[float] = _f(None, "dropout probability (default 0)")
     bias: Optional[bool] = _f(None, "biases in Linear and LayerNorm (default true)")
     vocab_multiple: Optional[int] = _f(None, "pad the vocabulary to a multiple of this (64)")
+    recipe: str = _f("gpt2", "gpt2 (nanoGPT's GPT-2 recipe) or modern (rotary, RMSNorm, QK-norm, "
+                             "ReLU², zero-initialised projections, no biases, Muon): the "
+                             "defaults of the layout and optimizer keys left unset",
+                     tuple(RECIPES))
+    position: Optional[str] = _f(None, "learned or rotary positions (default: the recipe's)",
+                                 LAYOUT_CHOICES["position"])
+    norm: Optional[str] = _f(None, "layernorm or rmsnorm (default: the recipe's)",
+                             LAYOUT_CHOICES["norm"])
+    activation: Optional[str] = _f(None, "MLP activation: gelu or relu2 (default: the recipe's)",
+                                   LAYOUT_CHOICES["activation"])
+    qk_norm: Optional[bool] = _f(None, "RMSNorm queries and keys (default: the recipe's)")
+    tie_embeddings: Optional[bool] = _f(None, "the head shares the token embedding (default: "
+                                              "the recipe's)")
+    logit_softcap: Optional[float] = _f(None, "cap*tanh(logits/cap), 0: off (default: the "
+                                              "recipe's)")
+    zero_init: Optional[bool] = _f(None, "output projections start at zero (default: the "
+                                         "recipe's)")
     resume: str = _f("auto", "auto: continue from out_dir if it has checkpoints; must: fail if "
                              "it has none; no: fail if it has some")
     # batch
@@ -57,8 +96,17 @@ class TrainConfig:
     tokens_per_step: int = _f(0, "tokens per optimizer step over all processes; reached by "
                                  "gradient accumulation (0: one micro-batch)")
     sampling: str = _f("random", "random or sequential batches")
+    packing: str = _f("off", "rows: off (windows of the token stream), pad (whole documents, "
+                             "padded; padding is not trained on) or bestfit (each row starts at "
+                             "a document and is filled best-fit, the last document cropped)",
+                      ("off", "pad", "bestfit"))
+    doc_mask: bool = _f(False, "attention limited to the current document (a mask from the "
+                               "shards' document index; slower attention kernels)")
     # optimizer and schedule
     max_steps: int = _f(1000, "optimizer steps")
+    tokens: int = _f(0, "train on this many tokens: sets max_steps (0: use max_steps)")
+    tokens_per_param: float = _f(0.0, "train on this many tokens per model parameter: sets "
+                                      "max_steps (20: Chinchilla-optimal; 0: use max_steps)")
     lr: float = _f(6e-4, "peak learning rate")
     min_lr: float = _f(6e-5, "learning rate at the end of the decay")
     warmup_steps: int = _f(100, "linear warmup steps")
@@ -66,12 +114,19 @@ class TrainConfig:
     lr_decay_steps: int = _f(0, "step at which the decay ends (0: max_steps)")
     decay_frac: float = _f(0.2, "wsd: fraction of lr_decay_steps spent decaying")
     weight_decay: float = _f(0.1, "AdamW weight decay (>=2-D weights only)")
+    optimizer: Optional[str] = _f(None, "adamw, or muon (Muon for the blocks' matrices, AdamW "
+                                        "for the rest; default: the recipe's)", ("adamw", "muon"))
+    muon_lr: float = _f(0.02, "Muon's peak learning rate (scheduled as lr is)")
+    muon_momentum: float = _f(0.95, "Muon's momentum")
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.95, "AdamW beta2")
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0: no clipping)")
     # evaluation, checkpoints, logging
     eval_interval: int = _f(250, "steps between validation runs and checkpoints")
     eval_batches: int = _f(20, "validation batches per run")
+    eval_tasks: str = _f("", "a suite of multiple-choice tasks (TOML; see `gristmill eval "
+                             "--suite`) scored during training and plotted beside the loss")
+    eval_tasks_interval: int = _f(0, "steps between runs of eval_tasks (0: eval_interval)")
     keep_last: int = _f(2, "checkpoints kept besides the best")
     log_interval: int = _f(10, "steps between console lines (log.jsonl gets every step)")
     progress: bool = _f(True, "show a progress bar")
@@ -85,17 +140,110 @@ class TrainConfig:
     tf32: bool = _f(True, "allow TF32 matmuls on CUDA")
     seed: int = _f(1337, "random seed")
 
+    def __post_init__(self):  # resolve_config names the file; this catches TrainConfig(...)
+        for f in dataclasses.fields(self):
+            check_choice(f, getattr(self, f.name))
+
+    def setting(self, key: str) -> Any:
+        """A layout or optimizer key's value: the one set, else the recipe's, else None (the
+        preset's or loaded model's own; AdamW for ``optimizer``)."""
+        value = getattr(self, key)
+        return RECIPES[self.recipe].get(key) if value is None else value
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "vocab_multiple")
+@dataclass
+class FinetuneConfig:
+    """Settings of ``gristmill finetune classify|instruct`` (:mod:`gristmill.finetune`); a
+    field left at None takes the task's default (the book's: ch. 6 for classify, ch. 7 for
+    instruct)."""
+
+    # data
+    data: str = _f("", "training data (classify: .tsv/.csv/.jsonl; instruct: alpaca .json/"
+                       ".jsonl or chat 'messages' .jsonl); split unless val_data/test_data are given")
+    val_data: str = _f("", "a separate validation file")
+    test_data: str = _f("", "a separate test file")
+    split: str = _f("", "train,val,test fractions of data (classify: 0.7,0.1,0.2 shuffled with "
+                        "seed; instruct: 0.85,0.05,0.1 in file order)")
+    text_field: str = _f("text", "classify: the text's field or column (a number for a file "
+                                 "without header, from 0)")
+    label_field: str = _f("label", "classify: the label's field or column")
+    balance: bool = _f(False, "classify: undersample every label to the rarest one's count")
+    max_length: int = _f(0, "classify: texts are cut to this many tokens (0: the context)")
+    loss_on_prompt: bool = _f(False, "instruct: also train on the prompt tokens")
+    # model
+    model: str = _f("", "a gristmill run or checkpoint, a Hugging Face GPT-2 folder, or a preset "
+                        "(random weights, for tests)")
+    tokenizer: str = _f("", "default: the model's own (GPT-2's for 50257 tokens)")
+    out_dir: str = _f("out-finetune", "checkpoints, log.jsonl, loss.png and reports go here")
+    resume: str = _f("auto", "auto, must or no, as for training")
+    pooling: str = _f("last", "classify: the last real token's hidden state, or the mean")
+    train_blocks: Optional[int] = _f(None, "train the last N blocks, the final norm and the head "
+                                           "(-1: every weight; default: classify 1, instruct -1)")
+    lora_rank: int = _f(0, "LoRA rank (0: no LoRA); base weights frozen")
+    lora_alpha: float = _f(16.0, "LoRA alpha (scale alpha/rank)")
+    lora_dropout: float = _f(0.0, "LoRA dropout")
+    lora_targets: str = _f("attn", "comma-separated: attn, mlp, head")
+    dropout: Optional[float] = _f(None, "dropout probability (default: the model's)")
+    # optimizer and schedule
+    epochs: Optional[int] = _f(None, "passes over the training data (default: classify 5, "
+                                     "instruct 2)")
+    max_steps: int = _f(0, "stop after this many steps (0: epochs decide)")
+    batch_size: int = _f(8, "examples per step per process, grouped by length")
+    lr: float = _f(5e-5, "learning rate")
+    min_lr: float = _f(0.0, "learning rate at the end of a cosine or wsd decay")
+    warmup_steps: int = _f(0, "linear warmup steps")
+    schedule: str = _f("constant", "constant, cosine or wsd")
+    lr_decay_steps: int = _f(0, "step at which the decay ends (0: the last step)")
+    decay_frac: float = _f(0.2, "wsd: fraction of the steps spent decaying")
+    weight_decay: float = _f(0.1, "AdamW weight decay (>=2-D weights only)")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.999, "AdamW beta2")
+    grad_clip: float = _f(0.0, "clip the gradient norm to this (0: no clipping)")
+    # evaluation, checkpoints, logging
+    eval_interval: int = _f(0, "steps between validation runs and checkpoints (0: each epoch)")
+    keep_last: int = _f(1, "checkpoints kept besides the best")
+    max_new_tokens: int = _f(256, "instruct: tokens generated per test response")
+    generate: bool = _f(True, "instruct: write the test set's responses after training")
+    judge_url: str = _f("", "instruct: score the test responses with a judge model at this "
+                            "OpenAI-compatible URL (e.g. a local Ollama)")
+    judge_model: str = _f("llama3", "instruct: the judge model's name")
+    log_interval: int = _f(10, "steps between console lines (log.jsonl gets every step)")
+    progress: bool = _f(True, "show a progress bar")
+    plot: bool = _f(True, "write loss.png (and the confusion matrix) at each evaluation")
+    # system
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N")
+    dtype: str = _f("auto", "auto (bfloat16 on CUDA, else float32), bfloat16, float32")
+    seed: int = _f(123, "random seed (split, batch order, dropout, head init)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+#: FinetuneConfig keys a resumed run must agree on: which batches it sees, what it trains.
+FINETUNE_RESUME_KEYS = ("data", "val_data", "test_data", "split", "balance", "batch_size", "seed",
+                        "max_length", "epochs", "loss_on_prompt", "pooling", "train_blocks",
+                        "lora_rank", "lora_alpha", "lora_targets")
+
+MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "vocab_multiple",
+              *LAYOUT_KEYS)
 # Keys that decide which batches a run sees: a resumed run must agree on them to be exact.
-DATA_ORDER_KEYS = ("batch_size", "seq_len", "tokens_per_step", "sampling", "seed")
+DATA_ORDER_KEYS = ("batch_size", "seq_len", "tokens_per_step", "sampling", "packing", "seed")
 
 
 def _field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def check_choice(f: dataclasses.Field, value: Any, shown: Any = None) -> None:
+    """A value outside the field's ``choices`` (when it has some; None is "unset") is a
+    ValueError naming the key and the values it takes."""
+    choices = f.metadata.get("choices")
+    if choices and value is not None and value not in choices:
+        raise ValueError(f"config key {f.name!r} must be {' or '.join(choices)}, got "
+                         f"{value if shown is None else shown!r}")
 
 
 def parse_value(key: str, raw: Any, typ: Any) -> Any:
@@ -191,6 +339,7 @@ def resolve_config(path=None, overrides: Optional[dict] = None, cls=TrainConfig,
         ValueError: for an unknown key or a value of the wrong type.
     """
     types = _field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     values = dataclasses.asdict(base) if base is not None else {}
     sources = [(str(path), _flatten(read_config_file(path)))] if path else []
     for name, table in sources + [("command line", overrides or {})]:
@@ -199,6 +348,7 @@ def resolve_config(path=None, overrides: Optional[dict] = None, cls=TrainConfig,
         for key, raw in table.items():
             try:
                 values[key] = parse_value(key, raw, types[key])
+                check_choice(fields[key], values[key], raw)
             except ValueError as e:
                 if not path or name != str(path):
                     raise

@@ -1,8 +1,8 @@
-"""Generation and evaluation: KV-cached decoding, sampling filters, beam search, perplexity.
+"""Generation: KV-cached decoding, sampling filters, beam search (evaluation: gristmill.eval).
 
 Read top to bottom: the settings, the logit processors (penalties, temperature, top-k, top-p,
 min-p), the cached decoding loop shared by greedy and sampling, beam search, text helpers
-(stop strings, streaming that never splits a UTF-8 character), then evaluation.
+(stop strings, streaming that never splits a UTF-8 character).
 
 Batches of prompts of different lengths are left-padded; the padding is masked out of
 attention and positions count from each prompt's first real token, so a batched prompt
@@ -20,17 +20,13 @@ import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gristmill.checkpoint import load_model, tokenizer_for
 from gristmill.defaults import SAMPLE
 from gristmill.model import GPT, KVCache
-from gristmill.progress import progress_bar
 
 # ---- settings --------------------------------------------------------------------------------
 
@@ -78,7 +74,7 @@ def _config(config: SamplingConfig | None, kwargs: dict) -> SamplingConfig:
 # ---- logit processors ------------------------------------------------------------------------
 
 
-class _Penalties:
+class Penalties:
     """Repetition (HF's: over prompt and output) and frequency/presence (OpenAI's: over the
     output) penalties, tracked incrementally per row."""
 
@@ -116,6 +112,9 @@ class _Penalties:
             self.counts = self.counts[index]
 
 
+_Penalties = Penalties  # its earlier name
+
+
 def filter_logits(scores, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
     """Temperature, then top-k, top-p and min-p; filtered tokens get -inf.
 
@@ -139,6 +138,23 @@ def filter_logits(scores, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
         probs = scores.softmax(-1)
         scores = scores.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), -math.inf)
     return scores
+
+
+def pick_tokens(scores, cfg: SamplingConfig, generator=None):
+    """One token per row of ``scores`` (B, V) (penalties already applied): the argmax at
+    temperature 0, else a draw from the filtered distribution with ``generator``."""
+    if cfg.temperature == 0:
+        return scores.argmax(-1)
+    scores = filter_logits(scores, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p)
+    return torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
+
+
+def seeded_generator(seed: int | None, device) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` (a random seed when None)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else
+                          int(torch.randint(0, 2**62, ()).item()))
+    return generator
 
 
 # ---- prompts, padding and the KV cache -------------------------------------------------------
@@ -246,21 +262,12 @@ def generate_steps(model: GPT, prompts: list[list[int]], config: SamplingConfig 
     B, V = batch.logits.shape
     stop_ids = torch.tensor(sorted({*cfg.stop_tokens, *([eot_token] if eot_token is not None
                                                           else [])}), device=device)
-    penalties = _Penalties(cfg, prompts, B, V, device)
+    penalties = Penalties(cfg, prompts, B, V, device)
     strings = _StopStrings(cfg.stop_strings, token_bytes, B) if cfg.stop_strings else None
-    generator = None
-    if cfg.temperature > 0:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(cfg.seed if cfg.seed is not None else
-                              int(torch.randint(0, 2**62, ()).item()))
+    generator = seeded_generator(cfg.seed, device) if cfg.temperature > 0 else None
     active = torch.ones(B, dtype=torch.bool, device=device)
     for t in range(cfg.max_new_tokens):
-        scores = penalties(batch.logits)
-        if cfg.temperature == 0:
-            tokens = scores.argmax(-1)
-        else:
-            scores = filter_logits(scores, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p)
-            tokens = torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
+        tokens = pick_tokens(penalties(batch.logits), cfg, generator)
         tokens = tokens.masked_fill(~active, 0)
         yield tokens, active.clone()
         penalties.add(tokens)
@@ -326,7 +333,7 @@ def beam_search(model: GPT, prompts: list[list[int]], config: SamplingConfig | N
                                                           else [])}), device=device, dtype=torch.long)
     K = max(2, 1 + len(stop_ids)) * nb
     batch.repeat(nb)
-    penalties = _Penalties(cfg, [p for p in prompts for _ in range(nb)], B * nb, V, device)
+    penalties = Penalties(cfg, [p for p in prompts for _ in range(nb)], B * nb, V, device)
     NEG = -1.0e9
     run_seq = torch.zeros(B, nb, T, dtype=torch.long, device=device)
     run_score = torch.full((B, nb), NEG, device=device)
@@ -382,7 +389,10 @@ def beam_search(model: GPT, prompts: list[list[int]], config: SamplingConfig | N
 # ---- text in, text out -----------------------------------------------------------------------
 
 
-def _prepare(model_or_path, tokenizer, device=None, dtype=None, required=True):
+def prepare_model(model_or_path, tokenizer=None, device=None, dtype=None, required=True):
+    """``(model in eval mode, tokenizer)`` from a :class:`GPT` or a path (checkpoint, training
+    ``out_dir``, HF folder), moved to ``device``/``dtype`` when given; the tokenizer as
+    :func:`tokenizer_for` finds it (None when not ``required`` and none is found)."""
     path = None
     if isinstance(model_or_path, GPT):
         model = model_or_path
@@ -412,7 +422,7 @@ def sample_text(model_or_path, prompts: Sequence[str], tokenizer=None, *, device
 
     >>> sample_text("runs/shakespeare", ["ROMEO:"], max_new_tokens=30, seed=1)  # doctest: +SKIP
     """
-    model, tok = _prepare(model_or_path, tokenizer, device, dtype)
+    model, tok = prepare_model(model_or_path, tokenizer, device, dtype)
     cfg = _config(None, kwargs)
     ids = [tok.encode(p, allowed_special="all") or [tok.eot_token] for p in prompts]
     outs = generate(model, ids, cfg, eot_token=tok.eot_token,
@@ -449,11 +459,19 @@ class TextStream:
                 text = self.flush()
                 self.stopped = True
                 return text
-        ready = len(self.pending) - self.hold
+        ready = len(self.pending) - self._partial_stop()
         if ready <= 0:
             return ""
         out, self.pending = self.pending[:ready], self.pending[ready:]
         return self.decoder.decode(out)
+
+    def _partial_stop(self) -> int:
+        """How many bytes at the end of the pending text begin a stop string: only those
+        wait for the next token."""
+        for k in range(min(self.hold, len(self.pending)), 0, -1):
+            if any(s.startswith(self.pending[-k:]) for s in self.stops):
+                return k
+        return 0
 
     def flush(self) -> str:
         out, self.pending = self.pending, b""
@@ -463,7 +481,7 @@ class TextStream:
 def stream_text(model_or_path, prompt: str, tokenizer=None, *, device=None, dtype=None,
                 **kwargs) -> Iterator[str]:
     """Yields the completion of one prompt piece by piece, as it is generated."""
-    model, tok = _prepare(model_or_path, tokenizer, device, dtype)
+    model, tok = prepare_model(model_or_path, tokenizer, device, dtype)
     cfg = _config(None, kwargs)
     stream = TextStream(tok, cfg.stop_strings)
     stops = {tok.eot_token, *cfg.stop_tokens}
@@ -479,93 +497,3 @@ def stream_text(model_or_path, prompt: str, tokenizer=None, *, device=None, dtyp
     tail = stream.flush()
     if tail:
         yield tail
-
-
-# ---- evaluation ------------------------------------------------------------------------------
-
-
-def token_byte_lengths(tokenizer, n: int) -> np.ndarray:
-    """UTF-8 bytes each token id stands for (0 for special tokens), for bits per byte."""
-    special = set(tokenizer.special_tokens.values())
-    return np.array([0 if i in special else len(tokenizer.decode_single_token_bytes(i))
-                     for i in range(n)], dtype=np.int64)
-
-
-def _windows(tokens: np.ndarray, batch_size: int, seq_len: int) -> Iterator[np.ndarray]:
-    """(B, seq_len + 1) windows with stride seq_len; the last is padded with -1 targets."""
-    tokens = np.asarray(tokens, dtype=np.int64)
-    starts = list(range(0, max(1, len(tokens) - 1), seq_len))
-    for i in range(0, len(starts), batch_size):
-        rows = []
-        for s in starts[i: i + batch_size]:
-            row = tokens[s: s + seq_len + 1]
-            rows.append(np.pad(row, (0, seq_len + 1 - len(row)), constant_values=-1))
-        yield np.stack(rows)
-
-
-@torch.no_grad()
-def evaluate(model_or_path, data, tokenizer=None, *, split: str = "val", batch_size: int = 8,
-             seq_len: int | None = None, max_batches: int | None = None, device=None,
-             dtype=None, progress: bool = False) -> dict:
-    """Loss (nats/token), perplexity and bits per byte of a model on held-out tokens.
-
-    Args:
-        data: a shard dataset (its ``split``, read in order), a text file (a ``Path``), text
-            (a ``str``), or an array of token ids. Every token after the first is predicted
-            once.
-        tokenizer: needed for text and for bits per byte (default: the checkpoint's).
-
-    Returns:
-        ``{"loss", "perplexity", "bits_per_byte", "tokens", "bytes"}`` (bits per byte is None
-        without a tokenizer).
-    """
-    model, tok = _prepare(model_or_path, tokenizer, device, dtype, required=False)
-    if tok is not None and hasattr(data, "check_tokenizer"):
-        data.check_tokenizer(tok)
-    T = seq_len or model.config.block_size
-    dev = next(model.parameters()).device
-    if hasattr(data, "sampler"):
-        n = int(data.num_tokens(split=split))
-        batch_size = max(1, min(batch_size, (n - 1) // T))
-        n_batches = max(1, (n - 1) // (batch_size * T))
-        sampler = data.sampler(split=split, batch_size=batch_size, seq_len=T, mode="sequential",
-                               seed=0)
-        batches = (sampler.next_batch() for _ in range(n_batches))
-    else:
-        if isinstance(data, Path):
-            data = data.read_text("utf-8")
-        if isinstance(data, str):
-            if tok is None:
-                raise ValueError("evaluating text needs a tokenizer")
-            data = np.asarray(tok.encode_ordinary(data))
-        n_batches = math.ceil(max(1, len(data) - 1) / T / batch_size)
-        batches = _windows(np.asarray(data), batch_size, T)
-    if max_batches:
-        n_batches = min(n_batches, max_batches)
-    byte_len = torch.as_tensor(token_byte_lengths(tok, model.config.vocab_size), device=dev) \
-        if tok is not None else None
-    bar = progress_bar(progress, desc="eval", total=n_batches, unit="batch")
-    nats, tokens, nbytes = 0.0, 0, 0
-    for i, batch in enumerate(batches):
-        if i >= n_batches:
-            break
-        b = torch.as_tensor(np.asarray(batch, dtype=np.int64), device=dev)
-        x, y = b[:, :-1].clamp(min=0), b[:, 1:]
-        logits, _ = model(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
-                               reduction="sum")
-        real = y >= 0
-        nats += loss.item()
-        tokens += int(real.sum())
-        if byte_len is not None:
-            nbytes += int(byte_len[y[real]].sum())
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    if tokens == 0:
-        raise ValueError("nothing to evaluate: fewer than two tokens")
-    loss = nats / tokens
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700)), "tokens": tokens,
-            "bytes": nbytes if byte_len is not None else None,
-            "bits_per_byte": nats / math.log(2) / nbytes if nbytes else None}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -44,9 +45,16 @@ from gristmill.checkpoint import (
     save_checkpoint,
     update_best,
 )
-from gristmill.config import DATA_ORDER_KEYS, MODEL_KEYS, TrainConfig, resolve_config
+from gristmill.config import (
+    DATA_ORDER_KEYS,
+    LAYOUT_KEYS,
+    MODEL_KEYS,
+    TrainConfig,
+    resolve_config,
+)
 from gristmill.model import GPT, PRESETS, GPTConfig, clean_state_dict
 from gristmill.outputs import OutputFolderError
+from gristmill.planner import peak_flops_for, steps_for
 from gristmill.progress import progress_bar
 from gristmill.storage import atomic_file, write_atomic
 from gristmill.tokenizer import Tokenizer
@@ -81,7 +89,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 # ---- distributed set-up ----------------------------------------------------------------------
 
 
-def _setup(cfg: TrainConfig):
+def setup_distributed(cfg: TrainConfig):
     """(rank, world_size, device, owns_process_group) from torchrun's environment."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -98,7 +106,7 @@ def _setup(cfg: TrainConfig):
     return rank, world, device, owns
 
 
-def _gather(obj, world: int) -> list:
+def gather(obj, world: int) -> list:
     if world == 1:
         return [obj]
     out = [None] * world
@@ -106,7 +114,7 @@ def _gather(obj, world: int) -> list:
     return out
 
 
-def _mean_across(value: torch.Tensor, world: int) -> torch.Tensor:
+def mean_across(value: torch.Tensor, world: int) -> torch.Tensor:
     if world > 1:
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
@@ -125,7 +133,7 @@ def _unb64(s: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
 
 
-def _rng_state(device) -> dict:
+def rng_state(device) -> dict:
     np_state = np.random.get_state()
     return {
         "torch": _b64(torch.get_rng_state()),
@@ -135,7 +143,7 @@ def _rng_state(device) -> dict:
     }
 
 
-def _set_rng_state(state: dict, device) -> None:
+def set_rng_state(state: dict, device) -> None:
     torch.set_rng_state(_unb64(state["torch"]))
     if state.get("cuda") and device.type == "cuda":
         torch.cuda.set_rng_state(_unb64(state["cuda"]), device)
@@ -176,8 +184,13 @@ class RunLog:
             return
         train = [(r["step"], r["loss"]) for r in self.records if "loss" in r]
         val = [(r["step"], r["val_loss"]) for r in self.records if r.get("val_loss") is not None]
-        fig = Figure(figsize=(8, 4.5))
-        ax = fig.add_subplot()
+        tasks = [r for r in self.records if r.get("tasks_score") is not None]
+        fig = Figure(figsize=(14 if tasks else 8, 4.5))
+        ax = fig.add_subplot(1, 2 if tasks else 1, 1)
+        if tasks:  # the eval_tasks suite beside the loss
+            from gristmill.eval import plot_task_scores
+
+            plot_task_scores(fig.add_subplot(1, 2, 2), tasks)
         if train:
             s, v = zip(*train)
             ax.plot(s, v, lw=0.6, alpha=0.4, label="train")
@@ -208,6 +221,25 @@ def _to_device(batch: np.ndarray, device):
     return t[:, :-1], t[:, 1:]
 
 
+def next_batch(sampler, device, *, packing: str = "off", doc_mask: bool = False):
+    """The sampler's next batch as ``(x, y, attn_mask)``: with ``packing="pad"`` the targets
+    of padding are -1 (not trained on); with ``doc_mask`` the mask that keeps each token to its
+    own document (:func:`gristmill.shards.document_attention_mask`), else None."""
+    batch = sampler.next_batch()
+    x, y = _to_device(batch, device)
+    if packing == "pad":
+        lengths = torch.as_tensor(sampler.last_lengths())
+        if bool((lengths < batch.shape[1]).any()):
+            keep = torch.arange(y.shape[1]) < lengths[:, None] - 1  # target j is token j + 1
+            y = y.masked_fill(~keep.to(y.device), -1)
+    mask = None
+    if doc_mask:
+        from gristmill.shards import document_attention_mask
+
+        mask = document_attention_mask(sampler.last_segments()[:, :-1], device)
+    return x, y, mask
+
+
 def _num_tokens(ds, split: str) -> int:
     try:
         return int(ds.num_tokens(split=split))
@@ -218,9 +250,10 @@ def _num_tokens(ds, split: str) -> int:
 @torch.no_grad()
 def validation_loss(model, ds, split="val", batch_size=8, seq_len=1024, max_batches=20,
                     device="cpu", autocast=contextlib.nullcontext, rank=0,
-                    world_size=1) -> float | None:
+                    world_size=1, doc_mask=False) -> float | None:
     """Mean loss over up to ``max_batches`` sequential batches of ``split`` (None if empty):
-    the loop's validation. ``gristmill eval`` is :func:`gristmill.sample.evaluate`."""
+    the loop's validation (windows; with ``doc_mask``, attention kept to each document, as
+    the run trained). ``gristmill eval`` is :func:`gristmill.eval.evaluate`."""
     device = torch.device(device)
     n = _num_tokens(ds, split)
     batch_size = min(batch_size, (n - 1) // (seq_len * world_size))  # a small split: fewer rows
@@ -233,26 +266,33 @@ def validation_loss(model, ds, split="val", batch_size=8, seq_len=1024, max_batc
     model.eval()
     total = torch.zeros((), device=device)
     for _ in range(batches):
-        x, y = _to_device(sampler.next_batch(), device)
+        x, y, mask = next_batch(sampler, device, doc_mask=doc_mask)
         with autocast():
-            total += model(x, y)[1].float()
+            total += model(x, y, attn_mask=mask)[1].float()
     model.train(was_training)
-    return _mean_across(total / batches, world_size).item()
+    return mean_across(total / batches, world_size).item()
+
+
+def _eval_tasks(cfg: TrainConfig, tokenizer, block_size: int):
+    """The ``eval_tasks`` suite, read and tokenized once before step 0 (None without one)."""
+    if not cfg.eval_tasks:
+        return None
+    if tokenizer is None:
+        raise ValueError("eval_tasks needs the run's tokenizer: set tokenizer=NAME|DIR")
+    from gristmill.eval import prepare_task, read_suite
+
+    return [prepare_task(spec, tokenizer, block_size, truncate_context=True)
+            for spec in read_suite(cfg.eval_tasks)]
 
 
 # ---- MFU -------------------------------------------------------------------------------------
 
-# Dense bf16 peak FLOP/s by GPU name (the first match wins).
-_PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
-              ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12),
-              ("4090", 165e12), ("3090", 71e12), ("V100", 125e12)]
-
-
 def peak_flops(device) -> float | None:
+    """The device's dense bf16 peak FLOP/s (:data:`gristmill.planner.PEAK_BF16_FLOPS`); None
+    off CUDA or for a GPU the table does not know."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((p for key, p in _PEAK_BF16 if key in name), None)
+    return peak_flops_for(torch.cuda.get_device_name(device))
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -280,16 +320,49 @@ def _check_data(ds, vocab_size: int, verify: bool) -> None:
 
 
 def _build_model(cfg: TrainConfig, ds, resume_from: Path | None) -> GPT:
-    overrides = {k: getattr(cfg, k) for k in MODEL_KEYS if getattr(cfg, k) is not None}
+    # A key left unset takes the recipe's value (cfg.setting), else the preset's.
+    overrides = {k: cfg.setting(k) for k in MODEL_KEYS if cfg.setting(k) is not None}
     if resume_from is not None:
         return load_model(resume_from)  # size and checksum checked
     if cfg.model in PRESETS:
         return GPT(GPTConfig.from_preset(cfg.model, **{"vocab_size": ds.n_vocab, **overrides}))
     model = load_model(cfg.model, **{k: v for k, v in overrides.items() if k == "dropout"})
+    for k in LAYOUT_KEYS:  # a loaded model keeps its layout: a different one is refused
+        if k in overrides and overrides[k] != getattr(model.config, k):
+            source = f"recipe {cfg.recipe!r}" if getattr(cfg, k) is None else "its key"
+            raise ValueError(f"{cfg.model} has {k}={getattr(model.config, k)}; {k}="
+                             f"{overrides[k]} (from {source}) cannot change a loaded model's "
+                             "layout: start a preset with it, or leave it unset")
     if model.config.vocab_size < ds.n_vocab:
         raise ValueError(f"{cfg.model} has {model.config.vocab_size} tokens, the shards "
                          f"{ds.n_vocab}")
     return model
+
+
+def _check_length(cfg: TrainConfig) -> None:
+    """tokens and tokens_per_param each set max_steps: one at most, neither negative."""
+    if cfg.tokens and cfg.tokens_per_param:
+        raise ValueError("config keys 'tokens' and 'tokens_per_param' both set the run's length "
+                         f"(max_steps); give one (got tokens={cfg.tokens}, tokens_per_param="
+                         f"{cfg.tokens_per_param})")
+    for key in ("tokens", "tokens_per_param"):
+        if getattr(cfg, key) < 0 or not math.isfinite(getattr(cfg, key)):
+            raise ValueError(f"config key {key!r} must be 0 (use max_steps) or positive, got "
+                             f"{getattr(cfg, key)}")
+
+
+def check_recipe(cfg: TrainConfig) -> None:
+    """Refuses, before anything is read or built, an optimizer this run cannot use: Muon on
+    a torch without ``torch.optim.Muon``, or under FSDP (it needs whole matrices)."""
+    if cfg.setting("optimizer") != "muon":
+        return
+    source = f"recipe {cfg.recipe!r}" if cfg.optimizer is None else "optimizer=muon"
+    if cfg.fsdp:
+        raise ValueError(f"Muon (from {source}) does not run under fsdp=true: it needs whole "
+                         "matrices; use DDP (fsdp=false) or optimizer=adamw")
+    if not hasattr(torch.optim, "Muon"):
+        raise ValueError(f"Muon (from {source}) needs torch.optim.Muon (PyTorch 2.9 or later); "
+                         f"this is torch {torch.__version__}: upgrade it or set optimizer=adamw")
 
 
 def train(config: TrainConfig | None = None, *, dataset=None, config_file=None,
@@ -309,7 +382,9 @@ def train(config: TrainConfig | None = None, *, dataset=None, config_file=None,
         TrainingError: NaN loss (the last good checkpoint is kept), out of memory.
     """
     cfg = resolve_config(config_file, overrides, base=config)
-    rank, world, device, owns_pg = _setup(cfg)
+    check_recipe(cfg)
+    _check_length(cfg)
+    rank, world, device, owns_pg = setup_distributed(cfg)
     master = rank == 0
     out_dir = Path(cfg.out_dir)
     try:
@@ -339,13 +414,13 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
             claim_out_dir(out_dir, [p] if (p := getattr(ds, "path", None)) is not None else [])
         except OutputFolderError as e:
             refusal = str(e)
-    refusal = _gather(refusal, world)[0]
+    refusal = gather(refusal, world)[0]
     if refusal is not None:
         raise OutputFolderError(refusal)
     # -- where we start from
     # Rank 0 decides (the others may look before its last rename lands); out_dir must be on
     # a file system all ranks share.
-    ckpts = _gather(list_checkpoints(out_dir) if master and out_dir.exists() else None, world)[0]
+    ckpts = gather(list_checkpoints(out_dir) if master and out_dir.exists() else None, world)[0]
     if cfg.resume == "no" and ckpts:
         raise ValueError(f"{out_dir} already has checkpoints ({ckpts[-1].name}); use resume=auto "
                          "to continue, or another out_dir")
@@ -370,6 +445,7 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
     model = raw_model = _build_model(cfg, ds, resume_from).to(device)
     mcfg = raw_model.config
     _check_data(ds, mcfg.vocab_size, cfg.verify)
+    tasks = _eval_tasks(cfg, tokenizer, mcfg.block_size)
     T = cfg.seq_len or mcfg.block_size
     B = cfg.batch_size
     if T > mcfg.block_size:
@@ -380,6 +456,11 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
                          f"batch_size*seq_len*world_size = {B}*{T}*{world} = {micro_tokens}")
     accum = max(1, cfg.tokens_per_step // micro_tokens)
     tokens_per_step = micro_tokens * accum
+    if cfg.tokens or cfg.tokens_per_param:  # the run's length from its tokens (the planner's)
+        target = cfg.tokens or cfg.tokens_per_param * raw_model.num_params()
+        cfg = dataclasses.replace(cfg, max_steps=steps_for(target, tokens_per_step))
+        say(f"training on {target:,.0f} tokens: max_steps={cfg.max_steps:,} of "
+            f"{tokens_per_step:,} tokens")
     # -- precision
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else
                                                    "float32")
@@ -401,7 +482,9 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
             fully_shard(block)
         fully_shard(raw_model)
     optimizer = raw_model.configure_optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                              device_type=device.type)
+                                              device_type=device.type,
+                                              optimizer=cfg.setting("optimizer") or "adamw",
+                                              muon_lr=cfg.muon_lr, muon_momentum=cfg.muon_momentum)
     if resume_from is not None:
         optim_sd = load_optimizer_state(resume_from, device)
         if cfg.fsdp:
@@ -414,7 +497,12 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
                                      options=StateDictOptions(full_state_dict=True,
                                                              broadcast_from_rank0=True))
         else:
-            optimizer.load_state_dict(optim_sd)
+            try:
+                optimizer.load_state_dict(optim_sd)
+            except (KeyError, ValueError) as e:  # saved by a run with another optimizer
+                raise TrainingError(f"{resume_from}: its optimizer state does not fit optimizer="
+                                    f"{cfg.setting('optimizer') or 'adamw'} ({e}); resume with "
+                                    "the optimizer the run started with") from None
     if cfg.compile:
         model = torch.compile(model)
     if world > 1 and not cfg.fsdp:
@@ -423,14 +511,16 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                         else None)
     # -- data order and RNG: everything a resumed run must continue exactly
+    # Windows unless packing is asked for: a caller's dataset (dataset=...) may not pack.
+    packing = {"packing": cfg.packing} if cfg.packing != "off" else {}
     sampler = ds.sampler(split="train", batch_size=B, seq_len=T, mode=cfg.sampling,
-                         seed=cfg.seed, rank=rank, world_size=world)
+                         seed=cfg.seed, rank=rank, world_size=world, **packing)
     torch.manual_seed(cfg.seed + rank)  # dropout differs per rank
     step, tokens_seen, best_val = 0, 0, None
     if state is not None:
         step, tokens_seen, best_val = state["step"], state["tokens_seen"], state["best_val_loss"]
         sampler.load_state_dict(state["samplers"][rank])
-        _set_rng_state(state["rng"][rank], device)
+        set_rng_state(state["rng"][rank], device)
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(out_dir, step) if master else None
@@ -454,8 +544,8 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
             optim_sd = get_optimizer_state_dict(raw_model, optimizer, options=opts)
         else:
             model_sd, optim_sd = raw_model.state_dict(), optimizer.state_dict()
-        samplers = _gather(sampler.state_dict(), world)
-        rngs = _gather(_rng_state(device), world)
+        samplers = gather(sampler.state_dict(), world)
+        rngs = gather(rng_state(device), world)
         path = _save(model_sd, optim_sd, samplers, rngs, val_loss) if master else None
         if world > 1:
             dist.barrier()  # nobody reads out_dir before the checkpoint is in place
@@ -482,22 +572,25 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
     try:
         while step < cfg.max_steps:
             lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
+            for group in optimizer.param_groups:  # Muon's group: its own peak (lr_scale)
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            loss_sum, used = torch.zeros((), device=device), 0.0
             for micro in range(accum):
                 last = micro == accum - 1
-                x, y = _to_device(sampler.next_batch(), device)
+                x, y, mask = next_batch(sampler, device, packing=cfg.packing,
+                                        doc_mask=cfg.doc_mask)
+                if cfg.packing != "off":
+                    used += sampler.last_utilisation() / accum
                 if cfg.fsdp:
                     raw_model.set_requires_gradient_sync(last)
                 sync = model.no_sync() if world > 1 and not cfg.fsdp and not last \
                     else contextlib.nullcontext()
                 with sync:
                     with autocast():
-                        _, loss = model(x, y)
+                        _, loss = model(x, y, attn_mask=mask)
                     (loss / accum).backward()
                 loss_sum += loss.detach()
-            loss_value = _mean_across(loss_sum / accum, world).item()
+            loss_value = mean_across(loss_sum / accum, world).item()
             if not math.isfinite(loss_value):
                 raise TrainingError(
                     f"loss is {loss_value} at step {step + 1}; stopped before the optimizer "
@@ -519,6 +612,8 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
             record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm":
                       float(grad_norm), "tokens": tokens_seen, "dt_ms": dt * 1e3,
                       "tokens_per_s": tok_s, "mfu": mfu}
+            if cfg.packing != "off":  # this rank's share of its row slots that are real tokens
+                record["utilisation"] = used
             if master:
                 log.write(record)
                 if bar is not None:
@@ -532,7 +627,7 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
                         + (f", MFU {mfu:.1%}" if mfu else ""))
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 val_loss = validation_loss(model, ds, "val", B, T, cfg.eval_batches, device,
-                                           autocast, rank, world)
+                                           autocast, rank, world, doc_mask=cfg.doc_mask)
                 if val_loss is not None:
                     best_val = val_loss if best_val is None else min(best_val, val_loss)
                 last_ckpt = checkpoint(val_loss) or last_ckpt
@@ -545,6 +640,21 @@ def _train(cfg, dataset, rank, world, device, master, out_dir) -> dict:
                     if cfg.plot:
                         log.plot()
                 t_last = time.perf_counter()  # evaluation is not training time
+            if tasks and (step % (cfg.eval_tasks_interval or cfg.eval_interval) == 0
+                          or step == cfg.max_steps):
+                from gristmill.eval import score_tasks
+
+                with autocast():  # every rank: an FSDP model's forward needs them all
+                    scored = score_tasks(raw_model, tasks)
+                if master:
+                    named = {t["name"]: t[t["metric"]] for t in scored["tasks"]}
+                    log.write({"step": step, "tasks_score": scored["score"], "tasks": named})
+                    (bar.write if bar else say)(
+                        f"step {step}: tasks score {scored['score']:.4f} ("
+                        + ", ".join(f"{k} {v:.3f}" for k, v in named.items()) + ")")
+                    if cfg.plot:
+                        log.plot()
+                t_last = time.perf_counter()
     except torch.OutOfMemoryError as e:
         raise TrainingError(
             f"out of memory at step {step + 1} with micro-batches of {B}x{T} tokens: lower "
