@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import SHARED_DATA, parser, report
+from common import ROOT, SHARED_DATA, load_corpus, parser, report
 
 HERE = Path(__file__).resolve()
 SEED = 123  # the book's
@@ -130,36 +130,41 @@ def book_model_of(path: Path):
 # ---- workers (one process each) --------------------------------------------------------------
 
 
-def worker_gristmill(task: str, work: Path, device: str, epochs: int, blocks: int) -> dict:
+def worker_gristmill(task: str, work: Path, device: str, epochs: int, blocks: int, seed: int,
+                     response_only: bool) -> dict:
     import torch
     from gristmill.finetune import finetune_classify, finetune_instruct
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     mem = Memory(device)
     mem.start()
-    common = {"model": str(work / "init"), "out_dir": str(work / f"gm-{task}"), "epochs": epochs,
-              "batch_size": 8, "lr": 5e-5, "weight_decay": 0.1, "seed": SEED, "progress": False,
+    cpu0 = time.process_time()
+    common = {"model": str(work / "init"), "out_dir": str(work / f"gm-{task}-{seed}"),
+              "epochs": epochs, "batch_size": 8, "lr": 5e-5, "weight_decay": 0.1, "seed": seed,
+              "progress": False,
               "plot": False, "device": device, "keep_last": 0}
     if task == "classify":
         r = finetune_classify(data=str(work / "train.tsv"), val_data=str(work / "val.tsv"),
                               test_data=str(work / "test.tsv"), text_field="1", label_field="0",
                               train_blocks=blocks, **common)
+        cpu = time.process_time() - cpu0
         peak = mem.peak_mb()
         out = {"test_accuracy": r["test"]["accuracy"], "val_accuracy": r["val"]["accuracy"]}
     else:
         r = finetune_instruct(data=str(work / "instruct-train.json"),
-                              val_data=str(work / "instruct-val.json"), loss_on_prompt=True,
-                              generate=False, **common)
+                              val_data=str(work / "instruct-val.json"),
+                              loss_on_prompt=not response_only, generate=False, **common)
+        cpu = time.process_time() - cpu0
         peak = mem.peak_mb()
         out = {"val_loss_gristmill": r["val_loss"]}
         # the book's own measure on the book's val loader, of the model gristmill trained
         _, book = book_model_of(Path(r["checkpoint"]))
-        out["val_loss"] = _book_val_loss(book, work, device)
+        out["val_loss"] = _book_val_loss(book, work, device, response_only)
     return {**out, "s_per_epoch": sum(r["epoch_seconds"]) / len(r["epoch_seconds"]),
-            "peak_mb": peak, "steps": r["steps"]}
+            "cpu_s": cpu, "peak_mb": peak, "steps": r["steps"]}
 
 
-def _book_val_loss(model, work: Path, device: str) -> float:
+def _book_val_loss(model, work: Path, device: str, response_only: bool) -> float:
     from functools import partial
 
     import torch
@@ -170,15 +175,59 @@ def _book_val_loss(model, work: Path, device: str) -> float:
 
     tok = Tokenizer.from_name("gpt2")
     val = json.loads((work / "instruct-val.json").read_text())
-    collate = partial(custom_collate_fn, device=device, allowed_max_length=1024)
-    loader = DataLoader(InstructionDataset(val, tok), batch_size=8, collate_fn=collate,
-                        shuffle=False, drop_last=False)
+    if response_only:
+        loader = DataLoader(PromptMasked(val, tok), batch_size=8, collate_fn=partial(
+            masked_collate, device=device), shuffle=False, drop_last=False)
+    else:
+        collate = partial(custom_collate_fn, device=device, allowed_max_length=1024)
+        loader = DataLoader(InstructionDataset(val, tok), batch_size=8, collate_fn=collate,
+                            shuffle=False, drop_last=False)
     model.to(device).eval()
     with torch.no_grad():
         return calc_loss_loader(loader, model, device)
 
 
-def worker_book(task: str, work: Path, device: str, epochs: int, blocks: int) -> dict:
+class PromptMasked:
+    """The book's ``InstructionDataset`` with the prompt's length kept, for its ch. 7 exercise
+    (loss on the response only): ``(token ids, prompt length)`` per example."""
+
+    def __init__(self, data, tok):
+        from llms_from_scratch.ch07 import format_input
+
+        self.items = []
+        for entry in data:
+            prompt = format_input(entry)
+            full = prompt + f"\n\n### Response:\n{entry['output']}"
+            self.items.append((tok.encode(full), len(tok.encode(prompt))))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def masked_collate(batch, pad_token_id=50256, ignore_index=-100, device="cpu"):
+    """The book's ``custom_collate_fn`` (pad to the batch's longest + 1 end-of-text, targets
+    shifted by one, padding after the first end-of-text ignored) with the prompt's targets
+    ignored too, as the exercise asks."""
+    import torch
+
+    longest = max(len(ids) + 1 for ids, _ in batch)
+    xs, ys = [], []
+    for ids, n_prompt in batch:
+        padded = ids + [pad_token_id] * (longest + 1 - len(ids))
+        x = torch.tensor(padded[:-1])
+        y = torch.tensor(padded[1:])
+        y[len(ids) + 1:] = ignore_index  # the first end-of-text stays a target
+        y[:n_prompt - 1] = ignore_index  # targets that are prompt tokens
+        xs.append(x)
+        ys.append(y)
+    return torch.stack(xs).to(device), torch.stack(ys).to(device)
+
+
+def worker_book(task: str, work: Path, device: str, epochs: int, blocks: int, seed: int,
+                response_only: bool) -> dict:
     import contextlib
     import io
     from functools import partial
@@ -190,11 +239,12 @@ def worker_book(task: str, work: Path, device: str, epochs: int, blocks: int) ->
 
     mem = Memory(device)
     mem.start()
+    cpu0 = time.process_time()
     tok = Tokenizer.from_name("gpt2")  # tiktoken's gpt2 ids, without a download
     _, model = book_model_of(work / "init")
     if task == "classify":
         # ch. 6, as the book runs it
-        torch.manual_seed(SEED)
+        torch.manual_seed(seed)
         num_classes = 2
         model.out_head = torch.nn.Linear(model.out_head.in_features, num_classes)
         if blocks >= 0:  # the book's default: the last block, the final norm and the head
@@ -208,7 +258,7 @@ def worker_book(task: str, work: Path, device: str, epochs: int, blocks: int) ->
         train_ds = ch06.SpamDataset(work / "train.csv", tok, max_length=None)
         val_ds = ch06.SpamDataset(work / "validation.csv", tok, max_length=train_ds.max_length)
         test_ds = ch06.SpamDataset(work / "test.csv", tok, max_length=train_ds.max_length)
-        torch.manual_seed(SEED)
+        torch.manual_seed(seed)
         train_loader = DataLoader(train_ds, batch_size=8, shuffle=True, num_workers=0,
                                   drop_last=True)
         val_loader = DataLoader(val_ds, batch_size=8, num_workers=0, drop_last=False)
@@ -222,17 +272,23 @@ def worker_book(task: str, work: Path, device: str, epochs: int, blocks: int) ->
         peak = mem.peak_mb()
         out = {"test_accuracy": ch06.calc_accuracy_loader(test_loader, model, device),
                "val_accuracy": ch06.calc_accuracy_loader(val_loader, model, device)}
+        cpu = time.process_time() - cpu0
     else:
         # ch. 7, as the book runs it (its loop evaluates 5 batches each eval_freq steps: once
         # here, at step 0, so that the figure is the loop's own time)
         model.to(device)
         train = json.loads((work / "instruct-train.json").read_text())
         val = json.loads((work / "instruct-val.json").read_text())
-        collate = partial(ch07.custom_collate_fn, device=device, allowed_max_length=1024)
-        torch.manual_seed(SEED)
-        train_loader = DataLoader(ch07.InstructionDataset(train, tok), batch_size=8,
+        if response_only:
+            train_ds = PromptMasked(train, tok)
+            collate = partial(masked_collate, device=device)
+        else:
+            train_ds = ch07.InstructionDataset(train, tok)
+            collate = partial(ch07.custom_collate_fn, device=device, allowed_max_length=1024)
+        torch.manual_seed(seed)
+        train_loader = DataLoader(train_ds, batch_size=8,
                                   collate_fn=collate, shuffle=True, drop_last=True)
-        val_loader = DataLoader(ch07.InstructionDataset(val, tok), batch_size=8,
+        val_loader = DataLoader(type(train_ds)(val, tok), batch_size=8,
                                 collate_fn=collate, shuffle=False, drop_last=False)
         optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
         t0 = time.perf_counter()
@@ -241,15 +297,54 @@ def worker_book(task: str, work: Path, device: str, epochs: int, blocks: int) ->
                                     num_epochs=epochs, eval_freq=10**9, eval_iter=5,
                                     start_context=ch07.format_input(val[0]), tokenizer=tok)
         seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
         peak = mem.peak_mb()
-        out = {"val_loss": _book_val_loss(model, work, device)}
-    return {**out, "s_per_epoch": seconds / epochs, "peak_mb": peak}
+        out = {"val_loss": _book_val_loss(model, work, device, response_only)}
+    return {**out, "s_per_epoch": seconds / epochs, "cpu_s": cpu, "peak_mb": peak}
 
 
 # ---- preparing the data and the weights ------------------------------------------------------
 
 
-def prepare(work: Path, size: str, device: str) -> dict:
+def pretrained(shape: dict, steps: int, device: str):
+    """A GPT of ``shape`` pretrained ``steps`` steps by gristmill's ``train()`` on the first 4 MB
+    of the bench corpus (GPT-2's tokenizer; batch 16 x 128, lr 1e-3), cached in
+    bench-results/finetune-cache so that later runs start from the same weights."""
+    import shutil
+
+    import numpy as np
+    from bench_speedrun import Clock, Tokens
+    from gristmill.checkpoint import load_model
+    from gristmill.tokenizer import Tokenizer
+    from gristmill.train import train
+
+    name = f"pretrained-{shape['n_layer']}x{shape['n_embd']}-{steps}"
+    cache = ROOT / "bench-results" / "finetune-cache"
+    final = cache / name
+    if not (final / "done").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=name + ".", dir=cache))
+        tok = Tokenizer.from_name("gpt2")
+        texts = load_corpus(4_000_000)
+        n_val = max(1, len(texts) // 20)
+        toks = [tok.encode_batch_to_numpy(t, append_eot=True)[0].astype(np.uint16)
+                for t in (texts[:-n_val], texts[-n_val:])]
+        print(f"pretraining {name} ({len(toks[0]):,} tokens)...", file=sys.stderr)
+        train(dataset=Tokens(toks[0], toks[1], tok, Clock()), out_dir=str(tmp / "run"),
+              vocab_multiple=1, n_layer=shape["n_layer"], n_head=shape["n_head"],
+              n_embd=shape["n_embd"], block_size=shape["block_size"], batch_size=16,
+              seq_len=128, max_steps=steps, warmup_steps=min(50, steps // 5), lr=1e-3,
+              min_lr=1e-4, eval_interval=steps, eval_batches=4, keep_last=1, progress=False,
+              plot=False, device=device, seed=SEED)
+        (tmp / "done").write_text("")
+        if final.exists():  # an unfinished earlier attempt (no "done"): set it aside
+            shutil.move(str(final), str(tmp) + ".old")
+        tmp.rename(final)
+    return load_model(final / "run", "latest")
+
+
+def prepare(work: Path, size: str, device: str, shape: dict | None = None,
+            pretrain_steps: int = 0, instruct_examples: int | None = None) -> dict:
     import numpy as np
     import pandas as pd
     import torch
@@ -258,12 +353,16 @@ def prepare(work: Path, size: str, device: str) -> dict:
     from gristmill.model import GPT, GPTConfig
     from llms_from_scratch.ch04 import GPTModel
 
-    shape = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 256} if size == "small" else \
-        {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 256}
-    if size == "full" and device.startswith("cuda"):
-        shape = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024}  # gpt2 (124M)
-    torch.manual_seed(SEED)
-    gpt = GPT(GPTConfig(vocab_size=50257, **shape))
+    if shape is None:
+        shape = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 256} \
+            if size == "small" else {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 256}
+        if size == "full" and device.startswith("cuda"):
+            shape = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024}  # gpt2
+    if pretrain_steps > 0:
+        gpt = pretrained(shape, pretrain_steps, device).cpu()
+    else:
+        torch.manual_seed(SEED)
+        gpt = GPT(GPTConfig(vocab_size=50257, **shape))
     (work / "init").mkdir()
     save_weights(gpt, work / "init" / "model.safetensors")
     book = GPTModel(book_config(gpt.config)).eval()
@@ -291,23 +390,34 @@ def prepare(work: Path, size: str, device: str) -> dict:
     train, val = data[:n_train], data[n_train + n_test:]
     if size == "small":
         train, val = train[:48], val[:16]
+    if instruct_examples:
+        train, val = train[:instruct_examples], val[:max(8, instruct_examples // 8)]
     (work / "instruct-train.json").write_text(json.dumps(train), "utf-8")
     (work / "instruct-val.json").write_text(json.dumps(val), "utf-8")
     return {"model": gpt.config.to_dict(), "params": gpt.num_params(),
             "classify_examples": [int(len(p)) for p in parts],
             "instruct_examples": [len(train), len(val)], "mapping_max_logit_diff": diff,
-            "rows_after_balance": len(rows), "seed": SEED, "numpy": np.__version__}
+            "rows_after_balance": len(rows), "seed": SEED, "numpy": np.__version__,
+            "pretrain_steps": pretrain_steps}
 
 
 def _run_worker(tool: str, task: str, work: Path, device: str, epochs: int, threads: int,
-                blocks: int) -> dict:
+                blocks: int, seed: int, response_only: bool) -> dict:
     cmd = [sys.executable, str(HERE), "--worker", tool, "--task", task, "--work", str(work),
            "--device", device, "--epochs", str(epochs), "--threads", str(threads),
-           "--train-blocks", str(blocks)]
+           "--train-blocks", str(blocks), "--seed", str(seed)]
+    if response_only:
+        cmd.append("--response-only")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{tool} {task} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    import statistics
+
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def main() -> None:
@@ -319,9 +429,23 @@ def main() -> None:
                         "default 1; -1: every weight)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads of each worker (1: steady figures on a shared machine)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="runs per tool with seeds 123, 124, ... (head init and batch order); "
+                        "the two tools run in turn")
+    p.add_argument("--pretrain-steps", type=int, default=0,
+                   help="start both from a GPT pretrained this many steps by gristmill's train() "
+                        "(cached in bench-results/finetune-cache; 0: random weights)")
+    p.add_argument("--shape", default=None,
+                   help="LAYERSxWIDTH of the GPT (heads: width/64, at least 2), e.g. 6x384")
+    p.add_argument("--response-only", action="store_true",
+                   help="instruct: loss on the response only (the book's ch. 7 exercise 7.2, "
+                        "gristmill's default) instead of every token")
+    p.add_argument("--instruct-examples", type=int, default=None,
+                   help="instruct: the first N training examples (val: N/8)")
     p.add_argument("--worker", choices=["gristmill", "book"], help=argparse_suppress())
     p.add_argument("--work", type=Path, help=argparse_suppress())
     p.add_argument("--epochs", type=int, default=None, help=argparse_suppress())
+    p.add_argument("--seed", type=int, default=SEED, help=argparse_suppress())
     args = p.parse_args()
     import torch
 
@@ -330,45 +454,71 @@ def main() -> None:
         "cuda" if torch.cuda.is_available() else "cpu")
     if args.worker:
         fn = worker_gristmill if args.worker == "gristmill" else worker_book
-        print(json.dumps(fn(args.task, args.work, device, args.epochs, args.train_blocks)))
+        print(json.dumps(fn(args.task, args.work, device, args.epochs, args.train_blocks,
+                            args.seed, args.response_only)))
         return
+    shape = None
+    if args.shape:
+        n_layer, n_embd = (int(v) for v in args.shape.lower().split("x"))
+        shape = {"n_layer": n_layer, "n_embd": n_embd, "n_head": max(2, n_embd // 64),
+                 "block_size": 256 if n_embd <= 256 else 1024}
     tasks = ["classify", "instruct"] if args.task == "both" else [args.task]
-    rows, meta = [], {}
+    rows, meta, runs = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        meta = prepare(work, args.size, device)
+        meta = prepare(work, args.size, device, shape, args.pretrain_steps,
+                       args.instruct_examples)
         for task in tasks:
             epochs = {"classify": 5, "instruct": 2 if device.startswith("cuda") else 1}[task]
             if args.size == "small":
                 epochs = 1
-            # alternate the order between tasks: load drifting on a shared machine weighs alike
-            order = ["book", "gristmill"] if task == "classify" else ["gristmill", "book"]
-            got = {tool: _run_worker(tool, task, work, device, epochs, args.threads,
-                                     args.train_blocks)
-                   for tool in order}
+            got = {"gristmill": [], "book": []}
+            for k in range(args.seeds):
+                # alternate the order: load drifting on a shared machine weighs on both alike
+                order = ["book", "gristmill"] if k % 2 == 0 else ["gristmill", "book"]
+                for tool in order:
+                    r = _run_worker(tool, task, work, device, epochs, args.threads,
+                                    args.train_blocks, SEED + k, args.response_only)
+                    got[tool].append(r)
+                    print(f"{task} seed {SEED + k} {tool}: {json.dumps(r)}", file=sys.stderr)
+            runs[task] = got
+            label = task
+            if task == "classify" and args.train_blocks != 1:
+                label = f"classify, train_blocks {args.train_blocks}"
+            if task == "instruct":
+                label = "instruct, " + ("response only" if args.response_only else "every token")
             for tool in ("gristmill", "book"):
                 g = got[tool]
-                row = {"task": task if task == "instruct" or args.train_blocks == 1 else
-                       f"classify, train_blocks {args.train_blocks}", "tool": "gristmill finetune" if tool == "gristmill"
+                row = {"task": label, "tool": "gristmill finetune" if tool == "gristmill"
                        else "book (llms-from-scratch)", "device": device, "epochs": epochs,
-                       "s/epoch": g["s_per_epoch"], "peak MB": g["peak_mb"]}
+                       "seeds": len(g),
+                       "s/epoch": sum(r["s_per_epoch"] for r in g) / len(g),
+                       "CPU s": sum(r["cpu_s"] for r in g) / len(g),
+                       "peak MB": max(r["peak_mb"] or 0 for r in g)}
                 if task == "classify":
-                    row["test acc %"] = 100 * g["test_accuracy"]
-                    row["val acc %"] = 100 * g["val_accuracy"]
+                    m, sd = _mean_sd([100 * r["test_accuracy"] for r in g])
+                    row["test acc %"] = f"{m:.1f} ± {sd:.1f}" if len(g) > 1 else round(m, 1)
+                    m, sd = _mean_sd([100 * r["val_accuracy"] for r in g])
+                    row["val acc %"] = f"{m:.1f} ± {sd:.1f}" if len(g) > 1 else round(m, 1)
                 else:
-                    row["val loss"] = g["val_loss"]
+                    row["val loss"] = sum(r["val_loss"] for r in g) / len(g)
                 rows.append(row)
-            g, b = got["gristmill"], got["book"]
-            rows[-2]["speedup"] = f"{b['s_per_epoch'] / g['s_per_epoch']:.2f}x"
-            if g["peak_mb"] and b["peak_mb"]:
-                rows[-2]["memory vs book"] = f"{g['peak_mb'] / b['peak_mb']:.2f}x"
+            g, b = rows[-2], rows[-1]
+            rows[-2]["speedup"] = f"{b['s/epoch'] / g['s/epoch']:.2f}x"
+            rows[-2]["CPU ratio"] = f"{b['CPU s'] / g['CPU s']:.2f}x"
+            if g["peak MB"] and b["peak MB"]:
+                rows[-2]["memory vs book"] = f"{g['peak MB'] / b['peak MB']:.2f}x"
+    weights = (f"pretrained {args.pretrain_steps} steps by gristmill train()"
+               if args.pretrain_steps else f"random weights (seed {SEED})")
     print(f"model: {meta['model']['n_layer']} layers, {meta['model']['n_embd']} wide, "
-          f"{meta['params'] / 1e6:.1f}M parameters, random weights (seed {SEED}); device {device}"
-          f"\n")
-    report("finetune", rows, ["task", "tool", "epochs", "s/epoch", "speedup", "test acc %",
-                              "val acc %", "val loss", "peak MB", "memory vs book"], args.out,
+          f"{meta['params'] / 1e6:.1f}M parameters, {weights}; device {device}; instruct "
+          f"examples {meta['instruct_examples']}\n")
+    report("finetune", rows, ["task", "tool", "seeds", "epochs", "s/epoch", "speedup", "CPU s",
+                              "CPU ratio", "test acc %", "val acc %", "val loss", "peak MB",
+                              "memory vs book"], args.out,
            {**meta, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "train_blocks": args.train_blocks})
+            "train_blocks": args.train_blocks, "response_only": args.response_only,
+            "runs": runs})
 
 
 def argparse_suppress():

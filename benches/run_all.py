@@ -19,9 +19,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STAGES = ["encode", "tokenizer_train", "prep", "dedup", "loader", "train_step", "sample"]
-# The column each stage's chart shows, higher is better unless noted.
-HEADLINE = ["MB/s", "docs_per_s", "docs/s", "batches/s", "tokens/s", "speedup_per_core", "seconds"]
+STAGES = ["encode", "tokenizer_train", "prep", "dedup", "loader", "train_step", "sample",
+          "speedrun", "finetune", "lora", "eval", "serve"]
+# The column each stage's chart shows (the first a stage's rows have), higher is better unless
+# it is in LOWER.
+HEADLINE = ["MB/s", "docs_per_s", "docs/s", "batches/s", "tokens/s", "examples/s",
+            "speedup_per_core", "s to target", "s/epoch", "seconds"]
+LOWER = {"s to target", "s/epoch", "seconds"}
 
 
 def _run(stage: str, size: str, out: Path) -> dict:
@@ -51,7 +55,8 @@ def _headline(rows: list[dict]) -> str | None:
 
 
 def _label(row: dict) -> str:
-    keys = ("tool", "contender", "mode", "task", "batch", "vocab_size", "filter")
+    keys = ("tool", "engine", "contender", "mode", "task", "batch", "clients", "vocab_size",
+            "vocabulary", "corpus", "filter")
     parts = [str(row.get(k)) for k in keys if row.get(k) is not None]
     return ", ".join(parts)
 
@@ -99,7 +104,7 @@ def _chart(results: list[dict], path: Path) -> None:
         values = [row[key] for row in rows]
         colors = ["tab:orange" if "gristmill" in lab else "tab:gray" for lab in labels]
         ax.barh(labels, values, color=colors)
-        ax.set_title(f"{r['stage']}: {key}" + (" (lower is better)" if key == "seconds" else ""), fontsize=9)
+        ax.set_title(f"{r['stage']}: {key}" + (" (lower is better)" if key in LOWER else ""), fontsize=9)
         ax.tick_params(labelsize=7)
         ax.invert_yaxis()
     fig.tight_layout()

@@ -20,7 +20,8 @@ def test_run_all_small(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     stages = {r["stage"] for r in summary["results"] if "error" not in r}
-    assert stages == {"encode", "tokenizer_train", "prep", "dedup", "loader", "train_step", "sample"}
+    assert stages == {"encode", "tokenizer_train", "prep", "dedup", "loader", "train_step", "sample",
+                      "speedrun", "finetune", "lora", "eval", "serve"}
     assert (tmp_path / "summary.md").read_text().startswith("# gristmill benchmarks")
     assert (tmp_path / "summary.png").stat().st_size > 1000
 
