@@ -316,7 +316,16 @@ class GPT(nn.Module):
     def head_logits(self, h):
         """The LM head on hidden states ``h`` (..., n_embd): logits over the real vocabulary
         (pad columns cut off), soft-capped in float32 when the config says so."""
-        logits = self.lm_head(h)[..., : self.config.vocab_size]  # pad logits never leave
+        # Pad logits never leave. Slicing the logits would cost, in backward, a zero-filled
+        # (..., padded vocab) tensor and a copy: the pad rows of a plain head's weight are cut
+        # off before the product instead, and an unpadded head's logits are not sliced.
+        V, head = self.config.vocab_size, self.lm_head
+        if type(head) is nn.Linear and head.out_features != V:
+            logits = F.linear(h, head.weight[:V], None if head.bias is None else head.bias[:V])
+        else:
+            logits = head(h)
+            if logits.shape[-1] != V:
+                logits = logits[..., :V]
         cap = self.config.logit_softcap
         if cap:
             logits = cap * torch.tanh(logits.float() / cap)
