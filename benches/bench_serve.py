@@ -14,9 +14,10 @@ local server:
 
 C concurrent clients (1, 8, 32) each send requests (a fixed-length prompt, greedy, ``max_tokens``
 new tokens, no end-of-text stop for the baseline) through the ``openai`` client; requests/s
-and completion tokens/s are over the wall time of the whole round. Before that, the quantization
-table: weight memory, single-request decoding tokens/s, validation loss and bits per byte of
-float32 against int8 on held-out corpus text.
+and completion tokens/s are over the wall time of the whole round; the three servers run side
+by side and take turns at each level, so a busy machine's load swings hit them alike. Before
+that, the quantization table: weight memory, single-request decoding tokens/s, validation loss
+and bits per byte of float32 against int8 on held-out corpus text.
 
     python benches/bench_serve.py [--size small|full]
 
@@ -26,6 +27,7 @@ client. full: 6 layers x 512 trained 150 steps, 64 new tokens, 3 requests per cl
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import queue
@@ -176,18 +178,21 @@ def main() -> None:
                ("gristmill batching int8", lambda: BatchEngine(int8, tok, 32, 1000).start())]
     serve_rows = []
     levels = [int(c) for c in args.clients.split(",")]
-    for label, make in engines:
-        engine = make()
-        with running_server(create_app(engine, tok, "bench")) as url:
-            load_round(url, "bench", prompt, 1, 1, 4)  # warm-up
-            for clients in levels:
+    with contextlib.ExitStack() as stack:  # all three live at once, measured in turn per level
+        urls = []
+        for label, make in engines:
+            engine = make()
+            if hasattr(engine, "stop"):
+                stack.callback(engine.stop)
+            urls.append(stack.enter_context(running_server(create_app(engine, tok, "bench"))))
+            load_round(urls[-1], "bench", prompt, 1, 1, 4)  # warm-up
+        for clients in levels:
+            for (label, _), url in zip(engines, urls):
                 seconds, tokens = load_round(url, "bench", prompt, clients, per_client, new)
                 serve_rows.append({"engine": label, "clients": clients,
                                    "requests/s": clients * per_client / seconds,
                                    "tokens/s": tokens / seconds, "seconds": seconds})
                 print(serve_rows[-1], flush=True)
-        if hasattr(engine, "stop"):
-            engine.stop()
     base = {r["clients"]: r["tokens/s"] for r in serve_rows if r["engine"].startswith("transf")}
     for r in serve_rows:
         r["x transformers"] = r["tokens/s"] / base[r["clients"]]

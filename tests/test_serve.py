@@ -240,6 +240,15 @@ def test_engine_refuses_what_cannot_fit(model, tok):
         engine.submit(Job([1], [SamplingConfig(max_new_tokens=2)] * 3, print))
 
 
+def test_decode_head_equals_the_models(model, tok):
+    engine = BatchEngine(model, tok, max_batch=8)
+    hidden = torch.randn(5, model.config.n_embd)
+    with torch.no_grad():
+        fast, ref = engine.decode_logits(hidden), model.head_logits(hidden)
+    assert fast.shape == ref.shape == (5, 257)
+    torch.testing.assert_close(fast, ref)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
                     lambda inner: st.lists(inner, max_size=3)

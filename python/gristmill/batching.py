@@ -268,7 +268,7 @@ class BatchEngine:
             self.rows.append(row)
             self._advance(row, self._pick(row, logits))
 
-    def _head(self, hidden):
+    def decode_logits(self, hidden):
         """Logits (B, vocab) of one decoding step's hidden states (B, n_embd).
 
         A float head on CPU is applied as ``W @ h.T``: for a handful of rows MKL's ``h @ W.T``
@@ -331,7 +331,7 @@ class BatchEngine:
         tokens = torch.tensor([r.token for r in self.rows], dtype=torch.long, device=self.device)
         hidden = self.model.hidden_states(tokens[:, None], cache=view,
                                           positions=view.pos[:, None], attn_mask=view.mask())
-        logits = self._head(hidden[:, -1]).float()
+        logits = self.decode_logits(hidden[:, -1]).float()
         self.cache.lengths[:B] += 1
         self.steps += 1
         greedy = logits.argmax(-1).tolist()
