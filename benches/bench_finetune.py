@@ -19,7 +19,19 @@ models' val loss is computed by the book's ``calc_loss_loader`` on the book's va
 memory.
 
     python benches/bench_finetune.py [--size small|full] [--task classify|instruct|both]
-        [--train-blocks N] [--threads N]
+        [--train-blocks N] [--threads N] [--seeds K] [--pretrain-steps N] [--shape LxC]
+        [--response-only] [--instruct-examples N]
+
+--pretrain-steps N starts both from a GPT that gristmill's ``train()`` pretrained N steps on the
+bench corpus (cached in bench-results/finetune-cache): with random weights and one block
+trained, accuracy swings by points with the batch order. --seeds K runs each tool K times
+(seeds 123, 124, ...: the head's initial weights and the batch order; the two tools in turn)
+and reports the mean and spread of the accuracies. --response-only: the loss on the response
+only (gristmill's default; for the book, its ch. 7 exercise 7.2: the prompt's targets masked
+with -100 in its collate, the head still run on every position). --shape 6x384 and
+--instruct-examples 200 make a model whose blocks matter on a CPU-sized run. Besides wall
+seconds per epoch, "CPU s" is each worker's CPU time for the whole job (data, training,
+evaluation), steadier than wall time on a shared machine.
 
 full: a 4-layer, 128-wide GPT with GPT-2's vocabulary (7.2M parameters); classify 5 epochs,
 instruct 1 epoch on CPU (gpt2 124M and 2 epochs on CUDA); one torch thread per worker on CPU.
@@ -28,6 +40,7 @@ small: 2 layers, 64 wide, a few dozen steps (a smoke run).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -146,7 +159,8 @@ def worker_gristmill(task: str, work: Path, device: str, epochs: int, blocks: in
     if task == "classify":
         r = finetune_classify(data=str(work / "train.tsv"), val_data=str(work / "val.tsv"),
                               test_data=str(work / "test.tsv"), text_field="1", label_field="0",
-                              train_blocks=blocks, **common)
+                              train_blocks=blocks, pooling=os.environ.get("BENCH_POOLING", "last"),
+                              **common)
         cpu = time.process_time() - cpu0
         peak = mem.peak_mb()
         out = {"test_accuracy": r["test"]["accuracy"], "val_accuracy": r["val"]["accuracy"]}
@@ -189,16 +203,17 @@ def _book_val_loss(model, work: Path, device: str, response_only: bool) -> float
 
 class PromptMasked:
     """The book's ``InstructionDataset`` with the prompt's length kept, for its ch. 7 exercise
-    (loss on the response only): ``(token ids, prompt length)`` per example."""
+    (loss on the response only): ``(token ids, prompt length)`` per example. The prompt ends
+    with the "### Response:" header, as gristmill's does, so that both train on (and are
+    measured on) the same targets: the output and its end-of-text."""
 
     def __init__(self, data, tok):
         from llms_from_scratch.ch07 import format_input
 
         self.items = []
         for entry in data:
-            prompt = format_input(entry)
-            full = prompt + f"\n\n### Response:\n{entry['output']}"
-            self.items.append((tok.encode(full), len(tok.encode(prompt))))
+            prompt = format_input(entry) + "\n\n### Response:\n"
+            self.items.append((tok.encode(prompt + entry["output"]), len(tok.encode(prompt))))
 
     def __len__(self):
         return len(self.items)
@@ -216,10 +231,10 @@ def masked_collate(batch, pad_token_id=50256, ignore_index=-100, device="cpu"):
     longest = max(len(ids) + 1 for ids, _ in batch)
     xs, ys = [], []
     for ids, n_prompt in batch:
-        padded = ids + [pad_token_id] * (longest + 1 - len(ids))
+        padded = ids + [pad_token_id] * (longest - len(ids))
         x = torch.tensor(padded[:-1])
         y = torch.tensor(padded[1:])
-        y[len(ids) + 1:] = ignore_index  # the first end-of-text stays a target
+        y[len(ids):] = ignore_index  # the first end-of-text (y[len - 1]) stays a target
         y[:n_prompt - 1] = ignore_index  # targets that are prompt tokens
         xs.append(x)
         ys.append(y)
@@ -308,7 +323,7 @@ def worker_book(task: str, work: Path, device: str, epochs: int, blocks: int, se
 
 def pretrained(shape: dict, steps: int, device: str):
     """A GPT of ``shape`` pretrained ``steps`` steps by gristmill's ``train()`` on the first 4 MB
-    of the bench corpus (GPT-2's tokenizer; batch 16 x 128, lr 1e-3), cached in
+    of the bench corpus (GPT-2's tokenizer; batch 8 x 128, lr 1e-3), cached in
     bench-results/finetune-cache so that later runs start from the same weights."""
     import shutil
 
@@ -332,7 +347,7 @@ def pretrained(shape: dict, steps: int, device: str):
         print(f"pretraining {name} ({len(toks[0]):,} tokens)...", file=sys.stderr)
         train(dataset=Tokens(toks[0], toks[1], tok, Clock()), out_dir=str(tmp / "run"),
               vocab_multiple=1, n_layer=shape["n_layer"], n_head=shape["n_head"],
-              n_embd=shape["n_embd"], block_size=shape["block_size"], batch_size=16,
+              n_embd=shape["n_embd"], block_size=shape["block_size"], batch_size=8,
               seq_len=128, max_steps=steps, warmup_steps=min(50, steps // 5), lr=1e-3,
               min_lr=1e-4, eval_interval=steps, eval_batches=4, keep_last=1, progress=False,
               plot=False, device=device, seed=SEED)
@@ -442,6 +457,8 @@ def main() -> None:
                         "gristmill's default) instead of every token")
     p.add_argument("--instruct-examples", type=int, default=None,
                    help="instruct: the first N training examples (val: N/8)")
+    p.add_argument("--pooling", choices=["last", "mean"], default="last",
+                   help="classify: gristmill's pooling (the book reads the last position)")
     p.add_argument("--worker", choices=["gristmill", "book"], help=argparse_suppress())
     p.add_argument("--work", type=Path, help=argparse_suppress())
     p.add_argument("--epochs", type=int, default=None, help=argparse_suppress())
@@ -452,10 +469,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = args.device if args.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
+    os.environ["BENCH_POOLING"] = args.pooling  # read by the gristmill worker
     if args.worker:
         fn = worker_gristmill if args.worker == "gristmill" else worker_book
         print(json.dumps(fn(args.task, args.work, device, args.epochs, args.train_blocks,
                             args.seed, args.response_only)))
+        return
+    if importlib.util.find_spec("llms_from_scratch") is None:
+        # The whole bench is the comparison with the book's code; without it there is none.
+        print("skipping: the book's code is not installed (pip install 'gristmill[bench]')")
+        report("finetune", [], ["task", "tool"], args.out,
+               {"skipped": "llms-from-scratch not installed"})
         return
     shape = None
     if args.shape:

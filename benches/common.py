@@ -68,7 +68,7 @@ def machine() -> str:
 
 def report(stage: str, rows: list[dict], columns: list[str], out: Path, meta: dict) -> None:
     """Prints ``rows`` as a table and writes them with ``meta`` as JSON."""
-    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    widths = [max([len(c), *(len(_fmt(r.get(c))) for r in rows)]) for c in columns]
     print(" | ".join(c.ljust(w) for c, w in zip(columns, widths)))
     print("-+-".join("-" * w for w in widths))
     for r in rows:

@@ -1,7 +1,7 @@
 //! Times the random-window sampler on a dataset directory at B=64, T=1024, beside the floor
 //! it works against: a plain loop copying as many random rows of the same split.
 //! `cargo run --release --example profile_sampler -- DATASET_DIR`
-use gristmill::shards::sampler::Mode;
+use gristmill::shards::sampler::{Mode, Packing};
 use gristmill::shards::{Dataset, Sampler, SamplerConfig};
 use std::time::Instant;
 
@@ -18,7 +18,8 @@ fn main() {
         seed: 0,
         rank: 0,
         world_size: 1,
-        packing: false,
+        packing: Packing::Off,
+        pool: 1024, // best-fit packing only
         pad: 50256,
     };
     let mut sampler = Sampler::new(sampler_split, cfg).unwrap();
