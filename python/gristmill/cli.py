@@ -915,7 +915,7 @@ def _add_quantize(sub) -> None:
     p = sub.add_parser(
         "quantize", help="save an int8 copy of a model (loads with every command)",
         description="Write RUN's weights as int8 with per-channel scales (the token embedding "
-        "stays float) to DIR, with its tokenizer and prompt template; sample, eval, chat and "
+        "too) to DIR, with its tokenizer and prompt template; sample, eval, chat and "
         "serve load DIR as an int8 model.")
     p.add_argument("checkpoint", metavar="RUN", help="checkpoint dir, training out_dir, or a "
                    "Hugging Face GPT-2 directory")
