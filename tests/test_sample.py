@@ -14,9 +14,9 @@ from gristmill.checkpoint import from_hf, save_weights
 from gristmill.cli import main
 from gristmill.model import GPT, GPTConfig
 from gristmill.sample import (
+    Penalties,
     SamplingConfig,
     TextStream,
-    _Penalties,
     filter_logits,
     generate,
     sample_text,
@@ -161,7 +161,7 @@ def test_filters_exact_k_and_top_token_kept():
 
 def test_frequency_and_presence_penalties():
     cfg = SamplingConfig(frequency_penalty=0.5, presence_penalty=1.0, repetition_penalty=2.0)
-    pen = _Penalties(cfg, [[1]], 1, 4, "cpu")
+    pen = Penalties(cfg, [[1]], 1, 4, "cpu")
     for t in (2, 2, 3):
         pen.add(torch.tensor([t]))
     got = pen(torch.tensor([[1.0, 1.0, -1.0, 4.0]]))

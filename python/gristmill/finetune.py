@@ -571,14 +571,20 @@ def finetune_classify(config: FinetuneConfig | None = None, *, config_file=None,
         FinetuneDataError: bad data (file and line named); ValueError: bad settings;
         TrainingError: NaN loss, out of memory.
     """
+    return _run(config, config_file, overrides, "classify", _classify)
+
+
+def _run(config, config_file, overrides, kind: str, body) -> dict:
+    """Settings resolved and checked, the process group and output folder set up, then
+    ``body`` (the kind's own run); the process group is closed however it ends."""
     cfg = resolve_config(config_file, overrides, cls=FinetuneConfig, base=config)
     inputs = [cfg.data, cfg.val_data, cfg.test_data, cfg.model if Path(cfg.model).exists()
               else ""]
-    _settle(cfg, "classify")
+    _settle(cfg, kind)
     rank, world, device, owns_pg = setup_distributed(cfg)
     try:
-        out_dir, resume_from, state = _start(cfg, "classify", inputs, rank, world)
-        return _classify(cfg, rank, world, device, out_dir, resume_from, state)
+        out_dir, resume_from, state = _start(cfg, kind, inputs, rank, world)
+        return body(cfg, rank, world, device, out_dir, resume_from, state)
     finally:
         _finish(owns_pg)
 
@@ -826,16 +832,7 @@ def finetune_instruct(config: FinetuneConfig | None = None, *, config_file=None,
         FinetuneDataError: bad data (file and line named), an example longer than the context;
         ValueError: bad settings; TrainingError: NaN loss, out of memory.
     """
-    cfg = resolve_config(config_file, overrides, cls=FinetuneConfig, base=config)
-    inputs = [cfg.data, cfg.val_data, cfg.test_data, cfg.model if Path(cfg.model).exists()
-              else ""]
-    _settle(cfg, "instruct")
-    rank, world, device, owns_pg = setup_distributed(cfg)
-    try:
-        out_dir, resume_from, state = _start(cfg, "instruct", inputs, rank, world)
-        return _instruct(cfg, rank, world, device, out_dir, resume_from, state)
-    finally:
-        _finish(owns_pg)
+    return _run(config, config_file, overrides, "instruct", _instruct)
 
 
 def _instruct(cfg, rank, world, device, out_dir, resume_from, state) -> dict:

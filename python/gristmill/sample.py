@@ -112,7 +112,6 @@ class Penalties:
             self.counts = self.counts[index]
 
 
-_Penalties = Penalties  # its earlier name
 
 
 def filter_logits(scores, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
