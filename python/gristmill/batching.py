@@ -268,20 +268,6 @@ class BatchEngine:
             self.rows.append(row)
             self._advance(row, self._pick(row, logits))
 
-    def decode_logits(self, hidden):
-        """Logits (B, vocab) of one decoding step's hidden states (B, n_embd).
-
-        A float head on CPU is applied as ``W @ h.T``: for a handful of rows MKL's ``h @ W.T``
-        (what ``nn.Linear`` runs) takes about twice as long as reading the (vocab, n_embd)
-        weight once, and the head is most of a small model's step (``benches/bench_serve.py``).
-        Other heads (quantized, soft-capped, CUDA) go through the model's own."""
-        head = self.model.lm_head
-        if (self.device.type != "cpu" or type(head) is not torch.nn.Linear
-                or head.bias is not None or not head.weight.is_floating_point()
-                or self.model.config.logit_softcap):
-            return self.model.head_logits(hidden)
-        return torch.mm(head.weight, hidden.t())[: self.vocab].t()
-
     def _pick(self, row: _Sequence, logits) -> int:
         scores = logits if row.plain else row.penalties(logits)
         return int(pick_tokens(scores, row.cfg, row.generator)[0])
@@ -331,7 +317,7 @@ class BatchEngine:
         tokens = torch.tensor([r.token for r in self.rows], dtype=torch.long, device=self.device)
         hidden = self.model.hidden_states(tokens[:, None], cache=view,
                                           positions=view.pos[:, None], attn_mask=view.mask())
-        logits = self.decode_logits(hidden[:, -1]).float()
+        logits = self.model.head_logits(hidden[:, -1]).float()
         self.cache.lengths[:B] += 1
         self.steps += 1
         greedy = logits.argmax(-1).tolist()

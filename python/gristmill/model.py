@@ -320,7 +320,12 @@ class GPT(nn.Module):
         # (..., padded vocab) tensor and a copy: the pad rows of a plain head's weight are cut
         # off before the product instead, and an unpadded head's logits are not sliced.
         V, head = self.config.vocab_size, self.lm_head
-        if type(head) is nn.Linear and head.out_features != V:
+        if (h.dim() == 2 and h.device.type == "cpu" and not torch.is_grad_enabled()
+                and type(head) is nn.Linear and head.bias is None):
+            # A decoding step's few rows on CPU: W @ h.T reads the weight once, where MKL's
+            # h @ W.T (nn.Linear) takes about twice as long (benches/bench_serve.py).
+            logits = torch.mm(head.weight[:V], h.t()).t()
+        elif type(head) is nn.Linear and head.out_features != V:
             logits = F.linear(h, head.weight[:V], None if head.bias is None else head.bias[:V])
         else:
             logits = head(h)
