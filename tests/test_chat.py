@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 import gristmill.chat as chat_module
-from gristmill.chat import Chat, ChatError, restore_adapter, run_template
+from gristmill.chat import Chat, ChatError, run_template
 from gristmill.checkpoint import save_checkpoint, save_weights
 from gristmill.model import GPT, GPTConfig
 from gristmill.prompts import chat_prompt_ids
@@ -198,8 +198,7 @@ def test_any_run_config_gives_a_template_or_one_line(tmp_path, meta):
 def test_an_unmerged_head_adapter_is_put_back(model, tok, tmp_path):
     import copy
 
-    from gristmill.checkpoint import load_model
-    from gristmill.finetune import ADAPTER
+    from gristmill.checkpoint import ADAPTER, CheckpointError, load_model
     from gristmill.lora import LoraConfig, apply_lora, lora_state_dict
 
     tuned = copy.deepcopy(model)
@@ -213,8 +212,15 @@ def test_an_unmerged_head_adapter_is_put_back(model, tok, tmp_path):
                                            "merged": False}}
     save_checkpoint(tmp_path, 1, model, base, {}, {"step": 1}, meta, tok,
                     {ADAPTER: lora_state_dict(tuned)})
-    loaded = load_model(tmp_path).eval()
-    assert restore_adapter(tmp_path, loaded) == 5  # c_attn and c_proj of 2 blocks, the head
+    loaded = load_model(tmp_path).eval()  # what sample, eval, chat and serve load
+    assert sum(".lora_A" in k for k in loaded.state_dict()) == 5  # 2 blocks' c_attn, c_proj; head
     x = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)[0], tuned.eval()(x)[0])
+
+    # a malformed lora entry is one line naming config.json
+    meta["lora"]["rank"] = "two"
+    save_checkpoint(tmp_path / "bad", 1, model, base, {}, {"step": 1}, meta, tok,
+                    {ADAPTER: lora_state_dict(tuned)})
+    with pytest.raises(CheckpointError, match=r"config\.json: lora: .*rank"):
+        load_model(tmp_path / "bad")

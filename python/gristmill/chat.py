@@ -22,7 +22,7 @@ from gristmill.checkpoint import META, find_checkpoint
 from gristmill.prompts import INSTRUCTION, TEMPLATES, chat_prompt_ids
 from gristmill.sample import SamplingConfig, TextStream, generate_steps
 
-__all__ = ["Chat", "ChatError", "restore_adapter", "run_template"]
+__all__ = ["Chat", "ChatError", "run_template"]
 
 
 class ChatError(ValueError):
@@ -57,41 +57,6 @@ def run_template(path) -> tuple[str, bool]:
                                 f"{', '.join(TEMPLATES)}")
             return name, True
     return TEMPLATES[0], False
-
-
-def restore_adapter(path, model) -> int:
-    """Puts back the LoRA adapter of a fine-tuning run whose checkpoint could not fold it into
-    the weights (an adapter on GPT-2's tied head: config.json says ``"lora": {"merged":
-    false}`` and the adapter lies beside the weights). Returns the number of layers given
-    adapters (0 when the weights are complete as they are).
-
-    Raises:
-        ChatError: the run's ``lora`` settings are malformed.
-        CheckpointError: the adapter file is missing or damaged.
-    """
-    import json
-
-    from gristmill.checkpoint import load_extra_weights
-    from gristmill.lora import LoraConfig, LoraError, load_lora_state_dict
-
-    ckpt = Path(find_checkpoint(path))
-    try:
-        meta = json.loads((ckpt / META).read_bytes())
-    except (OSError, ValueError):
-        return 0
-    lora = meta.get("lora") if isinstance(meta, dict) else None
-    if not isinstance(lora, dict) or lora.get("merged", True) is not False:
-        return 0
-    from gristmill.finetune import ADAPTER
-
-    try:
-        config = LoraConfig(rank=lora.get("rank"), alpha=lora.get("alpha"),
-                            targets=lora.get("targets") or ("attn",))
-        sd = load_extra_weights(ckpt, ADAPTER)
-        load_lora_state_dict(model, sd, config, source=str(ckpt / ADAPTER))
-    except LoraError as e:
-        raise ChatError(f"{ckpt / META}: lora: {e}") from None
-    return len(sd) // 2
 
 
 class Chat:

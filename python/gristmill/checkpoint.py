@@ -63,6 +63,9 @@ FORMAT = "gristmill-checkpoint-1"
 WEIGHTS, OPTIMIZER, STATE, META, TOKENIZER = (
     "model.safetensors", "optimizer.pt", "state.json", "config.json", "tokenizer")
 BEST = "best.json"
+# A LoRA adapter a fine-tuning run could not fold into the weights (one on GPT-2's tied head):
+# config.json says ``"lora": {"merged": false, ...}`` and load_model puts it back.
+ADAPTER = "adapter.safetensors"
 RUN_LOG, LOSS_PLOT = "log.jsonl", "loss.png"
 _CHECKSUMMED = (WEIGHTS, OPTIMIZER, STATE)
 _NAME = re.compile(r"ckpt-\d+")
@@ -556,12 +559,31 @@ def load_model(path: PathLike, which: str = "best", **overrides) -> GPT:
     meta = _gristmill_meta(directory)
     if meta is not None:
         weights = _check_file(directory, WEIGHTS, meta)
-        return _load_weights(weights, _fallback(directory), WEIGHTS in meta.get("files", {}),
-                             overrides)
+        model = _load_weights(weights, _fallback(directory), WEIGHTS in meta.get("files", {}),
+                              overrides)
+        _restore_adapter(model, directory, meta)
+        return model
     weights = directory / WEIGHTS
     if weights.exists() and not (directory / META).exists():
         return load_weights(weights, **overrides)
     return from_hf(directory, **overrides)
+
+
+def _restore_adapter(model: GPT, directory: Path, meta: dict) -> None:
+    """Puts back the unmerged LoRA adapter of a fine-tuning run (see :data:`ADAPTER`), so
+    sample, eval, chat and serve all see the weights the run trained."""
+    lora = meta.get("lora")
+    if not isinstance(lora, dict) or lora.get("merged", True) is not False:
+        return
+    from gristmill.lora import LoraConfig, LoraError, load_lora_state_dict
+
+    state_dict = load_extra_weights(directory, ADAPTER)
+    try:
+        config = LoraConfig(rank=lora.get("rank"), alpha=lora.get("alpha"),
+                            targets=lora.get("targets") or ("attn",))
+        load_lora_state_dict(model, state_dict, config, source=str(directory / ADAPTER))
+    except LoraError as e:
+        raise CheckpointError(f"{directory / META}: lora: {e}; {_fallback(directory)}") from None
 
 
 def read_run_state(ckpt: PathLike) -> tuple[dict, dict]:

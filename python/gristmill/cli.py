@@ -692,13 +692,12 @@ def _add_chat(sub) -> None:
 
 
 def _run_chat(args) -> int:
-    from gristmill.chat import Chat, ChatError, restore_adapter, run_template
+    from gristmill.chat import Chat, ChatError, run_template
 
     template, recorded = run_template(args.checkpoint)
     model, tok = _load_for_inference(args)
     if tok is None:
         raise ValueError(f"no tokenizer found with {args.checkpoint}; pass --tokenizer")
-    restore_adapter(args.checkpoint, model)
     chat = Chat(model, tok, _sampling_config(args), system=args.system, template=template)
     block = model.config.block_size
     interactive = sys.stdin.isatty()

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gristmill.checkpoint import (
+    ADAPTER,
     WEIGHTS,
     claim_out_dir,
     find_checkpoint,
@@ -83,7 +84,7 @@ __all__ = ["Classifier", "ClassifierModel", "finetune_classify", "finetune_instr
            "response_loss"]
 
 IGNORE = -100  # the label of a position that is not trained on (PyTorch's default)
-HEAD, ADAPTER = "head.safetensors", "adapter.safetensors"  # beside a checkpoint's weights
+HEAD = "head.safetensors"  # a classifier's head, beside its checkpoint's weights
 REPORT_JSON, REPORT_MD, CONFUSION_PNG, RESPONSES = (
     "report.json", "report.md", "confusion.png", "test_responses.json")
 # What a fine-tuning run writes in its out_dir besides a training run's files.
