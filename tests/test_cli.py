@@ -318,3 +318,13 @@ def test_byte_level_stages_need_no_extra(tmp_path, shared_data):
         assert r.returncode == 0, (argv, r.stderr[-2000:])
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["documents"] == 300 + 1  # d.txt is one document
+
+
+def test_each_finetune_kind_offers_only_its_own_keys(capsys):
+    for kind in ("classify", "instruct"):
+        with pytest.raises(SystemExit):
+            main(["finetune", kind, "--help"])
+        text = capsys.readouterr().out
+        assert "--lr" in text and "--seed" in text  # the keys both kinds share
+        assert ("--loss-on-prompt" in text) == ("--max-new-tokens" in text) == (kind == "instruct")
+        assert ("--text-field" in text) == (kind == "classify")

@@ -850,7 +850,8 @@ def _add_finetune(sub) -> None:
                                     "'messages' (loss on the responses); test responses")):
         k = kinds.add_parser(kind, help=text, description=text)
         k.add_argument("config_file", nargs="?", metavar="CONFIG", help="TOML/YAML/JSON settings")
-        add_config_arguments(k, FinetuneConfig)
+        other = "instruct:" if kind == "classify" else "classify:"  # the other kind's keys
+        add_config_arguments(k, FinetuneConfig, skip=(other,))
         k.set_defaults(func=_run_finetune)
 
 

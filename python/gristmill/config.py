@@ -356,11 +356,14 @@ def resolve_config(path=None, overrides: Optional[dict] = None, cls=TrainConfig,
     return cls(**values)
 
 
-def add_config_arguments(parser, cls=TrainConfig) -> None:
+def add_config_arguments(parser, cls=TrainConfig, skip: tuple = ()) -> None:
     """One ``--key`` option per field (``--n_layer`` and ``--n-layer`` both work); a true/false
-    key alone means true (``--verify`` is ``--verify=true``)."""
+    key alone means true (``--verify`` is ``--verify=true``). Fields whose help begins with one
+    of ``skip`` (``"instruct:"``: a key of the other fine-tuning kind) get no option."""
     types = _field_types(cls)
     for f in dataclasses.fields(cls):
+        if skip and f.metadata.get("help", "").startswith(skip):
+            continue
         names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         flag = {"nargs": "?", "const": "true"} if types[f.name] is bool else {}
         parser.add_argument(*names, dest=f"cfg_{f.name}", metavar="V", default=None,
