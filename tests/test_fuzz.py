@@ -240,8 +240,6 @@ def test_tokenize_reads_json_lines_as_prep_does(small_tokenizer, lines, zst):
         assert by_prep == by_core, f"prep read {by_prep!r}, tokenize {by_core!r}"
 
 
-@pytest.mark.xfail(strict=True, reason="defect found by fuzzing, not fixed yet: the core reads an "
-                   "integer id beyond 64 bits as a float (rust/shards/jsonl.rs, ValueSeed)")
 def test_integer_ids_beyond_64_bits_read_alike(small_tokenizer, tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_bytes(b'{"text": "a", "id": 7777777777777777777777777777}\n')

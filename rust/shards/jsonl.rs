@@ -15,6 +15,7 @@
 use super::ShardError;
 use rayon::prelude::*;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use std::fmt;
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -499,7 +500,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         while let Some(key) = map.next_key_seed(KeySeed(self.fields))? {
             match key {
                 Key::Text => text = Some(map.next_value_seed(ValueSeed)?),
-                Key::Id => id = Some(map.next_value_seed(ValueSeed)?),
+                Key::Id => id = Some(id_value(map.next_value()?).map_err(de::Error::custom)?),
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -560,6 +561,21 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
             Key::Other
         })
     }
+}
+
+/// An id as Python's `json` reads it: an integer keeps every digit (serde would read one beyond
+/// 64 bits as a float, and ids would differ from prep's and from the Python readers').
+fn id_value(raw: &RawValue) -> Result<Value, serde_json::Error> {
+    let text = raw.get();
+    if text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        // a JSON integer (serde checked the grammar); Python prints -0 as 0
+        return Ok(Value::Int(if text == "-0" {
+            "0".into()
+        } else {
+            text.into()
+        }));
+    }
+    ValueSeed.deserialize(&mut serde_json::Deserializer::from_str(text))
 }
 
 struct ValueSeed;
@@ -656,6 +672,22 @@ pub(crate) mod tests {
             let (texts, _, n) = read_all(&p, 3).unwrap();
             assert_eq!((texts.len(), n), (2, 5));
         }
+    }
+
+    #[test]
+    fn integer_ids_keep_every_digit_as_python_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = b"{\"id\": 7777777777777777777777777777, \"text\": \"a\"}\n{\"text\": \"b\", \"id\": -0}\n{\"text\": \"c\", \"id\" : -18446744073709551617 }\n{\"text\": \"d\", \"id\": -2.50}\n{\"text\": \"e\", \"id\": \"x\\u00e9\"}\n";
+        let p = write(dir.path(), "big.jsonl", body);
+        let (_, ids, _) = read_all(&p, 0).unwrap();
+        let want = [
+            "7777777777777777777777777777",
+            "0",
+            "-18446744073709551617",
+            "-2.5",
+        ];
+        assert_eq!(ids[..4], want);
+        assert_eq!(ids[4], "x\u{e9}");
     }
 
     #[test]
