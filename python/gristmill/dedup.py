@@ -490,6 +490,7 @@ def dedup(
         "index": {
             "chunks": resolved["chunks"],
             "memory_spills": resolved["memory_spills"],
+            "union_find_spilled": resolved.get("union_find_spilled", False),
             "runs_merged": resolved["runs_merged"],
             "memory_limit": memory,
         },

@@ -106,7 +106,7 @@ pub fn cluster(
             match check.as_deref_mut() {
                 None => {
                     stats.candidate_pairs += 1;
-                    uf.union(first.doc, e.doc);
+                    uf.union(first.doc, e.doc)?;
                 }
                 Some(check) => {
                     if uf.find(first.doc) == uf.find(e.doc) {
@@ -115,7 +115,7 @@ pub fn cluster(
                     for earlier in earlier {
                         stats.candidate_pairs += 1;
                         if check(earlier.doc, e.doc)? {
-                            uf.union(earlier.doc, e.doc);
+                            uf.union(earlier.doc, e.doc)?;
                             break;
                         }
                         stats.rejected_pairs += 1;

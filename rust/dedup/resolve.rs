@@ -107,6 +107,9 @@ pub struct ResolveStats {
     /// Chunks the scan wrote (1 when everything fit in memory).
     pub chunks: u64,
     pub memory_spills: u64,
+    /// The MinHash union-find moved to a file to stay within the memory limit.
+    #[serde(default)]
+    pub union_find_spilled: bool,
 }
 
 /// One bit per document: removed by exact or MinHash dedup.
@@ -135,8 +138,8 @@ const MIN_BUFFER: usize = 1 << 16;
 /// `memory_limit` bounds what the pass holds: one bit per document (which were removed), a
 /// buffer of decisions or removals that spills to runs before it would pass the limit, and,
 /// while MinHash clusters are found, a union-find of the documents in some candidate pair
-/// (about 40 bytes each; it alone is not bounded, so a corpus whose near-duplicate
-/// candidates need more than the limit goes over it). Merging reads every run through a
+/// (a hash map of about 20-40 bytes each, moved to a file-backed array of 8 bytes per
+/// document when it would pass half of what the limit leaves). Merging reads every run through a
 /// 64 KiB buffer, at most [`super::spill::MAX_FAN_IN`] at once (8 MiB).
 pub fn resolve(dir: &Path, memory_limit: usize) -> Result<ResolveStats> {
     if let Some(stats) = read_json::<ResolveStats>(&dir.join(RESOLVE_MANIFEST))? {
@@ -184,7 +187,10 @@ pub fn resolve(dir: &Path, memory_limit: usize) -> Result<ResolveStats> {
         stats.runs_merged += runs.len() as u64;
         // The union-find grows with the clustered documents: the exact decisions make room.
         decisions.spill()?;
-        let mut uf = UnionFind::new();
+        // Half of what is left goes to the union-find's map (the sorted member list after it
+        // needs up to half as much again); past that its parents move to a file.
+        let room = memory_limit.saturating_sub(removed.mem_bytes()) / 2;
+        let mut uf = UnionFind::bounded(n, room, dir.join(".unionfind-tmp"));
         let merged = Merger::<BandEntry>::open(&runs, dir)?;
         let cs = match cfg.threshold {
             None => cluster(merged, &mut uf, None)?,
@@ -202,13 +208,9 @@ pub fn resolve(dir: &Path, memory_limit: usize) -> Result<ResolveStats> {
         stats.shared_buckets = cs.shared_buckets;
         stats.candidate_pairs = cs.candidate_pairs;
         stats.rejected_pairs = cs.rejected_pairs;
-        let mut members: Vec<u64> = uf.members().collect();
-        members.sort_unstable();
-        decisions.set_budget(budget(
-            removed.mem_bytes() + uf.mem_bytes() + members.capacity() * 8,
-        ));
-        for m in members {
-            let root = uf.find(m);
+        stats.union_find_spilled = uf.spilled();
+        decisions.set_budget(budget(removed.mem_bytes() + uf.mem_bytes() * 3 / 2));
+        uf.for_each_member(|m, root| {
             if root == m {
                 stats.minhash_clusters += 1;
             }
@@ -222,7 +224,8 @@ pub fn resolve(dir: &Path, memory_limit: usize) -> Result<ResolveStats> {
                     dup_of: root,
                 })?;
             }
-        }
+            Ok(())
+        })?;
     }
     decisions.finish_into(&dir.join(DECISIONS))?;
 
