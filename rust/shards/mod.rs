@@ -7,6 +7,7 @@
 pub mod format;
 pub mod jsonl;
 pub mod manifest;
+pub mod overlapped;
 pub mod reader;
 pub mod sampler;
 pub mod shard_file;
@@ -15,9 +16,10 @@ pub mod writer;
 
 pub use format::Dtype;
 pub use manifest::{EotMode, Manifest, Settings, SplitRule};
+pub use overlapped::OverlappedWriter;
 pub use reader::{Dataset, Shard, Split};
 pub use sampler::{Sampler, SamplerConfig, SamplerState};
-pub use writer::{DatasetWriter, OverlappedWriter};
+pub use writer::DatasetWriter;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};

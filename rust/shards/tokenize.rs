@@ -9,7 +9,8 @@
 //! between them, one parsed batch waits in the channel, one is being encoded and one written.
 
 use super::jsonl::{read_jsonl_batches, DocBatch, JsonlFields};
-use super::writer::{DatasetWriter, OverlappedWriter};
+use super::overlapped::OverlappedWriter;
+use super::writer::DatasetWriter;
 use super::ShardError;
 use crate::bpe::Encoder;
 use std::path::PathBuf;

@@ -53,7 +53,7 @@ struct OpenShard {
 
 /// What to do with an input document on a (possibly resumed) run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Action {
+pub(super) enum Action {
     /// Already on disk.
     Skip,
     /// Partly on disk: write its record from this token on; its start is already indexed.
@@ -293,7 +293,7 @@ impl DatasetWriter {
         self.write_documents(first, &actions, ids, docs)
     }
 
-    fn check_batch(&self, n_texts: usize, n_ids: usize) -> Result<(), ShardError> {
+    pub(super) fn check_batch(&self, n_texts: usize, n_ids: usize) -> Result<(), ShardError> {
         if self.complete {
             return Err(ShardError::Settings(format!(
                 "{}: the dataset is already complete",
@@ -312,7 +312,7 @@ impl DatasetWriter {
     /// the state found when the writer was opened (a `Tail` clears the resume point only for
     /// positions after it, which are `Full` either way), so a batch can be planned before the
     /// batches ahead of it are written.
-    fn plan(&self, first: u64, n: usize) -> Vec<Action> {
+    pub(super) fn plan(&self, first: u64, n: usize) -> Vec<Action> {
         (0..n as u64)
             .map(|i| self.splits[self.split_of(first + i)].action(first + i))
             .collect()
@@ -321,7 +321,7 @@ impl DatasetWriter {
     /// Appends an encoded batch: the post-encode half of [`add_texts`](Self::add_texts).
     /// The batch must start at [`next_position`](Self::next_position). Returns the number of
     /// tokens written.
-    fn write_encoded<I: AsRef<str>>(
+    pub(super) fn write_encoded<I: AsRef<str>>(
         &mut self,
         batch: &EncodedBatch,
         ids: &[I],
@@ -576,14 +576,14 @@ fn check_offsets(offsets: &[u64], n_docs: usize, n_tokens: usize) -> Result<(), 
 /// Input documents encoded and ready to append: positions `first..first + actions.len()`;
 /// the documents not skipped are encoded into `tokens`, the k-th of them being
 /// `tokens[offsets[k]..offsets[k + 1]]`.
-struct EncodedBatch {
+pub(super) struct EncodedBatch {
     first: u64,
     actions: Vec<Action>,
     tokens: Vec<Rank>,
     offsets: Vec<u64>,
 }
 
-fn encode_planned<S: AsRef<str> + Sync>(
+pub(super) fn encode_planned<S: AsRef<str> + Sync>(
     encoder: &Encoder,
     first: u64,
     texts: &[S],
@@ -601,63 +601,6 @@ fn encode_planned<S: AsRef<str> + Sync>(
         actions,
         tokens,
         offsets,
-    }
-}
-
-/// Feeds a [`DatasetWriter`] batch after batch, encoding each batch while the one before it
-/// is written (so the cores are not idle while tokens are converted, hashed and written).
-/// At most two batches are held: the one being written (as tokens) and the one being encoded.
-/// The bytes written are those of [`DatasetWriter::add_texts`] called batch by batch; call
-/// [`finish`](Self::finish) to write the last batch.
-pub struct OverlappedWriter<'a> {
-    writer: &'a mut DatasetWriter,
-    encoder: &'a Encoder,
-    /// The batch encoded but not yet written, with its source ids.
-    pending: Option<(EncodedBatch, Vec<String>)>,
-    /// The input position of the next batch given.
-    next: u64,
-}
-
-impl<'a> OverlappedWriter<'a> {
-    pub fn new(writer: &'a mut DatasetWriter, encoder: &'a Encoder) -> OverlappedWriter<'a> {
-        let next = writer.next_position;
-        OverlappedWriter {
-            writer,
-            encoder,
-            pending: None,
-            next,
-        }
-    }
-
-    /// Takes the next input documents; encodes them while writing the batch before. Returns
-    /// the tokens written (those of the batch before).
-    pub fn push(&mut self, texts: Vec<String>, ids: Vec<String>) -> Result<u64, ShardError> {
-        self.writer.check_batch(texts.len(), ids.len())?;
-        let actions = self.writer.plan(self.next, texts.len());
-        let first = self.next;
-        self.next += texts.len() as u64;
-        let pending = self.pending.take();
-        let (writer, encoder) = (&mut *self.writer, self.encoder);
-        let (written, encoded) = crate::parallel::install(|| {
-            rayon::join(
-                || match &pending {
-                    Some((batch, ids)) => writer.write_encoded(batch, ids),
-                    None => Ok(0),
-                },
-                || encode_planned(encoder, first, &texts, actions),
-            )
-        });
-        drop(texts);
-        self.pending = Some((encoded, ids));
-        written
-    }
-
-    /// Writes the last batch; returns its tokens written.
-    pub fn finish(mut self) -> Result<u64, ShardError> {
-        match self.pending.take() {
-            Some((batch, ids)) => self.writer.write_encoded(&batch, &ids),
-            None => Ok(0),
-        }
     }
 }
 
@@ -701,6 +644,7 @@ pub(crate) mod tests {
     use crate::bpe::Pattern;
     use crate::shards::format::HEADER_BYTES;
     use crate::shards::manifest::{SplitRule, TokenizerInfo};
+    use crate::shards::overlapped::OverlappedWriter;
 
     /// A byte-level encoder: every byte is its own token, 256 is end-of-text.
     pub(crate) fn byte_encoder() -> Encoder {
