@@ -13,6 +13,7 @@ run short). gristmill keeps a per-thread cache of merged pieces: like every cont
 is timed after a warm-up pass over the same documents, and its "first pass" row times a fresh
 tokenizer's first pass. One-thread rows are timed in the calling thread's CPU time (the
 machine may be shared: time spent descheduled is not the encoder's); batch rows in wall time.
+Contenders take turns run after run, and each keeps its fastest run.
 
     python benches/bench_encode.py [--size small|full] [--encodings gpt2,o200k_base]
 """
@@ -28,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gristmill  # noqa: E402
-from common import SHARED_DATA, best_of, load_corpus, parser, report, tiktoken_ranks  # noqa: E402
+from common import SHARED_DATA, load_corpus, parser, report, tiktoken_ranks  # noqa: E402
 
 ENCODINGS = ("gpt2", "cl100k_base", "o200k_base")
 BPE_OPENAI = ("cl100k_base", "o200k_base")  # what its binding ships
@@ -86,14 +87,19 @@ def contenders(name: str, threads: int) -> tuple[dict, dict, "gristmill.Tokenize
     return single, batch, tok
 
 
-def best_cpu_of(fn, repeat: int) -> float:
-    """The fastest of ``repeat`` runs of ``fn`` (after a warm-up run) in this thread's CPU time."""
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.thread_time()
+def interleaved_best(timed: list, repeat: int) -> list[float]:
+    """The fastest of ``repeat`` runs of each ``(tool, mode, fn)`` after a warm-up run, the
+    contenders taking turns (A, B, A, B: a busy spell on a shared machine hits all of them):
+    one-thread modes in this thread's CPU time, batches in wall time."""
+    for _, _, fn in timed:
         fn()
-        best = min(best, time.thread_time() - t0)
+    best = [float("inf")] * len(timed)
+    for _ in range(repeat):
+        for i, (_, mode, fn) in enumerate(timed):
+            clock = time.thread_time if mode == "1 thread" else time.perf_counter
+            t0 = clock()
+            fn()
+            best[i] = min(best[i], clock() - t0)
     return best
 
 
@@ -126,7 +132,7 @@ def main() -> None:
     if unknown:
         p.error(f"--encodings: unknown {', '.join(unknown)}; expected some of {', '.join(ENCODINGS)}")
     texts = load_corpus(500_000 if args.size == "small" else 2_000_000)
-    repeat = 1 if args.size == "small" else 2
+    repeat = 1 if args.size == "small" else 3
     corpora = {"documents": texts, "short docs": short_documents(texts)}
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     threads = os.cpu_count()
@@ -146,11 +152,8 @@ def main() -> None:
             assert flat.tolist() == [t for ids in expected for t in ids], "numpy batch differs"
             timed.append(("gristmill", f"{threads} threads, to numpy", tok.encode_batch_to_numpy))
             base = {}
-            for tool, mode, fn in timed:
-                if mode == "1 thread":
-                    seconds = best_cpu_of(lambda fn=fn: fn(docs), repeat)
-                else:
-                    seconds, _ = best_of(lambda fn=fn: fn(docs), repeat)
+            timed = [(tool, mode, lambda fn=fn: fn(docs)) for tool, mode, fn in timed]
+            for (tool, mode, _), seconds in zip(timed, interleaved_best(timed, repeat)):
                 rows.append({"vocabulary": name, "corpus": corpus, "tool": tool, "mode": mode,
                              "seconds": seconds, "MB/s": mb / seconds})
                 base.setdefault(mode.split(",")[0], {})[tool] = rows[-1]["MB/s"]

@@ -248,6 +248,45 @@ def test_long_pieces_are_fast_and_correct(gpt2_ranks):
     assert tok.decode(tok.encode_ordinary(random_million)) == random_million
 
 
+def test_results_are_plain_lists_that_keep_what_is_put_in_them():
+    # Result lists are not tracked by the cycle collector (a list of ints cannot be in a
+    # cycle); they must still behave as lists, and keep alive what a caller puts in them.
+    import gc
+    import weakref
+
+    tok = Tokenizer.from_name("gpt2")
+    ids = tok.encode("hello world")
+    assert type(ids) is list and ids == [31373, 995]
+
+    class Thing:
+        pass
+
+    thing = Thing()
+    alive = weakref.ref(thing)
+    ids.append(thing)
+    del thing
+    gc.collect()
+    assert alive() is ids[2]
+    ids[2:] = []
+    assert ids + [1] == [31373, 995, 1] and tok.decode(ids) == "hello world"
+
+
+def test_tokenizers_taking_turns_keep_their_own_pieces(gpt2_ranks):
+    # The per-thread piece cache belongs to one tokenizer at a time: alternating two
+    # vocabularies (same pattern, different ids) must give each its own tokens.
+    pat = _tiktoken_pattern("gpt2")
+    shifted = {b: (r + 7 if r >= 256 else r) for b, r in gpt2_ranks.items()}
+    ours = [Tokenizer.from_ranks(gpt2_ranks, pattern=pat), Tokenizer.from_ranks(shifted, pattern=pat)]
+    theirs = [tiktoken.Encoding("a", pat_str=pat, mergeable_ranks=gpt2_ranks, special_tokens={}),
+              tiktoken.Encoding("b", pat_str=pat, mergeable_ranks=shifted, special_tokens={})]
+    texts = ["hello world, tokenizers taking turns", "Grüße aus Köln", "xyzzy plugh " * 20]
+    for _ in range(3):
+        for text in texts:
+            for mine, reference in zip(ours, theirs):
+                assert mine.encode_ordinary(text) == reference.encode_ordinary(text)
+                assert mine.count(text) == len(reference.encode_ordinary(text))
+
+
 def test_pickle_round_trip():
     tok = Tokenizer.from_name("gpt2")
     clone = pickle.loads(pickle.dumps(tok))

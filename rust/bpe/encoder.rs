@@ -5,31 +5,81 @@
 //! Aho-Corasick and only honoured where the caller allows them, as in tiktoken.
 
 use super::merge::merge_boundaries;
-use super::tokenmap::{pack, Key};
+use super::tokenmap::{self, pack, Key};
 use super::{BpeError, Pattern, Rank, RankMap};
 use crate::parallel;
 use aho_corasick::{AhoCorasick, Input, MatchKind};
 use rayon::prelude::*;
 use rustc_hash::FxHashSet;
 
-/// Pieces that are not themselves tokens, with their merged tokens, per thread. Rare words
-/// recur (names, technical terms), and merging costs tens of lookups where the cache costs one.
-/// A piece of up to `MAX_PACKED` bytes is keyed by its packed form, as in the vocabulary; the
-/// tokens of all pieces sit in one array. The cache belongs to one encoder at a time (`owner`)
-/// and is emptied when it holds `MERGE_CACHE_ENTRIES` pieces or `MERGE_CACHE_TOKENS` tokens.
-#[derive(Default)]
-struct MergeCache {
+/// The tokens of recent pieces, per thread, in two levels.
+///
+/// The front is a two-way set-associative table of packed pieces (up to `MAX_PACKED` bytes)
+/// and their tokens, small enough to stay in a core's L2 cache: text is Zipf-distributed, so
+/// most pieces are found there with one load, where the vocabulary's table (16 MB for o200k's
+/// 200k tokens) costs a cache miss per lookup. A new piece takes the least recently used slot
+/// of its set.
+///
+/// Behind it, pieces that are not themselves tokens keep their merged tokens in ordinary maps:
+/// rare words recur (names, technical terms), and merging costs tens of lookups. The tokens of
+/// all merged pieces sit in one array.
+///
+/// The cache belongs to one encoder at a time (`owner`). Emptying it (on a change of owner, or
+/// when it holds `MERGE_CACHE_ENTRIES` merged pieces or `MERGE_CACHE_TOKENS` tokens) clears the
+/// maps and moves to a new `generation`: front slots of an older generation are empty.
+struct PieceCache {
     owner: u64,
+    generation: u32,
+    front: Box<[FrontSet]>,
     short: rustc_hash::FxHashMap<Key, (u32, u32)>,
     long: rustc_hash::FxHashMap<Box<[u8]>, (u32, u32)>,
     tokens: Vec<Rank>,
 }
 
+/// A piece's key and its tokens: the single token `start` when `len` is 0, else
+/// `tokens[start..start + len]` of the cache. Aligned so that a slot is in one cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct FrontSlot {
+    key: Key,
+    generation: u32,
+    start: u32,
+    len: u32,
+}
+
+/// Two slots, one cache line: the most recently used first.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct FrontSet([FrontSlot; 2]);
+
+/// Front sets: 16384 of 64 bytes (1 MiB). On the benchmark corpus (450k pieces, 32k distinct)
+/// about 5% of pieces miss it, against 11% for 16384 single slots.
+const FRONT_BITS: u32 = 14;
 const MERGE_CACHE_ENTRIES: usize = 1 << 17;
 const MERGE_CACHE_TOKENS: usize = 1 << 21;
 
-impl MergeCache {
+impl PieceCache {
+    fn new() -> PieceCache {
+        PieceCache {
+            owner: u64::MAX,
+            generation: 1,
+            front: Box::default(),
+            short: Default::default(),
+            long: Default::default(),
+            tokens: Vec::new(),
+        }
+    }
+
     fn belong_to(&mut self, owner: u64) {
+        if self.front.is_empty() {
+            let empty = FrontSlot {
+                key: 0,
+                generation: 0,
+                start: 0,
+                len: 0,
+            };
+            self.front = vec![FrontSet([empty; 2]); 1 << FRONT_BITS].into_boxed_slice();
+        }
         if self.owner != owner {
             self.clear();
             self.owner = owner;
@@ -40,6 +90,49 @@ impl MergeCache {
         self.short.clear();
         self.long.clear();
         self.tokens.clear();
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            // After 2^32 clears: empty every slot for real, once.
+            for set in self.front.iter_mut() {
+                set.0.iter_mut().for_each(|s| s.generation = 0);
+            }
+            self.generation = 1;
+        }
+    }
+
+    /// The front set of a key of hash `hash` ([`tokenmap::hash`]).
+    #[inline(always)]
+    fn slot(hash: u64) -> usize {
+        (hash >> (64 - FRONT_BITS)) as usize
+    }
+
+    /// The tokens of `key` in set `set` of the front, as `(start, len)`; a hit in the second
+    /// slot moves it first.
+    #[inline(always)]
+    fn front_get(&mut self, set: usize, key: Key) -> Option<(u32, u32)> {
+        let g = self.generation;
+        let ways = &mut self.front[set].0;
+        if ways[0].key == key && ways[0].generation == g {
+            return Some((ways[0].start, ways[0].len));
+        }
+        if ways[1].key == key && ways[1].generation == g {
+            ways.swap(0, 1);
+            return Some((ways[0].start, ways[0].len));
+        }
+        None
+    }
+
+    /// Puts `key` first in its front set, the other slot keeping the one that was first.
+    #[inline(always)]
+    fn set_front(&mut self, set: usize, key: Key, (start, len): (u32, u32)) {
+        let ways = &mut self.front[set].0;
+        ways[1] = ways[0];
+        ways[0] = FrontSlot {
+            key,
+            generation: self.generation,
+            start,
+            len,
+        };
     }
 
     #[inline(always)]
@@ -47,7 +140,7 @@ impl MergeCache {
         &self.tokens[start as usize..(start + len) as usize]
     }
 
-    /// Stores `tokens` and returns where they are.
+    /// Stores `tokens` and returns where they are (which may empty the cache first).
     fn push(&mut self, tokens: &[Rank]) -> (u32, u32) {
         if self.short.len() + self.long.len() >= MERGE_CACHE_ENTRIES
             || self.tokens.len() + tokens.len() > MERGE_CACHE_TOKENS
@@ -61,10 +154,8 @@ impl MergeCache {
 }
 
 thread_local! {
-    static MERGE_CACHE: std::cell::RefCell<MergeCache> = std::cell::RefCell::new(MergeCache {
-        owner: u64::MAX,
-        ..Default::default()
-    });
+    static PIECE_CACHE: std::cell::RefCell<PieceCache> =
+        std::cell::RefCell::new(PieceCache::new());
 }
 
 static NEXT_ENCODER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -237,36 +328,53 @@ impl Encoder {
 
     /// Calls `f` with the tokens of each piece of `text`.
     fn for_each_piece_tokens(&self, text: &str, mut f: impl FnMut(&[Rank])) {
-        MERGE_CACHE.with(|cache| {
+        PIECE_CACHE.with(|cache| {
             let mut cache = cache.borrow_mut();
             cache.belong_to(self.id);
             self.for_each_piece(text, |piece| {
-                let piece = piece.as_bytes();
-                if let Some(key) = pack(piece) {
-                    if let Some(r) = self.ranks.get_packed(key) {
-                        return f(&[r]);
-                    }
-                    if let Some(&at) = cache.short.get(&key) {
-                        return f(cache.tokens(at));
-                    }
-                    let tokens = self.merge_piece(piece);
-                    f(&tokens);
-                    let at = cache.push(&tokens);
-                    cache.short.insert(key, at);
-                } else {
-                    if let Some(r) = self.ranks.get_long(piece) {
-                        return f(&[r]);
-                    }
-                    if let Some(&at) = cache.long.get(piece) {
-                        return f(cache.tokens(at));
-                    }
-                    let tokens = self.merge_piece(piece);
-                    f(&tokens);
-                    let at = cache.push(&tokens);
-                    cache.long.insert(piece.into(), at);
-                }
-            })
+                self.piece_tokens(&mut cache, piece.as_bytes(), &mut f)
+            });
         })
+    }
+
+    /// Calls `f` with the tokens of `piece`.
+    #[inline(always)]
+    fn piece_tokens(&self, cache: &mut PieceCache, piece: &[u8], f: &mut impl FnMut(&[Rank])) {
+        if let Some(key) = pack(piece) {
+            let hash = tokenmap::hash(key);
+            let slot = PieceCache::slot(hash);
+            if let Some((start, len)) = cache.front_get(slot, key) {
+                return if len == 0 {
+                    f(&[start])
+                } else {
+                    f(cache.tokens((start, len)))
+                };
+            }
+            if let Some(r) = self.ranks.get_packed(key, hash) {
+                cache.set_front(slot, key, (r, 0));
+                return f(&[r]);
+            }
+            if let Some(&at) = cache.short.get(&key) {
+                cache.set_front(slot, key, at);
+                return f(cache.tokens(at));
+            }
+            let tokens = self.merge_piece(piece);
+            f(&tokens);
+            let at = cache.push(&tokens);
+            cache.short.insert(key, at);
+            cache.set_front(slot, key, at);
+        } else {
+            if let Some(r) = self.ranks.get(piece) {
+                return f(&[r]);
+            }
+            if let Some(&at) = cache.long.get(piece) {
+                return f(cache.tokens(at));
+            }
+            let tokens = self.merge_piece(piece);
+            f(&tokens);
+            let at = cache.push(&tokens);
+            cache.long.insert(piece.into(), at);
+        }
     }
 
     /// Appends the tokens of `text`, with special tokens treated as ordinary text.

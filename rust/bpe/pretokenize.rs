@@ -180,9 +180,38 @@ fn flags_at(b: &[u8], i: usize) -> u8 {
     class_at(b, i).0
 }
 
+/// How many of the 8 bytes at `i` (there must be 8), counted from the first, are ASCII
+/// letters: `[a-z]`, or `[A-Za-z]` when `any_case`. 8 when all are.
+#[inline(always)]
+fn ascii_letters8(b: &[u8], i: usize, any_case: bool) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let w = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    // Setting bit 5 maps A-Z onto a-z and no other byte into a-z.
+    let x = if any_case { w | (0x20 * ONES) } else { w };
+    // Per ASCII byte, the top bit of the sum says ">= b'a'", resp. "> b'z'"; a byte of 0x80 or
+    // more (not ASCII, excluded by `!w`) may carry into the next byte, but only bytes after
+    // the first that fails are miscounted, and they are not counted.
+    let at_least_a = x.wrapping_add((0x80 - b'a' as u64) * ONES);
+    let above_z = x.wrapping_add((0x80 - b'z' as u64 - 1) * ONES);
+    let letters = at_least_a & !above_z & !w & HIGH;
+    ((!letters & HIGH).trailing_zeros() / 8) as usize
+}
+
 /// End of the run starting at `i` of chars having any of the flags in `mask`.
 #[inline(always)]
 fn run(b: &[u8], mut i: usize, mask: u8) -> usize {
+    // ASCII letters eight at a time (most runs are words; an ASCII byte has LOWERISH exactly
+    // when it is in a-z, LETTER when in A-Za-z), then char by char.
+    if mask == LOWERISH || mask == LETTER {
+        while i + 8 <= b.len() {
+            let n = ascii_letters8(b, i, mask == LETTER);
+            i += n;
+            if n < 8 {
+                break;
+            }
+        }
+    }
     while let Some(&c) = b.get(i) {
         if c < 0x80 {
             if ascii_flags(c) & mask == 0 {
@@ -477,6 +506,28 @@ mod tests {
             let p = Pattern::new(name).unwrap();
             for text in SAMPLES {
                 both(&p, text);
+            }
+        }
+    }
+
+    #[test]
+    fn ascii_letters8_counts_leading_letters() {
+        let mut x: u64 = 99;
+        for _ in 0..100_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Bytes drawn mostly from around the letters, some not ASCII.
+            let alphabet = b"azAZ`{@[09 '\x80\xc3\xe1\xff";
+            let bytes: Vec<u8> = (0..8)
+                .map(|k| alphabet[((x >> (8 * k)) % alphabet.len() as u64) as usize])
+                .collect();
+            for any_case in [false, true] {
+                let expected = bytes
+                    .iter()
+                    .take_while(|c| c.is_ascii_lowercase() || (any_case && c.is_ascii_uppercase()))
+                    .count();
+                assert_eq!(ascii_letters8(&bytes, 0, any_case), expected, "{bytes:?}");
             }
         }
     }
