@@ -7,7 +7,8 @@ Both start from the same weights (a GPT made here with a fixed seed, copied into
 - classify: the SMS spam data balanced and split 70/10/20 once (here), the book's settings (the
   last block, the final norm and a new head trained; AdamW lr 5e-5, weight decay 0.1, batch 8,
   5 epochs, the same initial head). The book pads every text to the longest training text
-  and reads the last position; gristmill groups texts by length and reads the last real token.
+  with end-of-text and reads the last position; gristmill groups texts by length and reads an
+  end-of-text token appended to each text (its default ``--pooling eot``).
 - instruct: ``instruction-data.json`` split 85/5/10 in order, every weight trained, loss on the
   whole example as the book's main chapter does (``--loss-on-prompt``), AdamW lr 5e-5, batch 8.
   The book's loop evaluates 5 batches at step 0 and prints a sample per epoch (as written).
@@ -20,7 +21,7 @@ memory.
 
     python benches/bench_finetune.py [--size small|full] [--task classify|instruct|both]
         [--train-blocks N] [--threads N] [--seeds K] [--pretrain-steps N] [--shape LxC]
-        [--response-only] [--instruct-examples N]
+        [--response-only] [--instruct-examples N] [--pooling eot|last|mean]
 
 --pretrain-steps N starts both from a GPT that gristmill's ``train()`` pretrained N steps on the
 bench corpus (cached in bench-results/finetune-cache): with random weights and one block
@@ -30,8 +31,9 @@ and reports the mean and spread of the accuracies. --response-only: the loss on 
 only (gristmill's default; for the book, its ch. 7 exercise 7.2: the prompt's targets masked
 with -100 in its collate, the head still run on every position). --shape 6x384 and
 --instruct-examples 200 make a model whose blocks matter on a CPU-sized run. Besides wall
-seconds per epoch, "CPU s" is each worker's CPU time for the whole job (data, training,
-evaluation), steadier than wall time on a shared machine.
+seconds per epoch, "loop CPU s/epoch" is the training loop's CPU time per epoch (each tool's
+loop alone, as s/epoch) and "CPU s" each worker's CPU time for the whole job (data, training,
+evaluation): both steadier than wall time on a shared machine.
 
 full: a 4-layer, 128-wide GPT with GPT-2's vocabulary (7.2M parameters); classify 5 epochs,
 instruct 1 epoch on CPU (gpt2 124M and 2 epochs on CUDA); one torch thread per worker on CPU.
@@ -148,6 +150,7 @@ def worker_gristmill(task: str, work: Path, device: str, epochs: int, blocks: in
     import torch
     from gristmill.finetune import finetune_classify, finetune_instruct
 
+    pooling = {"pooling": os.environ["BENCH_POOLING"]} if os.environ.get("BENCH_POOLING") else {}
     torch.manual_seed(seed)
     mem = Memory(device)
     mem.start()
@@ -159,8 +162,7 @@ def worker_gristmill(task: str, work: Path, device: str, epochs: int, blocks: in
     if task == "classify":
         r = finetune_classify(data=str(work / "train.tsv"), val_data=str(work / "val.tsv"),
                               test_data=str(work / "test.tsv"), text_field="1", label_field="0",
-                              train_blocks=blocks, pooling=os.environ.get("BENCH_POOLING", "last"),
-                              **common)
+                              train_blocks=blocks, **pooling, **common)
         cpu = time.process_time() - cpu0
         peak = mem.peak_mb()
         out = {"test_accuracy": r["test"]["accuracy"], "val_accuracy": r["val"]["accuracy"]}
@@ -175,6 +177,7 @@ def worker_gristmill(task: str, work: Path, device: str, epochs: int, blocks: in
         _, book = book_model_of(Path(r["checkpoint"]))
         out["val_loss"] = _book_val_loss(book, work, device, response_only)
     return {**out, "s_per_epoch": sum(r["epoch_seconds"]) / len(r["epoch_seconds"]),
+            "loop_cpu_s_per_epoch": sum(r["epoch_cpu_seconds"]) / len(r["epoch_cpu_seconds"]),
             "cpu_s": cpu, "peak_mb": peak, "steps": r["steps"]}
 
 
@@ -279,11 +282,11 @@ def worker_book(task: str, work: Path, device: str, epochs: int, blocks: int, se
         val_loader = DataLoader(val_ds, batch_size=8, num_workers=0, drop_last=False)
         test_loader = DataLoader(test_ds, batch_size=8, num_workers=0, drop_last=False)
         optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with contextlib.redirect_stdout(io.StringIO()):
             ch06.train_classifier_simple(model, train_loader, val_loader, optimizer, device,
                                          num_epochs=epochs, eval_freq=50, eval_iter=5)
-        seconds = time.perf_counter() - t0
+        seconds, loop_cpu = time.perf_counter() - t0, time.process_time() - c0
         peak = mem.peak_mb()
         out = {"test_accuracy": ch06.calc_accuracy_loader(test_loader, model, device),
                "val_accuracy": ch06.calc_accuracy_loader(val_loader, model, device)}
@@ -306,16 +309,17 @@ def worker_book(task: str, work: Path, device: str, epochs: int, blocks: int, se
         val_loader = DataLoader(type(train_ds)(val, tok), batch_size=8,
                                 collate_fn=collate, shuffle=False, drop_last=False)
         optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with contextlib.redirect_stdout(io.StringIO()):
             ch05.train_model_simple(model, train_loader, val_loader, optimizer, device,
                                     num_epochs=epochs, eval_freq=10**9, eval_iter=5,
                                     start_context=ch07.format_input(val[0]), tokenizer=tok)
-        seconds = time.perf_counter() - t0
+        seconds, loop_cpu = time.perf_counter() - t0, time.process_time() - c0
         cpu = time.process_time() - cpu0
         peak = mem.peak_mb()
         out = {"val_loss": _book_val_loss(model, work, device, response_only)}
-    return {**out, "s_per_epoch": seconds / epochs, "cpu_s": cpu, "peak_mb": peak}
+    return {**out, "s_per_epoch": seconds / epochs, "loop_cpu_s_per_epoch": loop_cpu / epochs,
+            "cpu_s": cpu, "peak_mb": peak}
 
 
 # ---- preparing the data and the weights ------------------------------------------------------
@@ -457,8 +461,9 @@ def main() -> None:
                         "gristmill's default) instead of every token")
     p.add_argument("--instruct-examples", type=int, default=None,
                    help="instruct: the first N training examples (val: N/8)")
-    p.add_argument("--pooling", choices=["last", "mean"], default="last",
-                   help="classify: gristmill's pooling (the book reads the last position)")
+    p.add_argument("--pooling", choices=["eot", "last", "mean"], default=None,
+                   help="classify: gristmill's pooling (default: its own, eot; the book reads "
+                        "the last padded position)")
     p.add_argument("--worker", choices=["gristmill", "book"], help=argparse_suppress())
     p.add_argument("--work", type=Path, help=argparse_suppress())
     p.add_argument("--epochs", type=int, default=None, help=argparse_suppress())
@@ -469,7 +474,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = args.device if args.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
-    os.environ["BENCH_POOLING"] = args.pooling  # read by the gristmill worker
+    if args.pooling:
+        os.environ["BENCH_POOLING"] = args.pooling  # read by the gristmill worker
     if args.worker:
         fn = worker_gristmill if args.worker == "gristmill" else worker_book
         print(json.dumps(fn(args.task, args.work, device, args.epochs, args.train_blocks,
@@ -509,6 +515,8 @@ def main() -> None:
             label = task
             if task == "classify" and args.train_blocks != 1:
                 label = f"classify, train_blocks {args.train_blocks}"
+            if task == "classify" and args.pooling:
+                label += f", gristmill pooling {args.pooling}"
             if task == "instruct":
                 label = "instruct, " + ("response only" if args.response_only else "every token")
             for tool in ("gristmill", "book"):
@@ -517,6 +525,7 @@ def main() -> None:
                        else "book (llms-from-scratch)", "device": device, "epochs": epochs,
                        "seeds": len(g),
                        "s/epoch": sum(r["s_per_epoch"] for r in g) / len(g),
+                       "loop CPU s/epoch": sum(r["loop_cpu_s_per_epoch"] for r in g) / len(g),
                        "CPU s": sum(r["cpu_s"] for r in g) / len(g),
                        "peak MB": max(r["peak_mb"] or 0 for r in g)}
                 if task == "classify":
@@ -530,6 +539,7 @@ def main() -> None:
             g, b = rows[-2], rows[-1]
             rows[-2]["speedup"] = f"{b['s/epoch'] / g['s/epoch']:.2f}x"
             rows[-2]["CPU ratio"] = f"{b['CPU s'] / g['CPU s']:.2f}x"
+            rows[-2]["loop CPU ratio"] = f"{b['loop CPU s/epoch'] / g['loop CPU s/epoch']:.2f}x"
             if g["peak MB"] and b["peak MB"]:
                 rows[-2]["memory vs book"] = f"{g['peak MB'] / b['peak MB']:.2f}x"
     weights = (f"pretrained {args.pretrain_steps} steps by gristmill train()"
@@ -537,11 +547,12 @@ def main() -> None:
     print(f"model: {meta['model']['n_layer']} layers, {meta['model']['n_embd']} wide, "
           f"{meta['params'] / 1e6:.1f}M parameters, {weights}; device {device}; instruct "
           f"examples {meta['instruct_examples']}\n")
-    report("finetune", rows, ["task", "tool", "seeds", "epochs", "s/epoch", "speedup", "CPU s",
-                              "CPU ratio", "test acc %", "val acc %", "val loss", "peak MB",
+    report("finetune", rows, ["task", "tool", "seeds", "epochs", "s/epoch", "speedup",
+                              "loop CPU s/epoch", "loop CPU ratio", "CPU s", "CPU ratio", "test acc %", "val acc %", "val loss", "peak MB",
                               "memory vs book"], args.out,
            {**meta, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "train_blocks": args.train_blocks, "response_only": args.response_only,
+            "pooling": args.pooling or "eot (gristmill's default)",
             "runs": runs})
 
 

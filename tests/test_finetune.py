@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
+F = pytest.importorskip("torch.nn.functional")
 pytest.importorskip("safetensors")
 
 from gristmill.checkpoint import list_checkpoints, load_extra_weights, save_hf, save_weights
@@ -257,6 +258,61 @@ def test_an_instruction_longer_than_the_context_is_named(tmp_path):
                           out_dir=str(tmp_path / "out"), **FAST)
 
 
+@pytest.mark.parametrize("vocab_multiple, head_trains", [(1, True), (64, True), (1, False)])
+def test_lm_loss_sum_equals_cross_entropy_over_the_full_logits(vocab_multiple, head_trains):
+    """The chunked head-and-loss gives the loss and every gradient of the plain path: full
+    (B, T, vocab) logits and F.cross_entropy with -100 ignored; also with a padded vocabulary,
+    a frozen head, and in chunks of a few rows."""
+    from gristmill.finetune import lm_loss_sum, response_loss
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig.from_preset("tiny", vocab_size=50257, n_embd=32,
+                                    vocab_multiple=vocab_multiple))
+    gpt.lm_head.weight.requires_grad_(head_trains)
+    x, y = torch.randint(0, 50257, (3, 20)), torch.randint(0, 50257, (3, 20))
+    y[0, :5] = y[2, 15:] = -100
+
+    def grads(loss):
+        gpt.zero_grad()
+        loss.backward()
+        return loss.item(), {k: p.grad.clone() for k, p in gpt.named_parameters()
+                             if p.grad is not None}
+
+    want, want_g = grads(F.cross_entropy(gpt(x)[0].flatten(0, 1), y.flatten(), ignore_index=-100))
+    got, got_g = grads(response_loss(gpt, x, y))
+    assert got == pytest.approx(want, rel=1e-6) and got_g.keys() == want_g.keys()
+    for k in want_g:
+        torch.testing.assert_close(got_g[k], want_g[k], rtol=1e-4, atol=1e-7, msg=k)
+    # in chunks of 4 rows, and without gradients
+    h = gpt.hidden_states(x)[y != -100].detach().requires_grad_()
+    t = y[y != -100]
+    whole = lm_loss_sum(gpt, h, t)
+    (g_whole,) = torch.autograd.grad(whole, h)
+    chunks = lm_loss_sum(gpt, h, t, rows=4)
+    (g_chunks,) = torch.autograd.grad(chunks, h)
+    assert chunks.item() == pytest.approx(whole.item(), rel=1e-6)
+    torch.testing.assert_close(g_chunks, g_whole)
+    with torch.no_grad():
+        assert lm_loss_sum(gpt, h, t).item() == pytest.approx(whole.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="rows must be >= 1, got 0"):
+        lm_loss_sum(gpt, h, t, rows=0)
+
+
+def test_lm_loss_sum_under_bf16_autocast_is_close():
+    from gristmill.finetune import response_loss
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig.from_preset("tiny", vocab_size=50257, n_embd=32))
+    x, y = torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = F.cross_entropy(gpt(x)[0].flatten(0, 1).float(), y.flatten())
+        got = response_loss(gpt, x, y)
+    (gw,) = torch.autograd.grad(got, gpt.lm_head.weight)
+    (ww,) = torch.autograd.grad(want, gpt.lm_head.weight)
+    assert got.item() == pytest.approx(want.item(), rel=1e-2)
+    assert (gw - ww).abs().max() < 0.02 * ww.abs().max()
+
+
 # ---- classification ---------------------------------------------------------------------------
 
 
@@ -270,6 +326,7 @@ def test_classifier_learns_sms_spam_above_chance(tiny, sms, tmp_path):
     assert report["test"]["accuracy"] > 0.75, report["test"]
     assert set(report["test"]["per_class"]["spam"]) == {"precision", "recall", "f1", "support"}
     assert np.sum(report["test"]["confusion"]) == 120
+    assert len(report["epoch_cpu_seconds"]) == len(report["epoch_seconds"])
     for name in ("report.json", "report.md", "confusion.png", "loss.png", "log.jsonl"):
         assert (out / name).stat().st_size > 0, name
     clf = Classifier.load(out)
@@ -292,6 +349,38 @@ def test_only_the_last_block_the_final_norm_and_the_head_train_by_default(tiny, 
     assert report["trainable_params"] == sum(
         v.numel() for k, v in base.items() if k.startswith(("transformer.h.1.", "transformer.ln_f."))
     ) + 32 * 2 + 2
+
+
+@pytest.mark.parametrize("pooling", ["eot", "last", "mean"])
+def test_each_pooling_reads_what_it_says(tiny, sms, tmp_path, gpt2, pooling):
+    """eot (the default): the hidden state of an end-of-text token appended to the text, as the
+    book's classifier reads its end-of-text padding; last: the text's last token; mean: the
+    mean over the text's tokens. Batched with texts of other lengths, as a run batches them."""
+    out = tmp_path / pooling
+    finetune_classify(data=str(sms), text_field="1", label_field="0", model=str(tiny),
+                      out_dir=str(out), max_steps=2, pooling=pooling, **FAST)
+    clf = Classifier.load(out, device="cpu")
+    assert clf.model.pooling == pooling
+    texts = ["Win a free prize now, text WIN to 80086!", "ok", "See you at lunch tomorrow?"]
+    gpt, head = clf.model.gpt, clf.model.head
+    with torch.no_grad():
+        want = []
+        for t in texts:
+            ids = gpt2.encode(t) + ([gpt2.eot_token] if pooling == "eot" else [])
+            h = gpt.hidden_states(torch.tensor([ids]))[0]
+            want.append(head(h.mean(0) if pooling == "mean" else h[-1]).softmax(-1))
+    assert np.allclose(clf.predict_proba(texts), torch.stack(want).numpy(), atol=1e-5)
+
+
+def test_a_bad_pooling_is_one_line_naming_the_key(tiny, sms, tmp_path, capsys):
+    with pytest.raises(ValueError, match="'pooling' must be eot or last or mean, got 'first'"):
+        finetune_classify(data=str(sms), text_field="1", label_field="0", model=str(tiny),
+                          out_dir=str(tmp_path / "o"), max_steps=1, pooling="first", **FAST)
+    args = ["finetune", "classify", "--data", str(sms), "--text-field", "1", "--label-field",
+            "0", "--model", str(tiny), "--out-dir", str(tmp_path / "p"), "--pooling", "first"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "gristmill finetune: config key 'pooling' must be eot or last or mean, got 'first'"
 
 
 def test_classify_resume_is_exact(tiny, sms, tmp_path):

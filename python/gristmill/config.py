@@ -171,7 +171,8 @@ class FinetuneConfig:
                                  "without header, from 0)")
     label_field: str = _f("label", "classify: the label's field or column")
     balance: bool = _f(False, "classify: undersample every label to the rarest one's count")
-    max_length: int = _f(0, "classify: texts are cut to this many tokens (0: the context)")
+    max_length: int = _f(0, "classify: texts are cut to this many tokens, an appended "
+                            "end-of-text included (0: the context)")
     loss_on_prompt: bool = _f(False, "instruct: also train on the prompt tokens")
     # model
     model: str = _f("", "a gristmill run or checkpoint, a Hugging Face GPT-2 folder, or a preset "
@@ -179,7 +180,9 @@ class FinetuneConfig:
     tokenizer: str = _f("", "default: the model's own (GPT-2's for 50257 tokens)")
     out_dir: str = _f("out-finetune", "checkpoints, log.jsonl, loss.png and reports go here")
     resume: str = _f("auto", "auto, must or no, as for training")
-    pooling: str = _f("last", "classify: the last real token's hidden state, or the mean")
+    pooling: str = _f("eot", "classify: read an end-of-text token appended to each text (eot), "
+                             "the last real token (last) or the mean of the real tokens (mean)",
+                      choices=("eot", "last", "mean"))
     train_blocks: Optional[int] = _f(None, "train the last N blocks, the final norm and the head "
                                            "(-1: every weight; default: classify 1, instruct -1)")
     lora_rank: int = _f(0, "LoRA rank (0: no LoRA); base weights frozen")

@@ -96,22 +96,29 @@ _DEFAULTS = {"classify": {"split": (0.7, 0.1, 0.2), "epochs": 5, "train_blocks":
 # ---- the task models -------------------------------------------------------------------------
 
 
+#: What ClassifierModel reads (see its docstring): the config field's choices.
+POOLINGS = FinetuneConfig.__dataclass_fields__["pooling"].metadata["choices"]
+
+
 class ClassifierModel(nn.Module):
     """A GPT whose LM head is replaced by a linear classifier over the hidden state of each
     text's last real token (``pooling="last"``: the one that has read the whole text; padding
-    comes after it, so causal attention never sees it), or the mean over its real tokens."""
+    comes after it, so causal attention never sees it), or the mean over its real tokens.
+    With ``pooling="eot"`` each text is given one end-of-text token more (by the data, see
+    :class:`_Encoded`) and "last" reads it: the same token at the end of every text, as the
+    book's classifier reads its end-of-text padding."""
 
-    def __init__(self, gpt: GPT, num_classes: int, pooling: str = "last"):
+    def __init__(self, gpt: GPT, num_classes: int, pooling: str = "eot"):
         super().__init__()
-        if pooling not in ("last", "mean"):
-            raise ValueError(f"pooling must be last or mean, got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be {', '.join(POOLINGS)}, got {pooling!r}")
         self.gpt, self.pooling = gpt, pooling
         self.head = nn.Linear(gpt.config.n_embd, num_classes)
 
     def forward(self, idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Class logits (B, num_classes) of right-padded ``idx`` (B, T) with ``lengths`` (B,)."""
         h = self.gpt.hidden_states(idx)
-        if self.pooling == "last":
+        if self.pooling != "mean":
             h = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
         else:
             real = (torch.arange(h.shape[1], device=h.device) < lengths[:, None]).to(h.dtype)
@@ -119,9 +126,75 @@ class ClassifierModel(nn.Module):
         return self.head(h)
 
 
+class _HeadLoss(torch.autograd.Function):
+    """The summed cross-entropy of ``h @ w.T`` (a bias-free LM head) against ``targets``, in
+    chunks of rows, with both gradients made in the forward pass: each chunk's logits are
+    exponentiated once (no log-softmax copy, no zero-filled gradient of the full logits) and
+    freed before the next chunk. The matmuls run in ``dtype`` (autocast's), the softmax in
+    float32; the 1/sum of each row scales the (N, C) operands instead of the (N, V) logits."""
+
+    @staticmethod
+    def forward(ctx, h, w, targets, dtype, rows):
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(h, dtype=torch.float32) if want_h else None
+        grad_w = torch.zeros_like(w, dtype=torch.float32) if want_w else None
+        wc = w.to(dtype)
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for a in range(0, h.shape[0], rows):
+            hc, yc = h[a:a + rows], targets[a:a + rows]
+            z = (hc.to(dtype) @ wc.t()).float()
+            picked = z.gather(1, yc[:, None])
+            top = z.amax(1, keepdim=True)
+            z.sub_(top).exp_()
+            sums = z.sum(1, keepdim=True)
+            total += (sums.log() + top - picked).sum()
+            if not (want_h or want_w):
+                continue
+            inv = sums.reciprocal()  # softmax = z * inv; its gradient: softmax - one_hot
+            zc = z.to(dtype)
+            if want_h:
+                grad_h[a:a + rows] = (zc @ wc).float().mul_(inv).sub_(w[yc].float())
+            if want_w:
+                scaled = (hc.float() * inv).to(dtype)
+                if dtype == torch.float32:
+                    grad_w.addmm_(zc.t(), scaled)
+                else:
+                    grad_w.add_(zc.t() @ scaled)
+                grad_w.index_add_(0, yc, hc.float(), alpha=-1)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = h.dtype, w.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_h, grad_w = ctx.saved_tensors
+        return (None if grad_h is None else (grad_h * grad).to(ctx.dtypes[0]),
+                None if grad_w is None else (grad_w * grad).to(ctx.dtypes[1]), None, None, None)
+
+
+def lm_loss_sum(gpt: GPT, h: torch.Tensor, targets: torch.Tensor,
+                rows: int | None = None) -> torch.Tensor:
+    """The summed next-token cross-entropy of hidden states ``h`` (N, n_embd) against
+    ``targets`` (N,) (token ids; drop ignored positions first): through :class:`_HeadLoss` for a plain bias-free head (GPT-2's, tied or
+    not; no soft-cap) in chunks of ``rows`` (default: ~128 MB of float32 logits each), else
+    through the model's own head (a LoRA head, a capped one)."""
+    if rows is not None and rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    head, cfg = gpt.lm_head, gpt.config
+    if type(head) is not nn.Linear or head.bias is not None or cfg.logit_softcap:
+        return F.cross_entropy(gpt.head_logits(h).float(), targets, reduction="sum")
+    w = head.weight if head.out_features == cfg.vocab_size else head.weight[:cfg.vocab_size]
+    on = torch.is_autocast_enabled(h.device.type)
+    dtype = torch.get_autocast_dtype(h.device.type) if on else h.dtype
+    rows = rows or max(256, 2**25 // w.shape[0])  # ~128 MB of float32 logits
+    with torch.autocast(h.device.type, enabled=False):
+        return _HeadLoss.apply(h, w, targets, dtype, rows)
+
+
 class ResponseLoss(nn.Module):
     """The LM loss on labelled positions only: the LM head runs on those rows alone, so the
-    (B, T, vocab) logits of prompt and padding positions are never made."""
+    (B, T, vocab) logits of prompt and padding positions are never made (and the labelled
+    rows' logits only a chunk at a time, :func:`lm_loss_sum`)."""
 
     def __init__(self, gpt: GPT):
         super().__init__()
@@ -131,8 +204,7 @@ class ResponseLoss(nn.Module):
         """``(summed loss, number of labelled positions)``."""
         h = self.gpt.hidden_states(idx)
         keep = labels != IGNORE
-        logits = self.gpt.head_logits(h[keep])
-        return F.cross_entropy(logits.float(), labels[keep], reduction="sum"), keep.sum()
+        return lm_loss_sum(self.gpt, h[keep], labels[keep]), keep.sum()
 
 
 def response_loss(gpt: GPT, idx: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -176,11 +248,12 @@ def _choose_trainable(task_model: nn.Module, gpt: GPT, cfg: FinetuneConfig, bloc
 
 
 def _optimizer(task_model: nn.Module, cfg: FinetuneConfig, device) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters, decaying only the >= 2-D ones (as pretraining)."""
+    """AdamW over the trainable parameters, decaying only the >= 2-D ones (as pretraining);
+    torch's fused kernel on CPU and CUDA (on CPU about 6x its per-tensor loop's speed)."""
     params = [p for p in task_model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = {"fused": True} if device.type == "cuda" else {}
+    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused)
 
 
@@ -249,10 +322,11 @@ def _fit(task: _Task, cfg: FinetuneConfig, out_dir: Path, tokenizer, resume_from
     total = cfg.max_steps or per_epoch * cfg.epochs
     cfg.max_steps = total  # the schedule's end (lr_at reads it)
     torch.manual_seed(cfg.seed + rank)  # dropout differs per rank
-    step, best_val, epoch_times = 0, None, []
+    step, best_val, epoch_times, epoch_cpu = 0, None, [], []
     if state is not None:
         step, best_val = state["step"], state["best_val_loss"]
         epoch_times = state.get("epoch_seconds", [])
+        epoch_cpu = state.get("epoch_cpu_seconds", [])
         set_rng_state(state["rng"][rank], device)
     log = RunLog(out_dir, step) if master else None
     eval_every = cfg.eval_interval or per_epoch
@@ -263,7 +337,7 @@ def _fit(task: _Task, cfg: FinetuneConfig, out_dir: Path, tokenizer, resume_from
         if master:
             run_state = {"step": step, "tokens_seen": 0, "best_val_loss": best_val,
                          "world_size": world, "samplers": [{"step": step}] * world, "rng": rngs,
-                         "epoch_seconds": epoch_times}
+                         "epoch_seconds": epoch_times, "epoch_cpu_seconds": epoch_cpu}
             meta = {"format": "gristmill-checkpoint-1", "step": step, "val_loss": val_loss,
                     "model": task.gpt.config.to_dict(), "train": cfg.to_dict(),
                     "n_vocab": tokenizer.n_vocab, "eot_token": tokenizer.eot_token,
@@ -289,7 +363,8 @@ def _fit(task: _Task, cfg: FinetuneConfig, out_dir: Path, tokenizer, resume_from
             epoch, pos = divmod(step, per_epoch)
             batches = batches_by_length(task.lengths, cfg.batch_size, cfg.seed, epoch)
             model.train()
-            t0, epoch_clock = time.perf_counter(), 0.0  # the training steps' time, no evaluation
+            # the training steps' time (wall and this process's CPU), no evaluation
+            t0, epoch_clock, c0, cpu_clock = time.perf_counter(), 0.0, time.process_time(), 0.0
             while pos < per_epoch and step < total:
                 lr = lr_at(step, cfg)
                 for group in optimizer.param_groups:
@@ -311,6 +386,8 @@ def _fit(task: _Task, cfg: FinetuneConfig, out_dir: Path, tokenizer, resume_from
                 losses.append(loss_value)
                 now = time.perf_counter()
                 epoch_clock += now - t0
+                cpu_now = time.process_time()
+                cpu_clock += cpu_now - c0
                 if master:
                     log.write({"step": step, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
                                "grad_norm": float(grad_norm), "dt_ms": (now - t0) * 1e3})
@@ -318,9 +395,10 @@ def _fit(task: _Task, cfg: FinetuneConfig, out_dir: Path, tokenizer, resume_from
                     bar.set_postfix(loss=f"{loss_value:.4f}", epoch=epoch + 1)
                     if not bar and step % cfg.log_interval == 0:
                         say(f"step {step}: loss {loss_value:.4f}, lr {lr:.3e}")
-                t0 = now
+                t0, c0 = now, cpu_now
                 if pos == per_epoch:
                     epoch_times.append(epoch_clock)
+                    epoch_cpu.append(cpu_clock)
                 if step % eval_every == 0 or step == total:
                     val = task.evaluate(model, rank, world)
                     if val.get("val_loss") is not None:
@@ -335,7 +413,7 @@ def _fit(task: _Task, cfg: FinetuneConfig, out_dir: Path, tokenizer, resume_from
                         if cfg.plot:
                             log.plot()
                     model.train()
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
     except torch.OutOfMemoryError as e:
         raise TrainingError(f"out of memory at step {step + 1} with batches of {cfg.batch_size} "
                             "examples: lower --batch-size or --max-length") from e
@@ -345,7 +423,7 @@ def _fit(task: _Task, cfg: FinetuneConfig, out_dir: Path, tokenizer, resume_from
             log.close()
     return {"step": step, "train_loss": losses[-1] if losses else None, "losses": losses,
             "best_val_loss": best_val, "checkpoint": str(last_ckpt) if last_ckpt else None,
-            "epoch_seconds": epoch_times, "dtype": dtype, **val}
+            "epoch_seconds": epoch_times, "epoch_cpu_seconds": epoch_cpu, "dtype": dtype, **val}
 
 
 def _settle(cfg: FinetuneConfig, kind: str) -> None:
@@ -466,22 +544,31 @@ def _classify_data(cfg: FinetuneConfig) -> tuple[list[str], dict[str, list[Label
 
 
 class _Encoded:
-    """Texts as one flat token array with offsets, and their label ids."""
+    """Texts as one flat token array with offsets, and their label ids. With ``end`` (a token
+    id), each text is cut to ``limit - 1`` tokens and ``end`` follows it (counted in its
+    length)."""
 
-    def __init__(self, tokenizer, rows: Sequence[LabelledText], labels: list[str], limit: int):
+    def __init__(self, tokenizer, rows: Sequence[LabelledText], labels: list[str], limit: int,
+                 end: int | None = None):
         index = {name: i for i, name in enumerate(labels)}
         tokens, offsets = tokenizer.encode_batch_to_numpy([r.text for r in rows])
         offsets = np.asarray(offsets, dtype=np.int64)
-        lengths = np.minimum(np.diff(offsets), limit)  # the first `limit` tokens, as the book
+        extra = 0 if end is None else 1
+        # the first `limit` tokens (with the end token), as the book
+        lengths = np.minimum(np.diff(offsets), limit - extra) + extra
         self.tokens, self.starts, self.lengths = tokens.astype(np.int64), offsets[:-1], lengths
+        self.end = end
         self.labels = np.array([index[r.label] for r in rows], dtype=np.int64)
 
     def batch(self, index: np.ndarray, pad: int):
         lengths = self.lengths[index]
         x = np.full((len(index), max(1, int(lengths.max(initial=1)))), pad, dtype=np.int64)
+        extra = 0 if self.end is None else 1
         for row, i in enumerate(index):
-            seq = self.tokens[self.starts[i]:self.starts[i] + lengths[row]]
-            x[row, : len(seq)] = seq
+            n = lengths[row] - extra
+            x[row, :n] = self.tokens[self.starts[i]:self.starts[i] + n]
+            if extra:
+                x[row, n] = self.end
         return x, lengths.astype(np.int64), self.labels[index]
 
 
@@ -602,7 +689,8 @@ def _classify(cfg, rank, world, device, out_dir, resume_from, state) -> dict:
                          "(--split) or --val-data")
     gpt, tok = _base_model(cfg, resume_from)
     limit = min(cfg.max_length or gpt.config.block_size, gpt.config.block_size)
-    enc = {k: _Encoded(tok, v, labels, limit) for k, v in splits.items()}
+    end = tok.eot_token if cfg.pooling == "eot" else None
+    enc = {k: _Encoded(tok, v, labels, limit, end) for k, v in splits.items()}
     pad = tok.eot_token
     torch.manual_seed(cfg.seed)
     model = ClassifierModel(gpt, len(labels), cfg.pooling)
@@ -642,6 +730,7 @@ def _classify(cfg, rank, world, device, out_dir, resume_from, state) -> dict:
     report = {"task": "classify", "checkpoint": str(best), "labels": labels,
               "examples": {k: len(v) for k, v in splits.items()}, "trainable_params": trainable,
               "steps": result["step"], "epoch_seconds": result["epoch_seconds"],
+              "epoch_cpu_seconds": result["epoch_cpu_seconds"],
               "train_loss": result["train_loss"]}
     for name in ("val", "test"):
         if not splits[name]:
@@ -745,7 +834,8 @@ class Classifier:
         if not rows:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         device = next(self.model.parameters()).device
-        enc = _Encoded(self.tokenizer, rows, self.labels, self.max_length)
+        end = self.tokenizer.eot_token if self.model.pooling == "eot" else None
+        enc = _Encoded(self.tokenizer, rows, self.labels, self.max_length, end)
         enc.lengths = np.maximum(enc.lengths, 1)  # an empty text reads one pad token
         autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) \
             if device.type == "cuda" else contextlib.nullcontext
@@ -870,6 +960,7 @@ def _instruct(cfg, rank, world, device, out_dir, resume_from, state) -> dict:
     report = {"task": "instruct", "checkpoint": None, "template": "alpaca",
               "examples": {k: len(v) for k, v in splits.items()}, "trainable_params": trainable,
               "steps": result["step"], "epoch_seconds": result["epoch_seconds"],
+              "epoch_cpu_seconds": result["epoch_cpu_seconds"],
               "train_loss": result["train_loss"], "val_loss": result.get("val_loss")}
     if cfg.lora_rank > 0 and master:
         from gristmill.lora import save_adapter
