@@ -4,7 +4,8 @@ a time, behind the same HTTP server; and what int8 weights change.
 One briefly trained GPT-2-shaped model (GPT-2 tokenizer, trained for a few steps on the bench
 corpus so its loss means something), saved in the Hugging Face layout so transformers serves
 the very same weights. Three engines behind ``gristmill.serve.create_app``, each on a live
-local server:
+local server in its own process (this script with ``--worker``; the same uvicorn settings and
+torch threads for all three), so the clients' work is not counted against any engine:
 
 - ``gristmill``: :class:`gristmill.batching.BatchEngine` (requests join and leave the batch
   between decoding steps), float32 on CPU;
@@ -13,9 +14,13 @@ local server:
   at a time (greedy, KV cache), the way a plain wrapper serves a model.
 
 C concurrent clients (1, 8, 32) each send requests (a fixed-length prompt, greedy, ``max_tokens``
-new tokens, no end-of-text stop for the baseline) through the ``openai`` client; requests/s
-and completion tokens/s are over the wall time of the whole round; the three servers run side
-by side and take turns at each level, so a busy machine's load swings hit them alike. Before
+new tokens, no end-of-text stop for the baseline) through the ``openai`` client from this
+process; requests/s and completion tokens/s are over the wall time of the whole round; the
+three servers run side by side and take turns at each level, so a busy machine's load swings
+hit them alike. ``--threads N`` sets torch's threads in every server (default: half the
+cores, the clients get the rest): with more, on a busy machine OpenMP's threads make every
+small op wait for a descheduled one, which hits ``generate``'s many small ops hardest (its
+tokens/s swung from 126 to 8 between runs with two threads on 2 cores). Before
 that, the quantization table: weight memory, single-request decoding tokens/s, validation loss
 and bits per byte of float32 against int8 on held-out corpus text.
 
@@ -27,10 +32,10 @@ client. full: 6 layers x 512 trained 150 steps, 64 new tokens, 3 requests per cl
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import queue
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,13 +47,16 @@ import numpy as np
 import torch
 from common import load_corpus, parser, report
 from gristmill.batching import BatchEngine, Done, Text
-from gristmill.checkpoint import save_hf
+from gristmill.checkpoint import from_hf, save_hf
 from gristmill.eval import evaluate
 from gristmill.model import GPT, GPTConfig
 from gristmill.quantize import quantize, weight_bytes
 from gristmill.sample import generate
-from gristmill.serve import create_app, running_server
+from gristmill.serve import create_app, free_port
 from gristmill.tokenizer import Tokenizer
+
+ENGINES = {"hf": "transformers generate (one at a time)", "float32": "gristmill batching",
+           "int8": "gristmill batching int8"}
 
 
 class SerialHF:
@@ -76,8 +84,12 @@ class SerialHF:
                                            min_new_tokens=cfg.max_new_tokens, do_sample=False,
                                            pad_token_id=0)
                 new = out[0, ids.shape[1]:].tolist()
-                job.emit(Text(i, self.tok.decode(new)))
-                job.emit(Done(i, "length", len(new)))
+                events = [Text(i, self.tok.decode(new)), Done(i, "length", len(new))]
+                if job.channel is not None:  # the server's event loop, as BatchEngine does
+                    job.channel.send([(job, e) for e in events])
+                else:
+                    for e in events:
+                        job.emit(e)
 
 
 def train_briefly(model: GPT, tokens: np.ndarray, steps: int, seq: int) -> float:
@@ -126,15 +138,60 @@ def load_round(url: str, model_id: str, prompt: list[int], clients: int, per_cli
     return time.perf_counter() - t0, tokens
 
 
+def worker(engine: str, weights: str, port: int) -> None:
+    """One server: ``engine`` over the HF folder ``weights``, on ``port``, until killed."""
+    import transformers
+    import uvicorn
+
+    tok = Tokenizer.from_name("gpt2")
+    if engine == "hf":
+        hf = transformers.GPT2LMHeadModel.from_pretrained(weights).eval()
+        hf.generation_config.eos_token_id = None
+        server = SerialHF(hf, tok, hf.config.n_positions)
+    else:
+        model = from_hf(weights).eval()
+        server = BatchEngine(quantize(model, "int8") if engine == "int8" else model, tok,
+                             32, 1000).start()
+    uvicorn.run(create_app(server, tok, "bench"), host="127.0.0.1", port=port,
+                log_level="warning")
+
+
+def start_server(engine: str, weights: str, threads: int | None, procs: list) -> str:
+    """Starts a :func:`worker` process; its URL once it answers ``/health``."""
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, __file__, "--worker", engine, "--weights", weights,
+           "--port", str(port)] + (["--threads", str(threads)] if threads else [])
+    procs.append(subprocess.Popen(cmd))
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        if procs[-1].poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the {engine} server did not start")
+        time.sleep(0.2)
+
+
 def main() -> None:
     p = parser("serve", __doc__)
     p.set_defaults(size="small")
     p.add_argument("--clients", default="1,8,32", help="concurrency levels")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads of each server (default: half the cores) and "
+                   "of this process's quantization table (default: torch's own)")
+    p.add_argument("--worker", choices=list(ENGINES), help="(internal) run one server")
+    p.add_argument("--weights", help="(internal) the worker's HF folder")
+    p.add_argument("--port", type=int, help="(internal) the worker's port")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    import transformers
+    if args.worker:
+        worker(args.worker, args.weights, args.port)
+        return
 
     full = args.size == "full"
     shape = ({"n_layer": 6, "n_head": 8, "n_embd": 512} if full else
@@ -169,30 +226,29 @@ def main() -> None:
     report("serve-quantize", rows, list(rows[0]), args.out.with_name("serve-quantize.json"),
            {"size": args.size, "model": shape})
 
-    with tempfile.TemporaryDirectory() as d:
-        save_hf(model, d, eos_token_id=tok.eot_token)
-        hf = transformers.GPT2LMHeadModel.from_pretrained(d).eval()
-    hf.generation_config.eos_token_id = None
-    engines = [("transformers generate (one at a time)", lambda: SerialHF(hf, tok, 512)),
-               ("gristmill batching", lambda: BatchEngine(model, tok, 32, 1000).start()),
-               ("gristmill batching int8", lambda: BatchEngine(int8, tok, 32, 1000).start())]
     serve_rows = []
     levels = [int(c) for c in args.clients.split(",")]
-    with contextlib.ExitStack() as stack:  # all three live at once, measured in turn per level
-        urls = []
-        for label, make in engines:
-            engine = make()
-            if hasattr(engine, "stop"):
-                stack.callback(engine.stop)
-            urls.append(stack.enter_context(running_server(create_app(engine, tok, "bench"))))
-            load_round(urls[-1], "bench", prompt, 1, 1, 4)  # warm-up
-        for clients in levels:
-            for (label, _), url in zip(engines, urls):
-                seconds, tokens = load_round(url, "bench", prompt, clients, per_client, new)
-                serve_rows.append({"engine": label, "clients": clients,
-                                   "requests/s": clients * per_client / seconds,
-                                   "tokens/s": tokens / seconds, "seconds": seconds})
-                print(serve_rows[-1], flush=True)
+    threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
+    meta["server_threads"] = threads
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory() as d:
+        save_hf(model, d, eos_token_id=tok.eot_token)
+        try:  # all three live at once, measured in turn at each level
+            urls = {name: start_server(name, d, threads, procs) for name in ENGINES}
+            for url in urls.values():
+                load_round(url, "bench", prompt, 1, 1, 4)  # warm-up
+            for clients in levels:
+                for name, url in urls.items():
+                    seconds, tokens = load_round(url, "bench", prompt, clients, per_client,
+                                                 new)
+                    serve_rows.append({"engine": ENGINES[name], "clients": clients,
+                                       "requests/s": clients * per_client / seconds,
+                                       "tokens/s": tokens / seconds, "seconds": seconds})
+                    print(serve_rows[-1], flush=True)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=30)
     base = {r["clients"]: r["tokens/s"] for r in serve_rows if r["engine"].startswith("transf")}
     for r in serve_rows:
         r["x transformers"] = r["tokens/s"] / base[r["clients"]]

@@ -141,6 +141,7 @@ def weight_bytes(model: nn.Module) -> int:
     """Bytes the model's weights take in memory (a tied tensor once, packed int8 weights at
     their int8 size plus scales)."""
     seen, total = set(), 0
+    alive = []  # each unpacked weight is a new object: kept, so that no id is reused
 
     def add(t: torch.Tensor) -> None:
         nonlocal total
@@ -149,6 +150,7 @@ def weight_bytes(model: nn.Module) -> int:
         if key in seen:
             return
         seen.add(key)
+        alive.append(t)
         if t.is_quantized:
             total += t.numel() * t.element_size() + t.q_per_channel_scales().numel() * 8
         elif hasattr(t, "__tensor_flatten__") and type(t) is not nn.Parameter:

@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from importlib import resources
 
@@ -179,10 +180,28 @@ def _page() -> str:
     return resources.files("gristmill").joinpath("static", "chat.html").read_text("utf-8")
 
 
+class _LoopChannel:
+    """A :class:`gristmill.batching.Channel` onto an event loop: a decoding step's events for
+    all of the loop's requests cross threads in one ``call_soon_threadsafe``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+
+    def send(self, events: list) -> None:
+        self.loop.call_soon_threadsafe(_fan_out, events)
+
+
+def _fan_out(events: list) -> None:
+    for job, event in events:
+        job.emit(event)
+
+
 def create_app(engine, tokenizer, model_id: str, block_size: int | None = None) -> Starlette:
     """The Starlette app serving ``engine`` (a :class:`BatchEngine`, or anything with its
-    ``submit``, ``max_batch`` and ``load``) under the name ``model_id``."""
+    ``submit``, ``max_batch`` and ``load`` that delivers events through ``Job.channel``) under
+    the name ``model_id``."""
     block_size = block_size or engine.block_size
+    channels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
     created = int(time.time())
     model_card = {"id": model_id, "object": "model", "created": created, "owned_by": "gristmill",
                   "max_model_len": block_size}
@@ -193,13 +212,12 @@ def create_app(engine, tokenizer, model_id: str, block_size: int | None = None) 
         except (ValueError, UnicodeDecodeError) as e:
             raise APIError(400, f"the request body is not valid JSON ({e})") from None
 
-    def submit(prompt, configs) -> tuple[Job, asyncio.Queue]:
+    def submit(prompt, configs, stream: bool) -> tuple[Job, asyncio.Queue]:
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-
-        def emit(event) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
-
-        job = Job(prompt, configs, emit)
+        channel = channels.get(loop)
+        if channel is None:
+            channel = channels[loop] = _LoopChannel(loop)
+        job = Job(prompt, configs, queue.put_nowait, channel, stream)
         try:
             engine.submit(job)
         except QueueFull as e:
@@ -213,7 +231,7 @@ def create_app(engine, tokenizer, model_id: str, block_size: int | None = None) 
         body = await parse(request)
         prompt, configs, opts = read_request(body, chat, model_id, tokenizer, block_size,
                                              engine.max_batch)
-        job, queue = submit(prompt, configs)
+        job, queue = submit(prompt, configs, opts["stream"])
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         head = {"id": rid, "created": int(time.time()), "model": model_id}
         n = len(configs)
