@@ -180,6 +180,9 @@ def main() -> None:
     p = parser("serve", __doc__)
     p.set_defaults(size="small")
     p.add_argument("--clients", default="1,8,32", help="concurrency levels")
+    p.add_argument("--requests-per-client", type=int, default=None,
+                   help="requests each client sends in turn (default: 2 small, 3 full); more "
+                   "make a steadier figure")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads of each server (default: half the cores) and "
                    "of this process's quantization table (default: torch's own)")
@@ -197,6 +200,7 @@ def main() -> None:
     shape = ({"n_layer": 6, "n_head": 8, "n_embd": 512} if full else
              {"n_layer": 4, "n_head": 4, "n_embd": 256})
     new, per_client, steps, seq = (64, 3, 150, 256) if full else (32, 2, 15, 64)
+    per_client = args.requests_per_client or per_client
     tok = Tokenizer.from_name("gpt2")
     texts = load_corpus(4_000_000 if full else 500_000)
     ids = np.concatenate([tok.encode_ordinary(t) + [tok.eot_token] for t in texts])
