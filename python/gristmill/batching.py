@@ -308,21 +308,25 @@ class BatchEngine:
                     break
         if not jobs:
             return
+        error = self._prefill_or_undo(jobs)
+        if error is None:
+            return
+        if len(jobs) > 1:  # prefilled one by one then: a failing job fails alone
+            for job in jobs:
+                if (e := self._prefill_or_undo([job])) is not None:
+                    self._fail(job, e)
+        else:
+            self._fail(jobs[0], error)
+
+    def _prefill_or_undo(self, jobs: list[Job]) -> Exception | None:
+        """Prefills ``jobs``; on an error, removes their rows again and returns it."""
         first = len(self.rows)
         try:
             self._prefill(jobs)
-        except Exception as e:  # then prefilled one by one: a failing job fails alone
+        except Exception as e:
             del self.rows[first:]
-            if len(jobs) == 1:
-                self._fail(jobs[0], e)
-                return
-            for job in jobs:
-                first = len(self.rows)
-                try:
-                    self._prefill([job])
-                except Exception as e:
-                    del self.rows[first:]
-                    self._fail(job, e)
+            return e
+        return None
 
     def _fail(self, job: Job, e: Exception) -> None:
         traceback.print_exception(e)
@@ -361,8 +365,11 @@ class BatchEngine:
                 self.rows.append(row)
                 picks.append((row, i))
         greedy = _argmax_rows(logits) if any(r.greedy for r, _ in picks) else None
-        for row, i in picks:
-            self._advance(row, greedy[i] if row.greedy else self._pick(row, logits[i: i + 1]))
+        # every pick before any event, so a job that fails here has emitted nothing
+        tokens = [greedy[i] if row.greedy else self._pick(row, logits[i: i + 1])
+                  for row, i in picks]
+        for (row, _), token in zip(picks, tokens):
+            self._advance(row, token)
 
     def _pick(self, row: _Sequence, logits) -> int:
         scores = logits if row.plain else row.penalties(logits)

@@ -175,9 +175,10 @@ class _HeadLoss(torch.autograd.Function):
 def lm_loss_sum(gpt: GPT, h: torch.Tensor, targets: torch.Tensor,
                 rows: int | None = None) -> torch.Tensor:
     """The summed next-token cross-entropy of hidden states ``h`` (N, n_embd) against
-    ``targets`` (N,) (token ids; drop ignored positions first): through :class:`_HeadLoss` for a plain bias-free head (GPT-2's, tied or
-    not; no soft-cap) in chunks of ``rows`` (default: ~128 MB of float32 logits each), else
-    through the model's own head (a LoRA head, a capped one)."""
+    ``targets`` (N,) (token ids; drop ignored positions first): through :class:`_HeadLoss`
+    for a plain bias-free head (GPT-2's, tied or not; no soft-cap) in chunks of ``rows``
+    (default: ~128 MB of float32 logits each), else through the model's own head (a LoRA
+    head, a capped one)."""
     if rows is not None and rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
     head, cfg = gpt.lm_head, gpt.config
@@ -544,13 +545,14 @@ def _classify_data(cfg: FinetuneConfig) -> tuple[list[str], dict[str, list[Label
 
 
 class _Encoded:
-    """Texts as one flat token array with offsets, and their label ids. With ``end`` (a token
-    id), each text is cut to ``limit - 1`` tokens and ``end`` follows it (counted in its
+    """Texts as one flat token array with offsets, and their label ids. For ``pooling="eot"``
+    each text is cut to ``limit - 1`` tokens and end-of-text follows it (counted in its
     length)."""
 
     def __init__(self, tokenizer, rows: Sequence[LabelledText], labels: list[str], limit: int,
-                 end: int | None = None):
+                 pooling: str):
         index = {name: i for i, name in enumerate(labels)}
+        end = tokenizer.eot_token if pooling == "eot" else None
         tokens, offsets = tokenizer.encode_batch_to_numpy([r.text for r in rows])
         offsets = np.asarray(offsets, dtype=np.int64)
         extra = 0 if end is None else 1
@@ -689,8 +691,7 @@ def _classify(cfg, rank, world, device, out_dir, resume_from, state) -> dict:
                          "(--split) or --val-data")
     gpt, tok = _base_model(cfg, resume_from)
     limit = min(cfg.max_length or gpt.config.block_size, gpt.config.block_size)
-    end = tok.eot_token if cfg.pooling == "eot" else None
-    enc = {k: _Encoded(tok, v, labels, limit, end) for k, v in splits.items()}
+    enc = {k: _Encoded(tok, v, labels, limit, cfg.pooling) for k, v in splits.items()}
     pad = tok.eot_token
     torch.manual_seed(cfg.seed)
     model = ClassifierModel(gpt, len(labels), cfg.pooling)
@@ -834,8 +835,7 @@ class Classifier:
         if not rows:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         device = next(self.model.parameters()).device
-        end = self.tokenizer.eot_token if self.model.pooling == "eot" else None
-        enc = _Encoded(self.tokenizer, rows, self.labels, self.max_length, end)
+        enc = _Encoded(self.tokenizer, rows, self.labels, self.max_length, self.model.pooling)
         enc.lengths = np.maximum(enc.lengths, 1)  # an empty text reads one pad token
         autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) \
             if device.type == "cuda" else contextlib.nullcontext
