@@ -151,6 +151,8 @@ def worker_gristmill(task: str, work: Path, device: str, epochs: int, blocks: in
     from gristmill.finetune import finetune_classify, finetune_instruct
 
     pooling = {"pooling": os.environ["BENCH_POOLING"]} if os.environ.get("BENCH_POOLING") else {}
+    if os.environ.get("BENCH_CACHE_MB"):
+        pooling["cache_mb"] = int(os.environ["BENCH_CACHE_MB"])
     torch.manual_seed(seed)
     mem = Memory(device)
     mem.start()
@@ -461,9 +463,11 @@ def main() -> None:
                         "gristmill's default) instead of every token")
     p.add_argument("--instruct-examples", type=int, default=None,
                    help="instruct: the first N training examples (val: N/8)")
-    p.add_argument("--pooling", choices=["eot", "last", "mean"], default=None,
+    p.add_argument("--pooling", choices=["eot", "last", "mean", "padded"], default=None,
                    help="classify: gristmill's pooling (default: its own, eot; the book reads "
                         "the last padded position)")
+    p.add_argument("--cache-mb", type=int, default=None,
+                   help="classify: gristmill's budget for the frozen blocks' outputs (0: none)")
     p.add_argument("--worker", choices=["gristmill", "book"], help=argparse_suppress())
     p.add_argument("--work", type=Path, help=argparse_suppress())
     p.add_argument("--epochs", type=int, default=None, help=argparse_suppress())
@@ -476,6 +480,8 @@ def main() -> None:
         "cuda" if torch.cuda.is_available() else "cpu")
     if args.pooling:
         os.environ["BENCH_POOLING"] = args.pooling  # read by the gristmill worker
+    if args.cache_mb is not None:
+        os.environ["BENCH_CACHE_MB"] = str(args.cache_mb)
     if args.worker:
         fn = worker_gristmill if args.worker == "gristmill" else worker_book
         print(json.dumps(fn(args.task, args.work, device, args.epochs, args.train_blocks,

@@ -351,36 +351,102 @@ def test_only_the_last_block_the_final_norm_and_the_head_train_by_default(tiny, 
     ) + 32 * 2 + 2
 
 
-@pytest.mark.parametrize("pooling", ["eot", "last", "mean"])
+@pytest.mark.parametrize("pooling", ["eot", "last", "mean", "padded"])
 def test_each_pooling_reads_what_it_says(tiny, sms, tmp_path, gpt2, pooling):
-    """eot (the default): the hidden state of an end-of-text token appended to the text, as the
-    book's classifier reads its end-of-text padding; last: the text's last token; mean: the
-    mean over the text's tokens. Batched with texts of other lengths, as a run batches them."""
+    """padded (the default, the book's): the last position of the text padded with end-of-text
+    to max_length; eot: an end-of-text token appended to the text; last: the text's last token;
+    mean: the mean over the text's tokens. Batched with texts of other lengths, as a run
+    batches them."""
     out = tmp_path / pooling
     finetune_classify(data=str(sms), text_field="1", label_field="0", model=str(tiny),
-                      out_dir=str(out), max_steps=2, pooling=pooling, **FAST)
+                      out_dir=str(out), max_steps=2, pooling=pooling, max_length=12, **FAST)
     clf = Classifier.load(out, device="cpu")
     assert clf.model.pooling == pooling
-    texts = ["Win a free prize now, text WIN to 80086!", "ok", "See you at lunch tomorrow?"]
+    texts = ["Win a free prize now, text WIN to 80086! Reply STOP to end, 150p/msg", "ok",
+             "See you at lunch tomorrow?"]
     gpt, head = clf.model.gpt, clf.model.head
     with torch.no_grad():
         want = []
         for t in texts:
-            ids = gpt2.encode(t) + ([gpt2.eot_token] if pooling == "eot" else [])
+            ids = gpt2.encode(t)[:11 if pooling == "eot" else 12]
+            ids += {"eot": [gpt2.eot_token], "padded": [gpt2.eot_token] * (12 - len(ids))}.get(
+                pooling, [])
             h = gpt.hidden_states(torch.tensor([ids]))[0]
             want.append(head(h.mean(0) if pooling == "mean" else h[-1]).softmax(-1))
     assert np.allclose(clf.predict_proba(texts), torch.stack(want).numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["eot", "padded"])
+def test_the_frozen_blocks_computed_once_train_as_recomputed(tiny, sms, tmp_path, pooling):
+    """With only the last block training, the first block's output is kept per text (the
+    report says for which splits) and a run equals one that recomputes it every step."""
+    common = dict(data=str(sms), text_field="1", label_field="0", model=str(tiny),
+                  max_steps=6, pooling=pooling, **FAST)
+    kept = finetune_classify(out_dir=str(tmp_path / "kept"), **common)
+    again = finetune_classify(out_dir=str(tmp_path / "again"), cache_mb=0, **common)
+    assert kept["cached_blocks"] == {"train": 1, "val": 1, "test": 1}
+    assert again["cached_blocks"] == {}
+    logs = [[json.loads(x)["loss"] for x in (tmp_path / d / "log.jsonl").read_text().splitlines()
+             if '"loss"' in x] for d in ("kept", "again")]
+    assert np.allclose(logs[0], logs[1], rtol=1e-5, atol=1e-6)
+    assert kept["test"]["loss"] == pytest.approx(again["test"]["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("change", [{"train_blocks": -1}, {"dropout": 0.1}, {"lora_rank": 2},
+                                    {"cache_mb": 1}])
+def test_nothing_is_kept_that_could_change_or_overflow(tiny, sms, tmp_path, change):
+    """Every weight training, dropout or LoRA in the first blocks: their output changes, so it
+    is recomputed. A budget smaller than the training split's states keeps only what fits."""
+    r = finetune_classify(data=str(sms), text_field="1", label_field="0", model=str(tiny),
+                          out_dir=str(tmp_path / "o"), max_steps=2, pooling="eot", **change,
+                          **FAST)
+    assert r["cached_blocks"] == ({"val": 1, "test": 1} if "cache_mb" in change else {})
+
+
+def test_padded_pads_to_the_longest_training_text(tiny, sms, gpt2, tmp_path):
+    """The book's layout: without max_length, every text padded to the longest training text
+    (within the context); a longer text at prediction is cut to it."""
+    finetune_classify(data=str(sms), text_field="1", label_field="0", model=str(tiny),
+                      out_dir=str(tmp_path / "o"), max_steps=2, pooling="padded", **FAST)
+    clf = Classifier.load(tmp_path / "o", device="cpu")
+    from gristmill.finetune_data import read_labelled, split_indices
+
+    rows = read_labelled(sms, "1", "0")
+    train = [rows[i] for i in split_indices(len(rows), (0.7, 0.1, 0.2), 123)[0]]
+    longest = max(len(gpt2.encode(r.text)) for r in train)
+    assert clf.max_length == min(longest, clf.model.gpt.config.block_size)
+    long_text = "free prize " * 200
+    assert clf.predict_proba([long_text]).shape == (1, 2)
+
+
+def test_the_report_is_the_best_checkpoint_s(tiny, sms, tmp_path):
+    """The best checkpoint (by validation loss), not the last, is read back into the model in
+    memory (what trained only) and reported; it equals the classifier loaded from disk."""
+    r = finetune_classify(data=str(sms), text_field="1", label_field="0", model=str(tiny),
+                          out_dir=str(tmp_path / "o"), max_steps=12, eval_interval=1,
+                          keep_last=1, **{**FAST, "lr": 2e-2})
+    assert Path(r["checkpoint"]).name != "ckpt-0000012"  # a run where best is not last
+    clf = Classifier.load(r["checkpoint"], device="cpu")
+    from gristmill.finetune_data import read_labelled, split_indices
+
+    rows = read_labelled(sms, "1", "0")
+    test = [rows[i] for i in split_indices(len(rows), (0.7, 0.1, 0.2), 123)[2]]
+    probs = clf.predict_proba([t.text for t in test])
+    truth = np.array([clf.labels.index(t.label) for t in test])
+    loss = -np.log(probs[np.arange(len(test)), truth]).mean()
+    assert r["test"]["loss"] == pytest.approx(loss, rel=1e-5)
+
+
 def test_a_bad_pooling_is_one_line_naming_the_key(tiny, sms, tmp_path, capsys):
-    with pytest.raises(ValueError, match="'pooling' must be eot or last or mean, got 'first'"):
+    with pytest.raises(ValueError, match="'pooling' must be padded or eot or last or mean, got"):
         finetune_classify(data=str(sms), text_field="1", label_field="0", model=str(tiny),
                           out_dir=str(tmp_path / "o"), max_steps=1, pooling="first", **FAST)
     args = ["finetune", "classify", "--data", str(sms), "--text-field", "1", "--label-field",
             "0", "--model", str(tiny), "--out-dir", str(tmp_path / "p"), "--pooling", "first"]
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "gristmill finetune: config key 'pooling' must be eot or last or mean, got 'first'"
+    assert err == ("gristmill finetune: config key 'pooling' must be padded or eot or last or "
+                   "mean, got 'first'")
 
 
 def test_classify_resume_is_exact(tiny, sms, tmp_path):

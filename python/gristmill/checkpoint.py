@@ -337,7 +337,7 @@ def _check_finite(sd: dict, path: Path, fix: str) -> None:
                                   f"damaged); {fix}")
 
 
-def _read_safetensors(path: Path, fix: str, metadata_only: bool = False):
+def _read_safetensors(path: Path, fix: str, metadata_only: bool = False, keys=None):
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
@@ -345,7 +345,13 @@ def _read_safetensors(path: Path, fix: str, metadata_only: bool = False):
         if metadata_only:
             with safe_open(str(path), "pt") as f:
                 return f.metadata() or {}
-        return load_file(str(path))
+        if keys is None:
+            return load_file(str(path))
+        with safe_open(str(path), "pt") as f:  # one tensor at a time: no whole second copy
+            absent = sorted(set(keys) - set(f.keys()))
+            if absent:
+                raise CheckpointError(f"{path}: no tensor {absent[0]}; {fix}")
+            return {k: f.get_tensor(k) for k in keys}
     except SafetensorError as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)}); "
                               f"{fix}") from None
@@ -602,12 +608,12 @@ def read_run_state(ckpt: PathLike) -> tuple[dict, dict]:
     return state, meta
 
 
-def load_extra_weights(ckpt: PathLike, name: str) -> dict:
-    """A state dict :func:`save_checkpoint` wrote as ``extra_weights[name]``, its size and
-    checksum checked."""
+def load_extra_weights(ckpt: PathLike, name: str, keys=None) -> dict:
+    """A state dict :func:`save_checkpoint` wrote as ``extra_weights[name]`` (or, with
+    ``keys``, only those tensors of it), its size and checksum checked."""
     ckpt = Path(ckpt)
     path = _check_file(ckpt, name, _gristmill_meta(ckpt))
-    return _read_safetensors(path, _fallback(ckpt))
+    return _read_safetensors(path, _fallback(ckpt), keys=keys)
 
 
 def load_optimizer_state(ckpt: PathLike, device="cpu") -> dict:

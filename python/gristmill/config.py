@@ -172,7 +172,8 @@ class FinetuneConfig:
     label_field: str = _f("label", "classify: the label's field or column")
     balance: bool = _f(False, "classify: undersample every label to the rarest one's count")
     max_length: int = _f(0, "classify: texts are cut to this many tokens, an appended "
-                            "end-of-text included (0: the context)")
+                            "end-of-text included, and padded to it with pooling padded (0: the "
+                            "context; padded: the longest training text)")
     loss_on_prompt: bool = _f(False, "instruct: also train on the prompt tokens")
     # model
     model: str = _f("", "a gristmill run or checkpoint, a Hugging Face GPT-2 folder, or a preset "
@@ -180,9 +181,12 @@ class FinetuneConfig:
     tokenizer: str = _f("", "default: the model's own (GPT-2's for 50257 tokens)")
     out_dir: str = _f("out-finetune", "checkpoints, log.jsonl, loss.png and reports go here")
     resume: str = _f("auto", "auto, must or no, as for training")
-    pooling: str = _f("eot", "classify: read an end-of-text token appended to each text (eot), "
-                             "the last real token (last) or the mean of the real tokens (mean)",
-                      choices=("eot", "last", "mean"))
+    pooling: str = _f("padded", "classify: read the last position of texts padded with "
+                                "end-of-text to max_length or the longest training text "
+                                "(padded: the book's), an end-of-text token appended to each "
+                                "text (eot), the last real token (last) or the mean of the real "
+                                "tokens (mean)",
+                      choices=("padded", "eot", "last", "mean"))
     train_blocks: Optional[int] = _f(None, "train the last N blocks, the final norm and the head "
                                            "(-1: every weight; default: classify 1, instruct -1)")
     lora_rank: int = _f(0, "LoRA rank (0: no LoRA); base weights frozen")
@@ -190,6 +194,9 @@ class FinetuneConfig:
     lora_dropout: float = _f(0.0, "LoRA dropout")
     lora_targets: str = _f("attn", "comma-separated: attn, mlp, head")
     dropout: Optional[float] = _f(None, "dropout probability (default: the model's)")
+    cache_mb: int = _f(4096, "classify: MiB of disk (a temporary file in out_dir) for the "
+                             "frozen blocks' outputs, computed once per text when only the last "
+                             "blocks train, without dropout (0: recompute them every step)")
     # optimizer and schedule
     epochs: Optional[int] = _f(None, "passes over the training data (default: classify 5, "
                                      "instruct 2)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,20 +105,29 @@ class ClassifierModel(nn.Module):
     """A GPT whose LM head is replaced by a linear classifier over the hidden state of each
     text's last real token (``pooling="last"``: the one that has read the whole text; padding
     comes after it, so causal attention never sees it), or the mean over its real tokens.
-    With ``pooling="eot"`` each text is given one end-of-text token more (by the data, see
-    :class:`_Encoded`) and "last" reads it: the same token at the end of every text, as the
-    book's classifier reads its end-of-text padding."""
+    ``pooling="padded"`` (the default) is the book's layout: every text padded with
+    end-of-text to one length and the last position read, an end-of-text token that has read
+    the text and the padding before it (the data counts the padding in the text's length).
+    With ``pooling="eot"`` each text is given one end-of-text token only (see
+    :class:`_Encoded`) and "last" reads it: shorter rows, batches grouped by length."""
 
-    def __init__(self, gpt: GPT, num_classes: int, pooling: str = "eot"):
+    def __init__(self, gpt: GPT, num_classes: int, pooling: str = "padded"):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be {', '.join(POOLINGS)}, got {pooling!r}")
         self.gpt, self.pooling = gpt, pooling
         self.head = nn.Linear(gpt.config.n_embd, num_classes)
 
-    def forward(self, idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, num_classes) of right-padded ``idx`` (B, T) with ``lengths`` (B,)."""
-        h = self.gpt.hidden_states(idx)
+    def forward(self, idx: torch.Tensor, lengths: torch.Tensor,
+                states: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Class logits (B, num_classes) of right-padded ``idx`` (B, T) with ``lengths`` (B,).
+        ``states``, ``(k, (B, T, n_embd))``: the output of the first k blocks, which are then
+        not run (see :class:`_FrozenStates`)."""
+        if states is None:
+            h = self.gpt.hidden_states(idx)
+        else:
+            h = self.gpt.hidden_states(idx, blocks=(states[0], self.gpt.config.n_layer),
+                                       inputs=states[1])
         if self.pooling != "mean":
             h = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
         else:
@@ -545,33 +555,102 @@ def _classify_data(cfg: FinetuneConfig) -> tuple[list[str], dict[str, list[Label
 
 
 class _Encoded:
-    """Texts as one flat token array with offsets, and their label ids. For ``pooling="eot"``
-    each text is cut to ``limit - 1`` tokens and end-of-text follows it (counted in its
-    length)."""
+    """Texts as one flat token array with offsets, and their label ids. Each text keeps its
+    first ``limit`` tokens; for ``pooling="eot"`` its first ``limit - 1`` and end-of-text
+    after them, for ``"padded"`` it is padded to ``limit`` (see :meth:`pad_to`). ``lengths``
+    counts what follows the text's own tokens too: the positions a batch row gives it."""
 
     def __init__(self, tokenizer, rows: Sequence[LabelledText], labels: list[str], limit: int,
                  pooling: str):
         index = {name: i for i, name in enumerate(labels)}
-        end = tokenizer.eot_token if pooling == "eot" else None
+        self.end = tokenizer.eot_token if pooling == "eot" else None
         tokens, offsets = tokenizer.encode_batch_to_numpy([r.text for r in rows])
         offsets = np.asarray(offsets, dtype=np.int64)
-        extra = 0 if end is None else 1
-        # the first `limit` tokens (with the end token), as the book
-        lengths = np.minimum(np.diff(offsets), limit - extra) + extra
-        self.tokens, self.starts, self.lengths = tokens.astype(np.int64), offsets[:-1], lengths
-        self.end = end
+        extra = 0 if self.end is None else 1
+        self.tokens, self.starts = tokens.astype(np.int64), offsets[:-1]
+        self.kept = np.minimum(np.diff(offsets), limit - extra)  # the text's own tokens
+        self.lengths = self.kept + extra
         self.labels = np.array([index[r.label] for r in rows], dtype=np.int64)
+        self.states: _FrozenStates | None = None
+        if pooling == "padded":
+            self.pad_to(limit)
+
+    def pad_to(self, length: int) -> None:
+        """Every text cut to ``length`` tokens and padded to it (the book's layout)."""
+        self.kept = np.minimum(self.kept, length)
+        self.lengths = np.full_like(self.kept, length)
 
     def batch(self, index: np.ndarray, pad: int):
         lengths = self.lengths[index]
         x = np.full((len(index), max(1, int(lengths.max(initial=1)))), pad, dtype=np.int64)
-        extra = 0 if self.end is None else 1
         for row, i in enumerate(index):
-            n = lengths[row] - extra
+            n = self.kept[i]
             x[row, :n] = self.tokens[self.starts[i]:self.starts[i] + n]
-            if extra:
+            if self.end is not None:
                 x[row, n] = self.end
         return x, lengths.astype(np.int64), self.labels[index]
+
+
+def frozen_blocks(gpt: GPT) -> int:
+    """How many leading blocks nothing trains (nor the embeddings before them), and no dropout
+    changes: their output on a text is the same at every step."""
+    if gpt.config.dropout > 0 or any(p.requires_grad for name, p in gpt.named_parameters()
+                                     if name.startswith(("transformer.wte", "transformer.wpe"))):
+        return 0
+    k = 0
+    for block in gpt.transformer.h:
+        if any(p.requires_grad for p in block.parameters()):
+            break
+        k += 1
+    return k
+
+
+class _FrozenStates:
+    """The output of the first ``k`` blocks at each text's positions, for one split: computed
+    at first use, so that a step runs only the blocks that train. With the book's default
+    (the last block trains) that skips most of each forward pass from the second epoch on.
+
+    The states are kept in an unlinked temporary file in the run's folder, read back a batch
+    at a time: the page cache holds them while memory allows, and the process's own memory
+    does not grow with the data. Padding positions read zeros: the blocks that train never
+    carry them into a real position (attention is causal)."""
+
+    def __init__(self, gpt: GPT, data: _Encoded, k: int, pad: int, batch_size: int,
+                 folder: Path):
+        self.gpt, self.data, self.k, self.pad, self.batch_size = gpt, data, k, pad, batch_size
+        self.folder, self.file = folder, None
+        self.row_bytes = gpt.config.n_embd * 4  # float32, as the residual stream
+        self.offsets = np.concatenate([[0], np.cumsum(data.lengths)]) * self.row_bytes
+
+    @staticmethod
+    def nbytes(gpt: GPT, data: _Encoded) -> int:
+        return int(data.lengths.sum()) * gpt.config.n_embd * 4
+
+    @torch.no_grad()
+    def _fill(self, device, autocast) -> None:
+        file = tempfile.TemporaryFile(dir=self.folder, prefix=".frozen-states-")
+        for b in batches_by_length(self.data.lengths, self.batch_size, 0, 0, shuffle=False):
+            x, lengths, _ = self.data.batch(b, self.pad)
+            with autocast():
+                h = self.gpt.hidden_states(torch.from_numpy(x).to(device), blocks=(0, self.k))
+            h = h.float().cpu().numpy()
+            for row, i in enumerate(b):
+                file.seek(int(self.offsets[i]))
+                file.write(h[row, :lengths[row]].tobytes())
+        file.flush()
+        self.file = file
+
+    def batch(self, index: np.ndarray, width: int, device, autocast) -> tuple[int, torch.Tensor]:
+        """``(k, (len(index), width, n_embd))``: the rows of ``index`` as the forward takes them."""
+        if self.file is None:
+            self._fill(device, autocast)
+        out = np.zeros((len(index), width, self.gpt.config.n_embd), dtype=np.float32)
+        for row, i in enumerate(index):
+            want = int(self.offsets[i + 1] - self.offsets[i])
+            self.file.seek(int(self.offsets[i]))
+            if self.file.readinto(memoryview(out[row, :self.data.lengths[i]]).cast("B")) != want:
+                raise OSError(f"{self.folder}: the frozen blocks' temporary file was cut short")
+        return self.k, torch.from_numpy(out).to(device)
 
 
 def _to(arrays, device):
@@ -579,6 +658,13 @@ def _to(arrays, device):
     if device.type == "cuda":
         out = [t.pin_memory().to(device, non_blocking=True) for t in out]
     return out
+
+
+def _states(data: _Encoded, index: np.ndarray, x: torch.Tensor, autocast):
+    """The frozen blocks' output for a batch, when ``data`` keeps it."""
+    if data.states is None:
+        return None
+    return data.states.batch(index, x.shape[1], x.device, autocast)
 
 
 @torch.no_grad()
@@ -592,7 +678,7 @@ def _predict(model: nn.Module, data: _Encoded, batch_size: int, pad: int, device
     for b in batches[rank::world]:
         x, lengths, y = _to(data.batch(b, pad), device)
         with autocast():
-            logits = model(x, lengths).float()
+            logits = model(x, lengths, _states(data, b, x, autocast)).float()
         mine.append((b, logits.softmax(-1).cpu().numpy()))
     model.train(was)
     parts = [p for got in gather(mine, world) for p in got]
@@ -691,7 +777,12 @@ def _classify(cfg, rank, world, device, out_dir, resume_from, state) -> dict:
                          "(--split) or --val-data")
     gpt, tok = _base_model(cfg, resume_from)
     limit = min(cfg.max_length or gpt.config.block_size, gpt.config.block_size)
-    enc = {k: _Encoded(tok, v, labels, limit, cfg.pooling) for k, v in splits.items()}
+    train = _Encoded(tok, splits["train"], labels, limit, cfg.pooling)
+    if cfg.pooling == "padded" and not cfg.max_length:  # the book: to the longest training text
+        limit = max(1, int(train.kept.max(initial=1)))
+        train.pad_to(limit)
+    enc = {"train": train, **{k: _Encoded(tok, splits[k], labels, limit, cfg.pooling)
+                              for k in ("val", "test")}}
     pad = tok.eot_token
     torch.manual_seed(cfg.seed)
     model = ClassifierModel(gpt, len(labels), cfg.pooling)
@@ -701,11 +792,17 @@ def _classify(cfg, rank, world, device, out_dir, resume_from, state) -> dict:
         if cfg.lora_rank > 0:
             _restore_lora(model, resume_from)
     _, autocast = _autocast(cfg, device)
-    train = enc["train"]
+    k, room = frozen_blocks(gpt), cfg.cache_mb * 2**20
+    for name in ("train", "val", "test"):  # train first: it is read every epoch
+        need = _FrozenStates.nbytes(gpt, enc[name])
+        if k and need <= room and len(enc[name].labels):
+            enc[name].states = _FrozenStates(gpt, enc[name], k, pad, cfg.batch_size * 2,
+                                             out_dir)
+            room -= need
 
     def train_batch(m, index, dev):
         x, lengths, y = _to(train.batch(index, pad), dev)
-        return F.cross_entropy(m(x, lengths).float(), y)
+        return F.cross_entropy(m(x, lengths, _states(train, index, x, autocast)).float(), y)
 
     def evaluate(m, r, w):
         probs, loss = _predict(m, enc["val"], cfg.batch_size * 2, pad, device, autocast, r, w)
@@ -731,6 +828,7 @@ def _classify(cfg, rank, world, device, out_dir, resume_from, state) -> dict:
     report = {"task": "classify", "checkpoint": str(best), "labels": labels,
               "examples": {k: len(v) for k, v in splits.items()}, "trainable_params": trainable,
               "steps": result["step"], "epoch_seconds": result["epoch_seconds"],
+              "cached_blocks": {n: k for n, e in enc.items() if e.states is not None},
               "epoch_cpu_seconds": result["epoch_cpu_seconds"],
               "train_loss": result["train_loss"]}
     for name in ("val", "test"):
@@ -756,10 +854,9 @@ def _best_in_memory(task: _Task, best: Path, step: int) -> bool:
         return True
     if task.lora_state is not None:
         return False
-    sd = load_extra_weights(best, WEIGHTS)
-    missing, unexpected = task.gpt.load_state_dict(sd, strict=False)
-    if unexpected or set(missing) - {"lm_head.weight"}:
-        raise ValueError(f"{best / WEIGHTS}: does not fit the model being fine-tuned")
+    # what did not train is what is in memory already: only the rest is read
+    trained = [k for k, p in task.gpt.named_parameters() if p.requires_grad]
+    task.gpt.load_state_dict(load_extra_weights(best, WEIGHTS, keys=trained), strict=False)
     extra = task.extra_weights()
     for name in extra:
         task.module.get_submodule(name.split(".")[0]).load_state_dict(
