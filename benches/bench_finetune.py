@@ -6,9 +6,11 @@ Both start from the same weights (a GPT made here with a fixed seed, copied into
 
 - classify: the SMS spam data balanced and split 70/10/20 once (here), the book's settings (the
   last block, the final norm and a new head trained; AdamW lr 5e-5, weight decay 0.1, batch 8,
-  5 epochs, the same initial head). The book pads every text to the longest training text
-  with end-of-text and reads the last position; gristmill groups texts by length and reads an
-  end-of-text token appended to each text (its default ``--pooling eot``).
+  5 epochs, the same initial head). Both pad every text to the longest training text with
+  end-of-text and read the last position (gristmill's default ``--pooling padded``); gristmill
+  computes the three frozen blocks' output once per text (in epoch 1's time) and then runs
+  only the last block. ``--pooling eot`` reads one appended end-of-text instead, with batches
+  grouped by length.
 - instruct: ``instruction-data.json`` split 85/5/10 in order, every weight trained, loss on the
   whole example as the book's main chapter does (``--loss-on-prompt``), AdamW lr 5e-5, batch 8.
   The book's loop evaluates 5 batches at step 0 and prints a sample per epoch (as written).
@@ -21,7 +23,8 @@ memory.
 
     python benches/bench_finetune.py [--size small|full] [--task classify|instruct|both]
         [--train-blocks N] [--threads N] [--seeds K] [--pretrain-steps N] [--shape LxC]
-        [--response-only] [--instruct-examples N] [--pooling eot|last|mean]
+        [--response-only] [--instruct-examples N] [--pooling padded|eot|last|mean]
+        [--cache-mb N]
 
 --pretrain-steps N starts both from a GPT that gristmill's ``train()`` pretrained N steps on the
 bench corpus (cached in bench-results/finetune-cache): with random weights and one block
@@ -463,9 +466,8 @@ def main() -> None:
                         "gristmill's default) instead of every token")
     p.add_argument("--instruct-examples", type=int, default=None,
                    help="instruct: the first N training examples (val: N/8)")
-    p.add_argument("--pooling", choices=["eot", "last", "mean", "padded"], default=None,
-                   help="classify: gristmill's pooling (default: its own, eot; the book reads "
-                        "the last padded position)")
+    p.add_argument("--pooling", choices=["padded", "eot", "last", "mean"], default=None,
+                   help="classify: gristmill's pooling (default: its own, padded, the book's)")
     p.add_argument("--cache-mb", type=int, default=None,
                    help="classify: gristmill's budget for the frozen blocks' outputs (0: none)")
     p.add_argument("--worker", choices=["gristmill", "book"], help=argparse_suppress())
@@ -558,7 +560,8 @@ def main() -> None:
                               "memory vs book"], args.out,
            {**meta, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "train_blocks": args.train_blocks, "response_only": args.response_only,
-            "pooling": args.pooling or "eot (gristmill's default)",
+            "pooling": args.pooling or "padded (gristmill's default)",
+            "cache_mb": args.cache_mb,
             "runs": runs})
 
 
