@@ -437,6 +437,12 @@ def test_the_report_is_the_best_checkpoint_s(tiny, sms, tmp_path):
     assert r["test"]["loss"] == pytest.approx(loss, rel=1e-5)
 
 
+def test_a_negative_cache_budget_is_one_line(tiny, sms, tmp_path):
+    with pytest.raises(ValueError, match="cache_mb must be >= 0 \\(0: no cache\\), got -5"):
+        finetune_classify(data=str(sms), text_field="1", label_field="0", model=str(tiny),
+                          out_dir=str(tmp_path / "o"), max_steps=1, cache_mb=-5, **FAST)
+
+
 def test_a_bad_pooling_is_one_line_naming_the_key(tiny, sms, tmp_path, capsys):
     with pytest.raises(ValueError, match="'pooling' must be padded or eot or last or mean, got"):
         finetune_classify(data=str(sms), text_field="1", label_field="0", model=str(tiny),
@@ -449,9 +455,11 @@ def test_a_bad_pooling_is_one_line_naming_the_key(tiny, sms, tmp_path, capsys):
                    "mean, got 'first'")
 
 
-def test_classify_resume_is_exact(tiny, sms, tmp_path):
+@pytest.mark.parametrize("setting", [{"dropout": 0.1, "train_blocks": -1},
+                                     {}])  # the default: the frozen block's output kept
+def test_classify_resume_is_exact(tiny, sms, tmp_path, setting):
     common = dict(data=str(sms), text_field="1", label_field="0", model=str(tiny),
-                  dropout=0.1, train_blocks=-1, eval_interval=4, keep_last=3, **FAST)
+                  eval_interval=4, keep_last=3, **setting, **FAST)
     finetune_classify(out_dir=str(tmp_path / "once"), max_steps=8, **common)
     finetune_classify(out_dir=str(tmp_path / "twice"), max_steps=4, **common)
     finetune_classify(out_dir=str(tmp_path / "twice"), max_steps=8, **common)  # resumes at 4

@@ -451,6 +451,8 @@ def _settle(cfg: FinetuneConfig, kind: str) -> None:
                          "or a preset)")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError("epochs and batch_size must be >= 1")
+    if cfg.cache_mb < 0:
+        raise ValueError(f"cache_mb must be >= 0 (0: no cache), got {cfg.cache_mb}")
 
 
 def _start(cfg: FinetuneConfig, kind: str, inputs: list, rank: int, world: int):
