@@ -3,6 +3,7 @@
 pub mod charclass;
 pub mod count;
 pub mod encoder;
+pub mod hugepages;
 pub mod merge;
 pub mod pretokenize;
 pub mod tokenmap;

@@ -12,6 +12,7 @@
 //! map reads a line of control bytes, then the entry's line). The encoder hashes a key once
 //! ([`hash`]) for both its own cache and this table.
 
+use super::hugepages::HugeSlice;
 use super::Rank;
 use rustc_hash::FxHashMap;
 
@@ -41,7 +42,7 @@ struct Entry {
 #[derive(Clone, Debug, Default)]
 struct ShortTable {
     /// A power of two of entries (or none); `EMPTY` keys mark free entries.
-    entries: Box<[Entry]>,
+    entries: HugeSlice<Entry>,
     /// 64 - log2(entries.len()): the hash's top bits pick the home entry.
     shift: u32,
     len: usize,
@@ -105,7 +106,7 @@ impl ShortTable {
             key: EMPTY,
             rank: 0,
         };
-        let old = std::mem::replace(&mut self.entries, vec![free; n].into_boxed_slice());
+        let old = std::mem::replace(&mut self.entries, HugeSlice::filled(n, free));
         self.shift = 64 - n.trailing_zeros();
         self.len = 0;
         for e in old.iter().filter(|e| e.key != EMPTY) {
