@@ -494,6 +494,23 @@ impl Encoder {
         })
     }
 
+    /// Encodes many texts in parallel, handing each text's tokens to `done(index, tokens)` as
+    /// soon as they are made (on the thread that made them, in no particular order): a caller
+    /// can use the first results while the pool encodes the rest.
+    pub fn encode_batch_each<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        allowed: &FxHashSet<Rank>,
+        done: impl Fn(usize, Vec<Rank>) + Sync + Send,
+    ) {
+        parallel::install(|| {
+            texts
+                .par_iter()
+                .enumerate()
+                .for_each(|(i, t)| done(i, self.encode(t.as_ref(), allowed)))
+        })
+    }
+
     /// Encodes many texts in parallel into one flat array; document `i` is
     /// `tokens[offsets[i]..offsets[i + 1]]`. `append` (e.g. an end-of-text id) is added after
     /// each document when given.

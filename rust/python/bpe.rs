@@ -328,19 +328,50 @@ impl CoreBPE {
     ) -> PyResult<Bound<'py, PyList>> {
         let texts = texts.iter().map(utf8).collect::<PyResult<Vec<_>>>()?;
         let (allowed, disallowed) = (id_set(allowed), id_set(disallowed));
-        let all = py
-            .detach(
-                || match first_disallowed(&self.inner, &texts, &disallowed) {
-                    Some(token) => Err(token),
-                    None => Ok(self.inner.encode_batch(&texts, &allowed)),
-                },
-            )
-            .map_err(|token| disallowed_special_error(py, &token))?;
-        let lists = all
-            .iter()
-            .map(|ids| self.to_list(py, ids))
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, lists)
+        if let Some(token) = py.detach(|| first_disallowed(&self.inner, &texts, &disallowed)) {
+            return Err(disallowed_special_error(py, &token));
+        }
+        // The pool encodes while this thread, holding the GIL only between waits, turns the
+        // texts already done into lists: building lists is about a sixth of the work, and
+        // only one thread can do it.
+        let mut lists: Vec<Option<Bound<'py, PyList>>> = vec![None; texts.len()];
+        let (sender, receiver) = std::sync::mpsc::channel::<(usize, Vec<Rank>)>();
+        let receiver = std::sync::Mutex::new(receiver);
+        let mut failed = None;
+        std::thread::scope(|scope| {
+            let (inner, texts, allowed) = (&self.inner, &texts, &allowed);
+            scope.spawn(move || {
+                inner.encode_batch_each(texts, allowed, |i, ids| {
+                    let _ = sender.send((i, ids)); // a receiver gone after an error drops it
+                })
+            });
+            let mut left = texts.len();
+            while left > 0 {
+                let ready: Vec<_> = py.detach(|| {
+                    let receiver = receiver.lock().expect("not poisoned");
+                    let first = receiver.recv().ok();
+                    first.into_iter().chain(receiver.try_iter()).collect()
+                });
+                if ready.is_empty() {
+                    break; // every sender gone: the pool stopped (it panicked)
+                }
+                left -= ready.len();
+                for (i, ids) in ready {
+                    match self.to_list(py, &ids) {
+                        Ok(list) => lists[i] = Some(list),
+                        Err(e) if failed.is_none() => failed = Some(e),
+                        Err(_) => {}
+                    }
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        PyList::new(
+            py,
+            lists.into_iter().map(|l| l.expect("every text encoded")),
+        )
     }
 
     #[pyo3(signature = (texts, allowed = None))]
