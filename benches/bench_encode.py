@@ -132,7 +132,7 @@ def main() -> None:
     if unknown:
         p.error(f"--encodings: unknown {', '.join(unknown)}; expected some of {', '.join(ENCODINGS)}")
     texts = load_corpus(500_000 if args.size == "small" else 2_000_000)
-    repeat = 1 if args.size == "small" else 3
+    repeat = 1 if args.size == "small" else 7
     corpora = {"documents": texts, "short docs": short_documents(texts)}
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     threads = os.cpu_count()

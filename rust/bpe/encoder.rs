@@ -494,20 +494,36 @@ impl Encoder {
         })
     }
 
-    /// Encodes many texts in parallel, handing each text's tokens to `done(index, tokens)` as
-    /// soon as they are made (on the thread that made them, in no particular order): a caller
-    /// can use the first results while the pool encodes the rest.
+    /// Encodes many texts in parallel, handing the tokens of each run of texts to
+    /// `done(first index, tokens of each)` as soon as the run is encoded (on the thread that
+    /// encoded it, in no particular order): a caller can use the first results while the
+    /// pool encodes the rest. Runs of about 1/16 of a thread's share of the bytes keep the
+    /// hand-overs few (each may wake the caller) and the last ones short.
     pub fn encode_batch_each<S: AsRef<str> + Sync>(
         &self,
         texts: &[S],
         allowed: &FxHashSet<Rank>,
-        done: impl Fn(usize, Vec<Rank>) + Sync + Send,
+        done: impl Fn(usize, Vec<Vec<Rank>>) + Sync + Send,
     ) {
+        let total: usize = texts.iter().map(|t| t.as_ref().len()).sum();
+        let target = (total / (16 * parallel::num_threads().max(1))).max(1);
+        let mut runs = Vec::new(); // (start, end) of each run
+        let (mut start, mut bytes) = (0, 0);
+        for (i, t) in texts.iter().enumerate() {
+            bytes += t.as_ref().len();
+            if bytes >= target || i + 1 == texts.len() {
+                runs.push((start, i + 1));
+                (start, bytes) = (i + 1, 0);
+            }
+        }
         parallel::install(|| {
-            texts
-                .par_iter()
-                .enumerate()
-                .for_each(|(i, t)| done(i, self.encode(t.as_ref(), allowed)))
+            runs.par_iter().for_each(|&(start, end)| {
+                let tokens = texts[start..end]
+                    .iter()
+                    .map(|t| self.encode(t.as_ref(), allowed))
+                    .collect();
+                done(start, tokens)
+            })
         })
     }
 
@@ -730,6 +746,29 @@ mod tests {
         let all: FxHashSet<Rank> = [260].into_iter().collect();
         assert_eq!(e.encode(text, &all), vec![259, 260, 259]);
         assert_eq!(e.count(text, &all), 3);
+    }
+
+    #[test]
+    fn batch_each_hands_over_every_text_once() {
+        let e = toy();
+        let allowed = FxHashSet::default();
+        for n in [0usize, 1, 2, 17, 300] {
+            let texts: Vec<String> = (0..n).map(|i| "hello ".repeat(i % 7) + "hell").collect();
+            let got = std::sync::Mutex::new(vec![None; n]);
+            e.encode_batch_each(&texts, &allowed, |first, tokens| {
+                let mut got = got.lock().unwrap();
+                for (i, ids) in (first..).zip(tokens) {
+                    assert!(got[i].replace(ids).is_none(), "text {i} handed over twice");
+                }
+            });
+            let got: Vec<_> = got
+                .into_inner()
+                .unwrap()
+                .into_iter()
+                .map(Option::unwrap)
+                .collect();
+            assert_eq!(got, e.encode_batch(&texts, &allowed));
+        }
     }
 
     #[test]

@@ -335,14 +335,14 @@ impl CoreBPE {
         // texts already done into lists: building lists is about a sixth of the work, and
         // only one thread can do it.
         let mut lists: Vec<Option<Bound<'py, PyList>>> = vec![None; texts.len()];
-        let (sender, receiver) = std::sync::mpsc::channel::<(usize, Vec<Rank>)>();
+        let (sender, receiver) = std::sync::mpsc::channel::<(usize, Vec<Vec<Rank>>)>();
         let receiver = std::sync::Mutex::new(receiver);
         let mut failed = None;
         std::thread::scope(|scope| {
             let (inner, texts, allowed) = (&self.inner, &texts, &allowed);
             scope.spawn(move || {
-                inner.encode_batch_each(texts, allowed, |i, ids| {
-                    let _ = sender.send((i, ids)); // a receiver gone after an error drops it
+                inner.encode_batch_each(texts, allowed, |first, tokens| {
+                    let _ = sender.send((first, tokens)); // a receiver gone after an error drops it
                 })
             });
             let mut left = texts.len();
@@ -355,12 +355,14 @@ impl CoreBPE {
                 if ready.is_empty() {
                     break; // every sender gone: the pool stopped (it panicked)
                 }
-                left -= ready.len();
-                for (i, ids) in ready {
-                    match self.to_list(py, &ids) {
-                        Ok(list) => lists[i] = Some(list),
-                        Err(e) if failed.is_none() => failed = Some(e),
-                        Err(_) => {}
+                for (first, tokens) in ready {
+                    left -= tokens.len();
+                    for (i, ids) in (first..).zip(tokens) {
+                        match self.to_list(py, &ids) {
+                            Ok(list) => lists[i] = Some(list),
+                            Err(e) if failed.is_none() => failed = Some(e),
+                            Err(_) => {}
+                        }
                     }
                 }
             }
