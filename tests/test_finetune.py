@@ -376,15 +376,18 @@ def test_each_pooling_reads_what_it_says(tiny, sms, tmp_path, gpt2, pooling):
     assert np.allclose(clf.predict_proba(texts), torch.stack(want).numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("pooling", ["eot", "padded"])
-def test_the_frozen_blocks_computed_once_train_as_recomputed(tiny, sms, tmp_path, pooling):
-    """With only the last block training, the first block's output is kept per text (the
-    report says for which splits) and a run equals one that recomputes it every step."""
+@pytest.mark.parametrize("pooling,blocks", [("eot", 1), ("padded", 1), ("eot", 0)])
+def test_the_frozen_blocks_computed_once_train_as_recomputed(tiny, sms, tmp_path, pooling,
+                                                             blocks):
+    """With only the last block (or only the final norm and the head) training, the frozen
+    blocks' output is kept per text (the report says for which splits) and a run equals one
+    that recomputes it every step."""
     common = dict(data=str(sms), text_field="1", label_field="0", model=str(tiny),
-                  max_steps=6, pooling=pooling, **FAST)
+                  max_steps=6, pooling=pooling, train_blocks=blocks, **FAST)
     kept = finetune_classify(out_dir=str(tmp_path / "kept"), **common)
     again = finetune_classify(out_dir=str(tmp_path / "again"), cache_mb=0, **common)
-    assert kept["cached_blocks"] == {"train": 1, "val": 1, "test": 1}
+    k = 2 - blocks  # the tiny GPT has two blocks
+    assert kept["cached_blocks"] == {"train": k, "val": k, "test": k}
     assert again["cached_blocks"] == {}
     logs = [[json.loads(x)["loss"] for x in (tmp_path / d / "log.jsonl").read_text().splitlines()
              if '"loss"' in x] for d in ("kept", "again")]

@@ -206,3 +206,20 @@ def test_import_gristmill_does_not_import_torch():
     import gristmill
 
     assert gristmill.GPT is GPT
+
+
+@pytest.mark.parametrize("layout", [{}, {"position": "rotary", "norm": "rmsnorm", "bias": False}])
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_hidden_states_in_two_parts_equal_one_pass(layout, k):
+    """The first k blocks' residual stream (stop=k), then the rest from it (start=k), give
+    what one pass gives: what fine-tuning with frozen first blocks relies on."""
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=97, block_size=16, n_layer=3, n_head=2, n_embd=16,
+                        **layout)).eval()
+    idx = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        whole = gpt.hidden_states(idx)
+        first = gpt.hidden_states(idx, stop=k)
+        rest = gpt.hidden_states(idx, start=k, inputs=first)
+    assert torch.allclose(rest, whole, atol=1e-6)
+    assert k == 3 or not torch.allclose(first, whole)  # no final norm on the first part

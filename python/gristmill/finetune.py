@@ -126,8 +126,7 @@ class ClassifierModel(nn.Module):
         if states is None:
             h = self.gpt.hidden_states(idx)
         else:
-            h = self.gpt.hidden_states(idx, blocks=(states[0], self.gpt.config.n_layer),
-                                       inputs=states[1])
+            h = self.gpt.hidden_states(idx, start=states[0], inputs=states[1])
         if self.pooling != "mean":
             h = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
         else:
@@ -634,7 +633,7 @@ class _FrozenStates:
         for b in batches_by_length(self.data.lengths, self.batch_size, 0, 0, shuffle=False):
             x, lengths, _ = self.data.batch(b, self.pad)
             with autocast():
-                h = self.gpt.hidden_states(torch.from_numpy(x).to(device), blocks=(0, self.k))
+                h = self.gpt.hidden_states(torch.from_numpy(x).to(device), stop=self.k)
             h = h.float().cpu().numpy()
             for row, i in enumerate(b):
                 file.seek(int(self.offsets[i]))

@@ -336,40 +336,38 @@ class GPT(nn.Module):
             logits = cap * torch.tanh(logits.float() / cap)
         return logits
 
-    def hidden_states(self, idx, *, cache=None, positions=None, attn_mask=None, blocks=None,
-                      inputs=None):
+    def hidden_states(self, idx, *, cache=None, positions=None, attn_mask=None, start=0,
+                      inputs=None, stop=None):
         """The final norm's output (B, T, n_embd): what the LM head reads, and what a
         fine-tuning head (:mod:`gristmill.finetune`) reads instead. Arguments as :meth:`forward`.
 
-        ``blocks=(start, stop)`` runs only those blocks: with ``stop`` short of the last, the
-        result is that block's output (no final norm); ``inputs`` (B, T, n_embd) then stands
-        for the output of block ``start - 1`` (``idx`` gives only the shape). A fine-tuning
-        run whose first blocks are frozen computes their output once and starts from it.
+        A fine-tuning run whose first blocks are frozen computes their output once and starts
+        from it: ``stop=k`` returns the residual stream after the first k blocks (no final
+        norm); ``start=k`` with that as ``inputs`` runs the rest (``idx`` gives the shape).
         """
         T = idx.shape[1]
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size "
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens exceeds block_size "
                              f"{self.config.block_size}")
-        first, stop = blocks if blocks is not None else (0, self.config.n_layer)
         if positions is None:
-            positions = torch.arange(start, start + T, device=idx.device)
+            positions = torch.arange(past, past + T, device=idx.device)
         rope = None
         if self.config.position != "learned":
             c = self.config
             rope = rotary_tables(positions, c.n_embd // c.n_head, c.rope_theta)
-        if first == 0:
+        if start == 0:
             x = self.transformer.wte(idx)
             if self.config.position == "learned":
                 x = x + self.transformer.wpe(positions)
             x = self.transformer.drop(x)
         else:
             x = inputs
-        for block in self.transformer.h[first:stop]:
+        for block in self.transformer.h[start:stop]:
             x = block(x, cache, attn_mask, rope)
         if cache is not None:
             cache.length += T
-        return self.transformer.ln_f(x) if stop == self.config.n_layer else x
+        return x if stop is not None else self.transformer.ln_f(x)
 
     # ---- accounting ----
 
