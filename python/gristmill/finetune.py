@@ -5,7 +5,8 @@ torchrun, checkpoints written as training writes them (``out_dir/ckpt-NNNNNNN``,
 atomic; :mod:`gristmill.checkpoint`) and an exact resume from the latest one, the run log
 (log.jsonl, loss.png) and a progress bar. Batches group examples of similar length (see
 :func:`gristmill.finetune_data.batches_by_length`), so a batch is padded to its own longest
-example rather than to the data set's.
+example rather than to the data set's (a classifier in the book's layout pads every text to
+one length, and then skips the frozen blocks' work instead: :class:`_FrozenStates`).
 
 Read top to bottom: the task models (a classifier over the GPT's hidden states; the LM loss on
 response tokens only), what is trained (all, the last N blocks, or LoRA), the shared loop, then
