@@ -406,6 +406,22 @@ def test_nothing_is_kept_that_could_change_or_overflow(tiny, sms, tmp_path, chan
     assert r["cached_blocks"] == ({"val": 1, "test": 1} if "cache_mb" in change else {})
 
 
+def test_a_full_disk_falls_back_to_recomputing(tiny, sms, tmp_path, monkeypatch):
+    """The frozen blocks' file cannot be written: a warning, and the run goes on without it."""
+    import errno
+
+    import gristmill.finetune as ft
+
+    def full(self, device, autocast):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ft._FrozenStates, "_fill", full)
+    with pytest.warns(UserWarning, match="recomputed at every step: .*No space left"):
+        r = finetune_classify(data=str(sms), text_field="1", label_field="0", model=str(tiny),
+                              out_dir=str(tmp_path / "o"), max_steps=3, **FAST)
+    assert r["cached_blocks"] == {} and r["test"]["accuracy"] is not None
+
+
 def test_padded_pads_to_the_longest_training_text(tiny, sms, gpt2, tmp_path):
     """The book's layout: without max_length, every text padded to the longest training text
     (within the context); a longer text at prediction is cut to it."""

@@ -223,3 +223,12 @@ def test_hidden_states_in_two_parts_equal_one_pass(layout, k):
         rest = gpt.hidden_states(idx, start=k, inputs=first)
     assert torch.allclose(rest, whole, atol=1e-6)
     assert k == 3 or not torch.allclose(first, whole)  # no final norm on the first part
+
+
+def test_hidden_states_in_parts_refuses_a_cache_or_missing_inputs():
+    gpt = GPT(GPTConfig(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=16))
+    idx = torch.randint(0, 97, (1, 4))
+    with pytest.raises(ValueError, match="start=1 needs inputs"):
+        gpt.hidden_states(idx, start=1)
+    with pytest.raises(ValueError, match="not with a KV cache"):
+        gpt.hidden_states(idx, stop=1, cache=KVCache(gpt.config, 1, 16))

@@ -492,3 +492,17 @@ def test_vocabulary_errors_name_the_file(tmp_path):
     twice.write_text(lines.read_text() + "IQ== 60000\n")  # b"!" again, under another rank
     with pytest.raises(TokenizerError, match=r"twice.tiktoken: invalid vocabulary: .*two"):
         Tokenizer.resolve(twice)
+
+
+def test_encoding_keeps_no_utf8_copy_inside_the_str():
+    """A non-ASCII str is encoded for the call only: CPython's own UTF-8 of a str would stay
+    inside it for its whole life (a corpus held in memory would double)."""
+    import sys
+
+    tok = Tokenizer.from_name("gpt2")
+    texts = ["héllo wörld " * 1000, "plain ascii " * 1000]
+    sizes = [sys.getsizeof(t) for t in texts]
+    tok.encode_ordinary(texts[0])
+    tok.encode_ordinary_batch(texts)
+    tok.encode_batch_to_numpy(texts)
+    assert [sys.getsizeof(t) for t in texts] == sizes

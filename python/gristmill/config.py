@@ -194,9 +194,10 @@ class FinetuneConfig:
     lora_dropout: float = _f(0.0, "LoRA dropout")
     lora_targets: str = _f("attn", "comma-separated: attn, mlp, head")
     dropout: Optional[float] = _f(None, "dropout probability (default: the model's)")
-    cache_mb: int = _f(4096, "classify: MiB of disk (a temporary file in out_dir) for the "
-                             "frozen blocks' outputs, computed once per text when only the last "
-                             "blocks train, without dropout (0: recompute them every step)")
+    cache_mb: int = _f(4096, "classify: MiB of disk per process (a temporary file in out_dir, "
+                             "at most half the free space) for the frozen blocks' outputs, "
+                             "computed once per text when only the last blocks train, without "
+                             "dropout (0: recompute them every step)")
     # optimizer and schedule
     epochs: Optional[int] = _f(None, "passes over the training data (default: classify 5, "
                                      "instruct 2)")

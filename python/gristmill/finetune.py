@@ -24,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -631,15 +633,19 @@ class _FrozenStates:
     @torch.no_grad()
     def _fill(self, device, autocast) -> None:
         file = tempfile.TemporaryFile(dir=self.folder, prefix=".frozen-states-")
-        for b in batches_by_length(self.data.lengths, self.batch_size, 0, 0, shuffle=False):
-            x, lengths, _ = self.data.batch(b, self.pad)
-            with autocast():
-                h = self.gpt.hidden_states(torch.from_numpy(x).to(device), stop=self.k)
-            h = h.float().cpu().numpy()
-            for row, i in enumerate(b):
-                file.seek(int(self.offsets[i]))
-                file.write(h[row, :lengths[row]].tobytes())
-        file.flush()
+        try:
+            for b in batches_by_length(self.data.lengths, self.batch_size, 0, 0, shuffle=False):
+                x, lengths, _ = self.data.batch(b, self.pad)
+                with autocast():
+                    h = self.gpt.hidden_states(torch.from_numpy(x).to(device), stop=self.k)
+                h = h.float().cpu().numpy()
+                for row, i in enumerate(b):
+                    file.seek(int(self.offsets[i]))
+                    file.write(h[row, :lengths[row]].tobytes())
+            file.flush()
+        except BaseException:
+            file.close()
+            raise
         self.file = file
 
     def batch(self, index: np.ndarray, width: int, device, autocast) -> tuple[int, torch.Tensor]:
@@ -649,10 +655,17 @@ class _FrozenStates:
         out = np.zeros((len(index), width, self.gpt.config.n_embd), dtype=np.float32)
         for row, i in enumerate(index):
             want = int(self.offsets[i + 1] - self.offsets[i])
+            if want == 0:
+                continue
             self.file.seek(int(self.offsets[i]))
             if self.file.readinto(memoryview(out[row, :self.data.lengths[i]]).cast("B")) != want:
                 raise OSError(f"{self.folder}: the frozen blocks' temporary file was cut short")
         return self.k, torch.from_numpy(out).to(device)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 def _to(arrays, device):
@@ -663,10 +676,18 @@ def _to(arrays, device):
 
 
 def _states(data: _Encoded, index: np.ndarray, x: torch.Tensor, autocast):
-    """The frozen blocks' output for a batch, when ``data`` keeps it."""
+    """The frozen blocks' output for a batch, when ``data`` keeps it. If its file cannot be
+    written or read (a full disk), the blocks are run every step from then on."""
     if data.states is None:
         return None
-    return data.states.batch(index, x.shape[1], x.device, autocast)
+    try:
+        return data.states.batch(index, x.shape[1], x.device, autocast)
+    except OSError as e:
+        warnings.warn(f"the frozen blocks' output is recomputed at every step: {e}",
+                      stacklevel=2)
+        data.states.close()
+        data.states = None
+        return None
 
 
 @torch.no_grad()
@@ -794,7 +815,9 @@ def _classify(cfg, rank, world, device, out_dir, resume_from, state) -> dict:
         if cfg.lora_rank > 0:
             _restore_lora(model, resume_from)
     _, autocast = _autocast(cfg, device)
-    k, room = frozen_blocks(gpt), cfg.cache_mb * 2**20
+    # this process's budget, and never more than half the disk's free space
+    k = frozen_blocks(gpt)
+    room = min(cfg.cache_mb * 2**20, shutil.disk_usage(out_dir).free // 2)
     for name in ("train", "val", "test"):  # train first: it is read every epoch
         need = _FrozenStates.nbytes(gpt, enc[name])
         if k and need <= room and len(enc[name].labels):
@@ -820,33 +843,40 @@ def _classify(cfg, rank, world, device, out_dir, resume_from, state) -> dict:
         f"{len(splits['val'])}/{len(splits['test'])} train/val/test texts, "
         f"{trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters trained"
         + (f", resuming from {resume_from.name}" if resume_from else ""))
-    result = _fit(task, cfg, out_dir, tok, resume_from, state, rank, world, device, say)
-    # -- the report: the saved classifier (best checkpoint) on val and test
-    best = find_checkpoint(out_dir, "best")
-    if _best_in_memory(task, best, result["step"]):
-        clf = Classifier(model, tok, labels, limit)
-    else:  # LoRA layers in memory, merged weights on disk: a fresh copy
-        clf = Classifier.load(best, device=device, tokenizer=tok)
-    report = {"task": "classify", "checkpoint": str(best), "labels": labels,
-              "examples": {k: len(v) for k, v in splits.items()}, "trainable_params": trainable,
-              "steps": result["step"], "epoch_seconds": result["epoch_seconds"],
-              "cached_blocks": {n: k for n, e in enc.items() if e.states is not None},
-              "epoch_cpu_seconds": result["epoch_cpu_seconds"],
-              "train_loss": result["train_loss"]}
-    for name in ("val", "test"):
-        if not splits[name]:
-            continue
-        probs, loss = _predict(clf.model, enc[name], cfg.batch_size * 2, pad, device, autocast,
-                               rank, world)
-        report[name] = {"loss": loss, **class_metrics(enc[name].labels, probs.argmax(1), labels)}
-    if master:
-        write_json_atomic(out_dir / REPORT_JSON, report)
-        write_atomic(out_dir / REPORT_MD, _classify_markdown(report))
-        shown = "test" if "test" in report else "val"
-        if cfg.plot:
-            _plot_confusion(out_dir / CONFUSION_PNG, report[shown]["confusion"], labels,
-                            f"{shown}: accuracy {report[shown]['accuracy']:.1%}")
-    return report
+    try:
+        result = _fit(task, cfg, out_dir, tok, resume_from, state, rank, world, device, say)
+        # -- the report: the saved classifier (best checkpoint) on val and test
+        best = find_checkpoint(out_dir, "best")
+        if _best_in_memory(task, best, result["step"]):
+            clf = Classifier(model, tok, labels, limit)
+        else:  # LoRA layers in memory, merged weights on disk: a fresh copy
+            clf = Classifier.load(best, device=device, tokenizer=tok)
+        report = {"task": "classify", "checkpoint": str(best), "labels": labels,
+                  "examples": {k: len(v) for k, v in splits.items()},
+                  "trainable_params": trainable,
+                  "steps": result["step"], "epoch_seconds": result["epoch_seconds"],
+                  "epoch_cpu_seconds": result["epoch_cpu_seconds"],
+                  "train_loss": result["train_loss"]}
+        for name in ("val", "test"):
+            if not splits[name]:
+                continue
+            probs, loss = _predict(clf.model, enc[name], cfg.batch_size * 2, pad, device,
+                                   autocast, rank, world)
+            report[name] = {"loss": loss,
+                            **class_metrics(enc[name].labels, probs.argmax(1), labels)}
+        report["cached_blocks"] = {n: k for n, e in enc.items() if e.states is not None}
+        if master:
+            write_json_atomic(out_dir / REPORT_JSON, report)
+            write_atomic(out_dir / REPORT_MD, _classify_markdown(report))
+            shown = "test" if "test" in report else "val"
+            if cfg.plot:
+                _plot_confusion(out_dir / CONFUSION_PNG, report[shown]["confusion"], labels,
+                                f"{shown}: accuracy {report[shown]['accuracy']:.1%}")
+        return report
+    finally:  # the temporary files' space back now, not when a traceback lets them go
+        for data in enc.values():
+            if data.states is not None:
+                data.states.close()
 
 
 def _best_in_memory(task: _Task, best: Path, step: int) -> bool:

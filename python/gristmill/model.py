@@ -345,6 +345,10 @@ class GPT(nn.Module):
         from it: ``stop=k`` returns the residual stream after the first k blocks (no final
         norm); ``start=k`` with that as ``inputs`` runs the rest (``idx`` gives the shape).
         """
+        if (start or stop is not None) and cache is not None:
+            raise ValueError("start/stop run part of the blocks: not with a KV cache")
+        if start and inputs is None:
+            raise ValueError(f"start={start} needs inputs: the output of block {start - 1}")
         T = idx.shape[1]
         past = cache.length if cache is not None else 0
         if past + T > self.config.block_size:
@@ -363,7 +367,10 @@ class GPT(nn.Module):
             x = self.transformer.drop(x)
         else:
             x = inputs
-        for block in self.transformer.h[start:stop]:
+        blocks = self.transformer.h
+        if start or stop is not None:  # (slicing makes a ModuleList: not on every decode step)
+            blocks = blocks[start:stop]
+        for block in blocks:
             x = block(x, cache, attn_mask, rope)
         if cache is not None:
             cache.length += T

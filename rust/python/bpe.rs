@@ -101,30 +101,56 @@ pub(super) fn specials_vec(specials: Option<&Bound<'_, PyDict>>) -> PyResult<Vec
     Ok(out)
 }
 
+#[cfg(not(windows))]
 extern "C" {
     // In the limited API from Python 3.10 on (so pyo3 declares it only there), and exported by
-    // every CPython 3 since 3.3: the str's own UTF-8 (for an ASCII str, its characters).
+    // every CPython 3 since 3.3 (not by Windows' python3.dll of 3.9): the str's own UTF-8.
     fn PyUnicode_AsUTF8AndSize(
         unicode: *mut ffi::PyObject,
         size: *mut ffi::Py_ssize_t,
     ) -> *const std::ffi::c_char;
 }
 
-/// The text of a Python str as UTF-8, borrowed from the str: for an ASCII str no copy at all
-/// (where extracting a `String` encodes into a bytes object, then copies that). A str with
-/// lone surrogates raises UnicodeEncodeError, as encoding it would.
-fn utf8<'a>(text: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
-    let mut len: ffi::Py_ssize_t = 0;
-    // SAFETY: `text` is a str; the buffer returned lives as long as the str, which `text`
-    // keeps alive for 'a, and CPython never changes a str's characters.
-    unsafe {
-        let data = PyUnicode_AsUTF8AndSize(text.as_ptr(), &mut len);
-        if data.is_null() {
-            return Err(PyErr::fetch(text.py()));
+/// The text of a Python str as UTF-8 for the length of a call: an ASCII str's own characters
+/// (no copy, where extracting a `String` encodes into a bytes object and copies that), any
+/// other str encoded into a bytes object held here (asking CPython for its own UTF-8 would
+/// keep that copy inside the str for as long as the str lives). A str with lone surrogates
+/// raises UnicodeEncodeError, as encoding it would.
+enum Utf8<'a, 'py> {
+    Ascii(&'a str),
+    Encoded(Bound<'py, PyBytes>),
+}
+
+impl Utf8<'_, '_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Utf8::Ascii(s) => s,
+            // SAFETY: the bytes are what `str.encode("utf-8")` made: valid UTF-8.
+            Utf8::Encoded(b) => unsafe { std::str::from_utf8_unchecked(b.as_bytes()) },
         }
-        let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
-        Ok(std::str::from_utf8_unchecked(bytes))
     }
+}
+
+fn utf8<'a, 'py>(text: &'a Bound<'py, PyString>) -> PyResult<Utf8<'a, 'py>> {
+    #[cfg(not(windows))]
+    if text
+        .call_method0(pyo3::intern!(text.py(), "isascii"))?
+        .is_truthy()?
+    {
+        let mut len: ffi::Py_ssize_t = 0;
+        // SAFETY: `text` is an ASCII str, whose UTF-8 is its own characters (nothing is
+        // allocated); they live as long as the str, which `text` keeps alive for 'a, and
+        // CPython never changes a str's characters.
+        unsafe {
+            let data = PyUnicode_AsUTF8AndSize(text.as_ptr(), &mut len);
+            if data.is_null() {
+                return Err(PyErr::fetch(text.py()));
+            }
+            let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
+            return Ok(Utf8::Ascii(std::str::from_utf8_unchecked(bytes)));
+        }
+    }
+    Ok(Utf8::Encoded(text.encode_utf8()?))
 }
 
 fn id_set(ids: Option<Vec<Rank>>) -> FxHashSet<Rank> {
@@ -236,6 +262,7 @@ impl CoreBPE {
         text: &Bound<'py, PyString>,
     ) -> PyResult<Bound<'py, PyList>> {
         let text = utf8(text)?;
+        let text = text.as_str();
         let ids = py.detach(|| self.inner.encode_ordinary(text));
         self.to_list(py, &ids)
     }
@@ -251,6 +278,7 @@ impl CoreBPE {
         disallowed: Option<Vec<Rank>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let text = utf8(text)?;
+        let text = text.as_str();
         let (allowed, disallowed) = (id_set(allowed), id_set(disallowed));
         let ids = py
             .detach(
@@ -298,6 +326,7 @@ impl CoreBPE {
         disallowed: Option<Vec<Rank>>,
     ) -> PyResult<usize> {
         let text = utf8(text)?;
+        let text = text.as_str();
         let (allowed, disallowed) = (id_set(allowed), id_set(disallowed));
         py.detach(
             || match first_disallowed(&self.inner, &[text], &disallowed) {
@@ -327,6 +356,7 @@ impl CoreBPE {
         disallowed: Option<Vec<Rank>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let texts = texts.iter().map(utf8).collect::<PyResult<Vec<_>>>()?;
+        let texts: Vec<&str> = texts.iter().map(Utf8::as_str).collect();
         let (allowed, disallowed) = (id_set(allowed), id_set(disallowed));
         if let Some(token) = py.detach(|| first_disallowed(&self.inner, &texts, &disallowed)) {
             return Err(disallowed_special_error(py, &token));
@@ -401,6 +431,7 @@ impl CoreBPE {
         disallowed: Option<Vec<Rank>>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyArray1<i64>>)> {
         let texts = texts.iter().map(utf8).collect::<PyResult<Vec<_>>>()?;
+        let texts: Vec<&str> = texts.iter().map(Utf8::as_str).collect();
         let (allowed, disallowed) = (id_set(allowed), id_set(disallowed));
         if let Some(token) = py.detach(|| first_disallowed(&self.inner, &texts, &disallowed)) {
             return Err(disallowed_special_error(py, &token));
