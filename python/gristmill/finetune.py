@@ -623,12 +623,9 @@ class _FrozenStates:
                  folder: Path):
         self.gpt, self.data, self.k, self.pad, self.batch_size = gpt, data, k, pad, batch_size
         self.folder, self.file = folder, None
-        self.row_bytes = gpt.config.n_embd * 4  # float32, as the residual stream
-        self.offsets = np.concatenate([[0], np.cumsum(data.lengths)]) * self.row_bytes
-
-    @staticmethod
-    def nbytes(gpt: GPT, data: _Encoded) -> int:
-        return int(data.lengths.sum()) * gpt.config.n_embd * 4
+        row_bytes = gpt.config.n_embd * 4  # float32, as the residual stream
+        self.offsets = np.concatenate([[0], np.cumsum(data.lengths)]) * row_bytes
+        self.nbytes = int(self.offsets[-1])
 
     @torch.no_grad()
     def _fill(self, device, autocast) -> None:
@@ -819,11 +816,10 @@ def _classify(cfg, rank, world, device, out_dir, resume_from, state) -> dict:
     k = frozen_blocks(gpt)
     room = min(cfg.cache_mb * 2**20, shutil.disk_usage(out_dir).free // 2)
     for name in ("train", "val", "test"):  # train first: it is read every epoch
-        need = _FrozenStates.nbytes(gpt, enc[name])
-        if k and need <= room and len(enc[name].labels):
-            enc[name].states = _FrozenStates(gpt, enc[name], k, pad, cfg.batch_size * 2,
-                                             out_dir)
-            room -= need
+        states = _FrozenStates(gpt, enc[name], k, pad, cfg.batch_size * 2, out_dir)
+        if k and 0 < states.nbytes <= room:
+            enc[name].states = states
+            room -= states.nbytes
 
     def train_batch(m, index, dev):
         x, lengths, y = _to(train.batch(index, pad), dev)
