@@ -31,6 +31,7 @@ use rustc_hash::FxHashSet;
 struct PieceCache {
     owner: u64,
     generation: u32,
+    hot: HugeSlice<HotSet>,
     front: HugeSlice<FrontSet>,
     short: rustc_hash::FxHashMap<Key, (u32, u32)>,
     long: rustc_hash::FxHashMap<Box<[u8]>, (u32, u32)>,
@@ -58,6 +59,29 @@ struct FrontSet([FrontSlot; 2]);
 /// slots; twice that measured 4-7% faster with o200k's large vocabulary, though it no longer
 /// fits in a core's L2 cache on most machines: a miss reads the vocabulary's table.
 const FRONT_BITS: u32 = 15;
+
+/// The rank of a piece of 2-7 bytes that is a single token: two pieces in three in English
+/// text. Sixteen-byte slots, four to a cache line, so that the slots of the pieces that recur
+/// take few lines.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct HotSlot {
+    key: u64,
+    rank: Rank,
+    generation: u32,
+}
+
+/// Four slots, one cache line; a hit moves its slot one place towards the first, a new piece
+/// takes the first empty slot or the last, so pieces that keep recurring stay.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct HotSet([HotSlot; 4]);
+
+/// Hot sets: 4096 of 64 bytes (256 KiB), which stays in a core's L2 cache beside the rest of
+/// the encoder's working set. On the benchmark corpus (318k pieces of 2-7 bytes, 21k
+/// distinct) it holds the piece 98% of the time; the front, eight times larger, spills
+/// into the L3 cache, where a read costs several times more.
+const HOT_BITS: u32 = 12;
 const MERGE_CACHE_ENTRIES: usize = 1 << 17;
 const MERGE_CACHE_TOKENS: usize = 1 << 21;
 
@@ -66,6 +90,7 @@ impl PieceCache {
         PieceCache {
             owner: u64::MAX,
             generation: 1,
+            hot: HugeSlice::default(),
             front: HugeSlice::default(),
             short: Default::default(),
             long: Default::default(),
@@ -82,6 +107,12 @@ impl PieceCache {
                 len: 0,
             };
             self.front = HugeSlice::filled(1 << FRONT_BITS, FrontSet([empty; 2]));
+            let empty = HotSlot {
+                key: 0,
+                rank: 0,
+                generation: 0,
+            };
+            self.hot = HugeSlice::filled(1 << HOT_BITS, HotSet([empty; 4]));
         }
         if self.owner != owner {
             self.clear();
@@ -99,6 +130,9 @@ impl PieceCache {
             for set in self.front.iter_mut() {
                 set.0.iter_mut().for_each(|s| s.generation = 0);
             }
+            for set in self.hot.iter_mut() {
+                set.0.iter_mut().for_each(|s| s.generation = 0);
+            }
             self.generation = 1;
         }
     }
@@ -107,6 +141,41 @@ impl PieceCache {
     #[inline(always)]
     fn slot(hash: u64) -> usize {
         (hash >> (64 - FRONT_BITS)) as usize
+    }
+
+    /// The hot set of a key of hash `hash`.
+    #[inline(always)]
+    fn hot_set(hash: u64) -> usize {
+        (hash >> (64 - HOT_BITS)) as usize
+    }
+
+    /// The rank of the short piece `key` if set `set` of the hot table holds it.
+    #[inline(always)]
+    fn hot_get(&mut self, set: usize, key: u64) -> Option<Rank> {
+        let g = self.generation;
+        let ways = &mut self.hot[set].0;
+        if ways[0].key == key && ways[0].generation == g {
+            return Some(ways[0].rank);
+        }
+        for i in 1..4 {
+            if ways[i].key == key && ways[i].generation == g {
+                let rank = ways[i].rank;
+                ways.swap(i - 1, i);
+                return Some(rank);
+            }
+        }
+        None
+    }
+
+    fn set_hot(&mut self, set: usize, key: u64, rank: Rank) {
+        let generation = self.generation;
+        let ways = &mut self.hot[set].0;
+        let free = ways.iter().position(|s| s.generation != generation);
+        ways[free.unwrap_or(3)] = HotSlot {
+            key,
+            rank,
+            generation,
+        };
     }
 
     /// The tokens of `key` in set `set` of the front, as `(start, len)`; a hit in the second
@@ -356,16 +425,27 @@ impl Encoder {
         }
         if let Some(key) = pack(piece) {
             let hash = tokenmap::hash(key);
+            let hot = (piece.len() < 8).then(|| PieceCache::hot_set(hash));
+            if let Some(set) = hot {
+                if let Some(r) = cache.hot_get(set, key as u64) {
+                    return f(&[r]);
+                }
+            }
             let slot = PieceCache::slot(hash);
             if let Some((start, len)) = cache.front_get(slot, key) {
-                return if len == 0 {
-                    f(&[start])
-                } else {
-                    f(cache.tokens((start, len)))
-                };
+                if len == 0 {
+                    if let Some(set) = hot {
+                        cache.set_hot(set, key as u64, start);
+                    }
+                    return f(&[start]);
+                }
+                return f(cache.tokens((start, len)));
             }
             if let Some(r) = self.ranks.get_packed(key, hash) {
                 cache.set_front(slot, key, (r, 0));
+                if let Some(set) = hot {
+                    cache.set_hot(set, key as u64, r);
+                }
                 return f(&[r]);
             }
             if let Some(&at) = cache.short.get(&key) {
