@@ -271,6 +271,25 @@ def test_results_are_plain_lists_that_keep_what_is_put_in_them():
     assert ids + [1] == [31373, 995, 1] and tok.decode(ids) == "hello world"
 
 
+def test_results_share_one_int_per_id_and_give_its_references_back():
+    # Every result holds the tokenizer's own int for an id (no allocation per token); freeing
+    # the results gives back exactly the references they took.
+    tok = Tokenizer.from_name("gpt2")
+    text = "hello world " * 50
+    one = tok.encode_ordinary(text)
+    other = tok.encode_ordinary_batch([text, "hello"])
+    assert one[0] == 31373 and one[0] is other[0][0] is other[1][0]
+    before = sys.getrefcount(one[0])
+    for _ in range(100):
+        tok.encode_ordinary(text)
+        tok.encode_ordinary_batch([text, "hello"])
+        tok.encode_with_unstable(text)
+    after = sys.getrefcount(one[0])  # outside `assert`: pytest's rewriting holds a reference
+    del other
+    freed = sys.getrefcount(one[0])
+    assert after == before and freed == before - 2
+
+
 def test_tokenizers_taking_turns_keep_their_own_pieces(gpt2_ranks):
     # The per-thread piece cache belongs to one tokenizer at a time: alternating two
     # vocabularies (same pattern, different ids) must give each its own tokens.

@@ -13,43 +13,47 @@ use std::path::PathBuf;
 #[pyclass(frozen, module = "gristmill._core")]
 pub(super) struct CoreBPE {
     pub(super) inner: Encoder,
-    /// The Python ints of the ids below `HOT_INTS` (the most frequent tokens, as ids are
-    /// merge ranks), made on first use: a result list takes references to them, where any
-    /// other id gets a new int.
-    hot_ints: std::sync::OnceLock<Vec<Py<PyAny>>>,
+    /// The Python int of each id, made the first time a result list holds the id; a list
+    /// takes references to these.
+    ints: std::sync::OnceLock<Box<[std::sync::OnceLock<Py<PyAny>>]>>,
 }
 
-/// Sharing the int of every id would make building a list a cache miss per token on a large
-/// vocabulary (200k ints are 6 MB); the first 16384 ids (512 KB of ints) cover most tokens of
-/// a text (82% with o200k, 92% with GPT-2's) and mostly stay in the cache, and for the others
-/// a new int is cheaper than a miss. (4096 ids covered 67% with o200k and measured slower.)
-const HOT_INTS: Rank = 16384;
+// Why share an int per id: a new int per token costs an allocation when the list is built and
+// a free when it is dropped (a sixth of a batch's time with o200k, where 18% of tokens are
+// above the 16384 ids once shared). Made on first use, the ints lie in memory in the order the
+// text first needs them, so the frequent ones share cache lines. At most 48 bytes per id of
+// the vocabulary: 16 for its slot, 32 for its int once a result has held it (o200k: 3.2 MB,
+// up to 9.6 MB).
 
 impl CoreBPE {
-    /// The Python list of `ids`, built in place: an id below `HOT_INTS` takes a reference to
-    /// its shared int, any other gets a new one.
+    /// The Python list of `ids`, built in place from each id's shared int.
     fn to_list<'py>(&self, py: Python<'py>, ids: &[Rank]) -> PyResult<Bound<'py, PyList>> {
-        let hot = self.hot_ints(py);
+        let ints = self.ints.get_or_init(|| {
+            (0..self.inner.n_vocab())
+                .map(|_| Default::default())
+                .collect()
+        });
         // SAFETY: the list is new and ours; each slot is set once with a reference the list
         // takes over (a slot left NULL by an error is allowed: freeing the list skips it).
         unsafe {
             let list = ffi::PyList_New(ids.len() as ffi::Py_ssize_t);
             let list = Bound::from_owned_ptr_or_err(py, list)?;
             for (i, &id) in ids.iter().enumerate() {
-                let item = match hot.get(id as usize) {
-                    Some(int) => {
-                        let int = int.as_ptr();
-                        // What `Py_INCREF` compiles to in C for the stable ABI of Python
-                        // 3.9 (pyo3 calls `Py_IncRef` instead, a call per token); CPython
-                        // 3.12+ keeps it correct for immortal objects (PEP 683).
-                        (*int).ob_refcnt += 1;
-                        int
+                let slot = &ints[id as usize];
+                let item = match slot.get() {
+                    Some(int) => int.as_ptr(),
+                    None => {
+                        let int = Bound::from_owned_ptr_or_err(
+                            py,
+                            ffi::PyLong_FromUnsignedLong(id.into()),
+                        )?;
+                        slot.get_or_init(|| int.unbind()).as_ptr()
                     }
-                    None => ffi::PyLong_FromUnsignedLong(id.into()),
                 };
-                if item.is_null() {
-                    return Err(PyErr::fetch(py));
-                }
+                // What `Py_INCREF` compiles to in C for the stable ABI of Python 3.9 (pyo3
+                // calls `Py_IncRef` instead, a call per token); CPython 3.12+ keeps it
+                // correct for immortal objects (PEP 683).
+                (*item).ob_refcnt += 1;
                 ffi::PyList_SetItem(list.as_ptr(), i as ffi::Py_ssize_t, item);
             }
             // A list of ints cannot be part of a reference cycle, so the cycle collector need
@@ -62,14 +66,6 @@ impl CoreBPE {
             ffi::PyObject_GC_UnTrack(list.as_ptr().cast());
             Ok(list.cast_into_unchecked())
         }
-    }
-
-    fn hot_ints(&self, py: Python<'_>) -> &[Py<PyAny>] {
-        self.hot_ints.get_or_init(|| {
-            (0..HOT_INTS.min(self.inner.n_vocab() as Rank))
-                .map(|i| i.into_pyobject(py).unwrap().into_any().unbind())
-                .collect()
-        })
     }
 }
 
@@ -85,7 +81,7 @@ pub(super) fn build(
     })
     .map(|inner| CoreBPE {
         inner,
-        hot_ints: Default::default(),
+        ints: Default::default(),
     })
     .map_err(PyErr::from)
 }
