@@ -290,6 +290,20 @@ def test_results_share_one_int_per_id_and_give_its_references_back():
     assert after == before and freed == before - 2
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_batches_encode_in_a_forked_child():
+    # A forked child has the pool's state but none of its threads: its batches run on the
+    # calling thread alone, with the same results.
+    tok = Tokenizer.from_name("gpt2")
+    texts = [f"hello world {i} " * (i % 50) for i in range(300)]
+    expected = tok.encode_ordinary_batch(texts)
+    pid = os.fork()
+    if pid == 0:
+        same = tok.encode_ordinary_batch(texts) == expected
+        os._exit(0 if same else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+
+
 def test_tokenizers_taking_turns_keep_their_own_pieces(gpt2_ranks):
     # The per-thread piece cache belongs to one tokenizer at a time: alternating two
     # vocabularies (same pattern, different ids) must give each its own tokens.

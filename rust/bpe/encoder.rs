@@ -236,6 +236,40 @@ static NEXT_ENCODER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 /// high); the decoder's slots for them cost 16 bytes each.
 pub const MAX_UNUSED_IDS: usize = 1 << 20;
 
+/// Consecutive texts of a batch cut into runs, handed out one at a time to the threads that
+/// encode them. A run is about 1/16 of a thread's share of the bytes: few hand-overs (each
+/// may wake the thread that collects the results), and short last ones.
+pub struct Runs {
+    bounds: Vec<std::ops::Range<usize>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Runs {
+    pub fn new<S: AsRef<str>>(texts: &[S], threads: usize) -> Runs {
+        let total: usize = texts.iter().map(|t| t.as_ref().len()).sum();
+        let target = (total / (16 * threads.max(1))).max(1);
+        let mut bounds = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, t) in texts.iter().enumerate() {
+            bytes += t.as_ref().len();
+            if bytes >= target || i + 1 == texts.len() {
+                bounds.push(start..i + 1);
+                (start, bytes) = (i + 1, 0);
+            }
+        }
+        Runs {
+            bounds,
+            next: Default::default(),
+        }
+    }
+
+    /// The next run not yet taken, if any.
+    pub fn take(&self) -> Option<std::ops::Range<usize>> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.bounds.get(i).cloned()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Encoder {
     /// Identifies this vocabulary to the per-thread merge cache (clones share it: same vocabulary).
@@ -574,42 +608,26 @@ impl Encoder {
         })
     }
 
-    /// Encodes many texts in parallel, handing the tokens of each run of texts to
-    /// `done(first index, tokens of each)` as soon as the run is encoded (on the thread that
-    /// encoded it, in no particular order): a caller can use the first results while the
-    /// pool encodes the rest. Runs of about 1/16 of a thread's share of the bytes keep the
-    /// hand-overs few (each may wake the caller) and the last ones short.
-    pub fn encode_batch_each<S: AsRef<str> + Sync>(
+    /// Encodes runs of `texts` taken from `runs` until none is left, handing the tokens of
+    /// each to `done(first index, tokens of each text)`. Any number of threads may call this
+    /// with the same `runs` (each run is taken once), so a caller can encode beside the pool
+    /// and use the first results while the rest are encoded.
+    pub fn encode_runs<S: AsRef<str>>(
         &self,
         texts: &[S],
+        runs: &Runs,
         allowed: &FxHashSet<Rank>,
-        done: impl Fn(usize, Vec<Vec<Rank>>) + Sync + Send,
+        mut done: impl FnMut(usize, Vec<Vec<Rank>>),
     ) {
-        let total: usize = texts.iter().map(|t| t.as_ref().len()).sum();
-        let target = (total / (16 * parallel::num_threads().max(1))).max(1);
-        let mut runs = Vec::new(); // (start, end) of each run
-        let (mut start, mut bytes) = (0, 0);
-        for (i, t) in texts.iter().enumerate() {
-            bytes += t.as_ref().len();
-            if bytes >= target || i + 1 == texts.len() {
-                runs.push((start, i + 1));
-                (start, bytes) = (i + 1, 0);
-            }
+        while let Some(run) = runs.take() {
+            let tokens = texts[run.clone()]
+                .iter()
+                .map(|t| self.encode(t.as_ref(), allowed))
+                .collect();
+            done(run.start, tokens)
         }
-        parallel::install(|| {
-            runs.par_iter().for_each(|&(start, end)| {
-                let tokens = texts[start..end]
-                    .iter()
-                    .map(|t| self.encode(t.as_ref(), allowed))
-                    .collect();
-                done(start, tokens)
-            })
-        })
     }
 
-    /// Encodes many texts in parallel into one flat array; document `i` is
-    /// `tokens[offsets[i]..offsets[i + 1]]`. `append` (e.g. an end-of-text id) is added after
-    /// each document when given.
     pub fn encode_batch_flat<S: AsRef<str> + Sync>(
         &self,
         texts: &[S],
@@ -829,16 +847,26 @@ mod tests {
     }
 
     #[test]
-    fn batch_each_hands_over_every_text_once() {
+    fn runs_hand_over_every_text_once_across_threads() {
         let e = toy();
         let allowed = FxHashSet::default();
         for n in [0usize, 1, 2, 17, 300] {
             let texts: Vec<String> = (0..n).map(|i| "hello ".repeat(i % 7) + "hell").collect();
             let got = std::sync::Mutex::new(vec![None; n]);
-            e.encode_batch_each(&texts, &allowed, |first, tokens| {
-                let mut got = got.lock().unwrap();
-                for (i, ids) in (first..).zip(tokens) {
-                    assert!(got[i].replace(ids).is_none(), "text {i} handed over twice");
+            let runs = Runs::new(&texts, 3);
+            std::thread::scope(|s| {
+                for _ in 0..3 {
+                    s.spawn(|| {
+                        e.encode_runs(&texts, &runs, &allowed, |first, tokens| {
+                            let mut got = got.lock().unwrap();
+                            for (i, ids) in (first..).zip(tokens) {
+                                assert!(
+                                    got[i].replace(ids).is_none(),
+                                    "text {i} handed over twice"
+                                );
+                            }
+                        })
+                    });
                 }
             });
             let got: Vec<_> = got
@@ -848,6 +876,7 @@ mod tests {
                 .map(Option::unwrap)
                 .collect();
             assert_eq!(got, e.encode_batch(&texts, &allowed));
+            assert!(runs.take().is_none());
         }
     }
 

@@ -12,7 +12,7 @@ pub mod training;
 pub mod vocab;
 
 pub use count::ChunkCounter;
-pub use encoder::Encoder;
+pub use encoder::{Encoder, Runs};
 pub use pretokenize::Pattern;
 pub use trainer::Trainer;
 pub use training::Training;

@@ -1,6 +1,7 @@
 //! The encoder: `CoreBPE` behind `gristmill.Tokenizer`, and `split_pieces`.
 
-use crate::bpe::{self, BpeError, Encoder, Pattern, Rank};
+use crate::bpe::{self, BpeError, Encoder, Pattern, Rank, Runs};
+use crate::parallel;
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
@@ -357,27 +358,57 @@ impl CoreBPE {
         if let Some(token) = py.detach(|| first_disallowed(&self.inner, &texts, &disallowed)) {
             return Err(disallowed_special_error(py, &token));
         }
-        // The pool encodes while this thread, holding the GIL only between waits, turns the
-        // texts already done into lists: building lists is about a sixth of the work, and
-        // only one thread can do it.
+        // This thread encodes beside the pool (one thread fewer there, so no core is shared)
+        // and, between runs, turns the texts done so far into lists, with the GIL held only
+        // then: building lists is about a sixth of the work, and only one thread can do it.
+        let threads = parallel::num_threads();
+        let runs = Runs::new(&texts, threads);
         let mut lists: Vec<Option<Bound<'py, PyList>>> = vec![None; texts.len()];
         let (sender, receiver) = std::sync::mpsc::channel::<(usize, Vec<Vec<Rank>>)>();
+        // Only this thread receives; the lock makes the receiver shareable with `detach`.
         let receiver = std::sync::Mutex::new(receiver);
         let mut failed = None;
         std::thread::scope(|scope| {
-            let (inner, texts, allowed) = (&self.inner, &texts, &allowed);
-            scope.spawn(move || {
-                inner.encode_batch_each(texts, allowed, |first, tokens| {
-                    let _ = sender.send((first, tokens)); // a receiver gone after an error drops it
-                })
-            });
+            let (inner, texts, allowed, runs) = (&self.inner, &texts, &allowed, &runs);
+            if threads > 1 {
+                // The sender lives in this thread: if the pool panics, the receiver is told.
+                scope.spawn(move || {
+                    let sender = &sender;
+                    parallel::install(|| {
+                        rayon::scope(|s| {
+                            for _ in 1..threads {
+                                s.spawn(move |_| {
+                                    inner.encode_runs(texts, runs, allowed, |first, tokens| {
+                                        let _ = sender.send((first, tokens)); // receiver gone: an error
+                                    })
+                                });
+                            }
+                        })
+                    })
+                });
+            } else {
+                drop(sender);
+            }
             let mut left = texts.len();
             while left > 0 {
-                let ready: Vec<_> = py.detach(|| {
-                    let receiver = receiver.lock().expect("not poisoned");
-                    let first = receiver.recv().ok();
-                    first.into_iter().chain(receiver.try_iter()).collect()
-                });
+                let mut ready: Vec<_> = receiver.lock().expect("not poisoned").try_iter().collect();
+                if ready.is_empty() {
+                    ready = py.detach(|| match runs.take() {
+                        Some(run) => {
+                            let tokens = texts[run.clone()]
+                                .iter()
+                                .map(|t| inner.encode(t, allowed))
+                                .collect();
+                            vec![(run.start, tokens)]
+                        }
+                        None => receiver
+                            .lock()
+                            .expect("not poisoned")
+                            .recv()
+                            .into_iter()
+                            .collect(),
+                    });
+                }
                 if ready.is_empty() {
                     break; // every sender gone: the pool stopped (it panicked)
                 }
