@@ -13,13 +13,14 @@ use aho_corasick::{AhoCorasick, Input, MatchKind};
 use rayon::prelude::*;
 use rustc_hash::FxHashSet;
 
-/// The tokens of recent pieces, per thread, in two levels.
+/// The tokens of recent pieces, per thread, in three levels.
 ///
-/// The front is a two-way set-associative table of packed pieces (up to `MAX_PACKED` bytes)
-/// and their tokens, small enough to stay in a core's L2 or nearby cache: text is
-/// Zipf-distributed, so most pieces are found there with one load, where the vocabulary's
-/// table (16 MB for o200k's 200k tokens) costs a cache miss per lookup. A new piece takes the
-/// least recently used slot of its set.
+/// First, for pieces of 2-7 bytes that are single tokens, the hot table (`HOT_BITS`), small
+/// enough to stay in a core's L2 cache. Then the front, which holds every recent piece: a
+/// two-way set-associative table of packed pieces (up to `MAX_PACKED` bytes) and their tokens,
+/// larger, in the L3 cache or nearer. Text is Zipf-distributed, so most pieces are found in
+/// one of them with one load, where the vocabulary's table (16 MB for o200k's 200k tokens)
+/// costs a cache miss per lookup. A new piece takes the least recently used slot of its set.
 ///
 /// Behind it, pieces that are not themselves tokens keep their merged tokens in ordinary maps:
 /// rare words recur (names, technical terms), and merging costs tens of lookups. The tokens of
@@ -27,7 +28,7 @@ use rustc_hash::FxHashSet;
 ///
 /// The cache belongs to one encoder at a time (`owner`). Emptying it (on a change of owner, or
 /// when it holds `MERGE_CACHE_ENTRIES` merged pieces or `MERGE_CACHE_TOKENS` tokens) clears the
-/// maps and moves to a new `generation`: front slots of an older generation are empty.
+/// maps and moves to a new `generation`: hot and front slots of an older generation are empty.
 struct PieceCache {
     owner: u64,
     generation: u32,

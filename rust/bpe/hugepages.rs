@@ -1,7 +1,7 @@
 //! Large lookup tables on transparent huge pages.
 //!
-//! The vocabulary's table (16 MB for o200k) and the per-thread piece cache (2 MiB) are read at
-//! random places, once per piece: on 4 KiB pages most of those reads also miss the TLB, and
+//! The vocabulary's table (16 MB for o200k) and the front of the per-thread piece cache (2 MiB)
+//! are read at random places: on 4 KiB pages most of those reads also miss the TLB, and
 //! the page walk costs as much as the read. Where the kernel gives huge pages only to memory
 //! that asks for them (THP "madvise", a common default), a table here asks before it is first
 //! written, so that its pages are faulted in as 2 MiB ones (o200k encoding measured 2-10%
