@@ -20,7 +20,8 @@ use rustc_hash::FxHashSet;
 /// two-way set-associative table of packed pieces (up to `MAX_PACKED` bytes) and their tokens,
 /// larger, in the L3 cache or nearer. Text is Zipf-distributed, so most pieces are found in
 /// one of them with one load, where the vocabulary's table (16 MB for o200k's 200k tokens)
-/// costs a cache miss per lookup. A new piece takes the least recently used slot of its set.
+/// costs a cache miss per lookup. A new piece takes the least recently used slot of its set
+/// in the front (the hot table's own rule is at [`HotSet`]).
 ///
 /// Behind it, pieces that are not themselves tokens keep their merged tokens in ordinary maps:
 /// rare words recur (names, technical terms), and merging costs tens of lookups. The tokens of
@@ -262,6 +263,15 @@ impl Runs {
             bounds,
             next: Default::default(),
         }
+    }
+
+    /// The number of runs.
+    pub fn len(&self) -> usize {
+        self.bounds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bounds.is_empty()
     }
 
     /// The next run not yet taken, if any.
@@ -621,14 +631,26 @@ impl Encoder {
         mut done: impl FnMut(usize, Vec<Vec<Rank>>),
     ) {
         while let Some(run) = runs.take() {
-            let tokens = texts[run.clone()]
-                .iter()
-                .map(|t| self.encode(t.as_ref(), allowed))
-                .collect();
-            done(run.start, tokens)
+            done(run.start, self.encode_run(texts, run, allowed))
         }
     }
 
+    /// The tokens of each of `texts[run]`.
+    pub fn encode_run<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        run: std::ops::Range<usize>,
+        allowed: &FxHashSet<Rank>,
+    ) -> Vec<Vec<Rank>> {
+        texts[run]
+            .iter()
+            .map(|t| self.encode(t.as_ref(), allowed))
+            .collect()
+    }
+
+    /// Encodes many texts in parallel into one flat array; document `i` is
+    /// `tokens[offsets[i]..offsets[i + 1]]`. `append` (e.g. an end-of-text id) is added after
+    /// each document when given.
     pub fn encode_batch_flat<S: AsRef<str> + Sync>(
         &self,
         texts: &[S],

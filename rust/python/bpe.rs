@@ -363,6 +363,7 @@ impl CoreBPE {
         // then: building lists is about a sixth of the work, and only one thread can do it.
         let threads = parallel::num_threads();
         let runs = Runs::new(&texts, threads);
+        let helpers = (threads - 1).min(runs.len().saturating_sub(1));
         let mut lists: Vec<Option<Bound<'py, PyList>>> = vec![None; texts.len()];
         let (sender, receiver) = std::sync::mpsc::channel::<(usize, Vec<Vec<Rank>>)>();
         // Only this thread receives; the lock makes the receiver shareable with `detach`.
@@ -370,37 +371,30 @@ impl CoreBPE {
         let mut failed = None;
         std::thread::scope(|scope| {
             let (inner, texts, allowed, runs) = (&self.inner, &texts, &allowed, &runs);
-            if threads > 1 {
-                // The sender lives in this thread: if the pool panics, the receiver is told.
+            // The sender lives in the spawned thread: if the pool panics, the receiver is told.
+            let pool = (helpers > 0).then(|| {
                 scope.spawn(move || {
                     let sender = &sender;
                     parallel::install(|| {
                         rayon::scope(|s| {
-                            for _ in 1..threads {
+                            for _ in 0..helpers {
                                 s.spawn(move |_| {
                                     inner.encode_runs(texts, runs, allowed, |first, tokens| {
-                                        let _ = sender.send((first, tokens)); // receiver gone: an error
+                                        // The receiver outlives the pool's work.
+                                        let _ = sender.send((first, tokens));
                                     })
                                 });
                             }
                         })
                     })
-                });
-            } else {
-                drop(sender);
-            }
+                })
+            });
             let mut left = texts.len();
             while left > 0 {
                 let mut ready: Vec<_> = receiver.lock().expect("not poisoned").try_iter().collect();
                 if ready.is_empty() {
                     ready = py.detach(|| match runs.take() {
-                        Some(run) => {
-                            let tokens = texts[run.clone()]
-                                .iter()
-                                .map(|t| inner.encode(t, allowed))
-                                .collect();
-                            vec![(run.start, tokens)]
-                        }
+                        Some(run) => vec![(run.start, inner.encode_run(texts, run, allowed))],
                         None => receiver
                             .lock()
                             .expect("not poisoned")
@@ -421,6 +415,13 @@ impl CoreBPE {
                             Err(_) => {}
                         }
                     }
+                }
+            }
+            // This thread may have encoded every run before the pool (busy with another
+            // caller's work) began: wait for it without the GIL.
+            if let Some(pool) = pool {
+                if let Err(panic) = py.detach(|| pool.join()) {
+                    std::panic::resume_unwind(panic)
                 }
             }
         });
