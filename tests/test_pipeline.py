@@ -101,8 +101,12 @@ def test_killed_during_a_stage_then_rerun(tmp_path, kill_in):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     # Both runs in fresh processes: torch's thread count (which earlier tests in this process
     # may have changed) decides the float summation order, so it must be the same for both.
+    # The first checkpoint comes at step 4 of 24, so the kill below lands well before the end
+    # (with one at step 12, a fast moment could finish training between two looks).
     for out in (whole, killed):
-        (tmp_path / f"{out.name}.json").write_text(json.dumps(_tiny_config(out, steps=24)))
+        cfg = _tiny_config(out, steps=24)
+        cfg["train"]["eval_interval"] = 4
+        (tmp_path / f"{out.name}.json").write_text(json.dumps(cfg))
     cfg_path = tmp_path / "killed.json"
 
     def script(path):
@@ -116,7 +120,7 @@ def test_killed_during_a_stage_then_rerun(tmp_path, kill_in):
     while time.time() < deadline and not list((killed / "train").glob("ckpt-*")):
         if proc.poll() is not None:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     record = json.loads((killed / kill_in / "stage.json").read_text())
