@@ -60,6 +60,7 @@ impl CoreBPE {
         unsafe {
             let list = ffi::PyList_New(ids.len() as ffi::Py_ssize_t);
             let list = Bound::from_owned_ptr_or_err(py, list)?;
+            let items = list_items(py, list.as_ptr());
             for (i, &id) in ids.iter().enumerate() {
                 prefetch(ints, ids, i);
                 let slot = &ints.0[id as usize];
@@ -76,7 +77,12 @@ impl CoreBPE {
                 // calls `Py_IncRef` instead, a call per token); CPython 3.12+ keeps it
                 // correct for immortal objects (PEP 683).
                 (*item).ob_refcnt += 1;
-                ffi::PyList_SetItem(list.as_ptr(), i as ffi::Py_ssize_t, item);
+                match items {
+                    Some(items) => *items.add(i) = item,
+                    None => {
+                        ffi::PyList_SetItem(list.as_ptr(), i as ffi::Py_ssize_t, item);
+                    }
+                }
             }
             // A list of ints cannot be part of a reference cycle, so the cycle collector need
             // not visit it: a program keeping many results (a corpus of short documents)
@@ -89,6 +95,43 @@ impl CoreBPE {
             Ok(list.cast_into_unchecked())
         }
     }
+}
+
+/// The items of a new list, to be set in place: `PyList_SetItem` is a call with checks per
+/// token (setting them in place measured 10-13% faster on batches, 3-6% on one thread, with
+/// o200k). The stable ABI has no
+/// `PyList_SET_ITEM`, but every CPython lays a list out as a sized object's header followed by
+/// the pointer to its items; that is checked once (the type's size, then `PyList_GetItem`), and
+/// where it does not hold (a build that lays lists out otherwise) each item is set by the call.
+///
+/// # Safety
+/// The GIL is held and `list` is a list.
+unsafe fn list_items(py: Python<'_>, list: *mut ffi::PyObject) -> Option<*mut *mut ffi::PyObject> {
+    static LAYOUT_HOLDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let at = |list: *mut ffi::PyObject| {
+        list.cast::<u8>()
+            .add(std::mem::size_of::<ffi::PyVarObject>())
+            .cast::<*mut *mut ffi::PyObject>()
+            .read()
+    };
+    let holds = *LAYOUT_HOLDS.get_or_init(|| {
+        // Header, items pointer, allocated size: then the pointer read below is the items'.
+        let header = std::mem::size_of::<ffi::PyVarObject>() + 2 * std::mem::size_of::<usize>();
+        let size = py.get_type::<PyList>().getattr("__basicsize__");
+        if !size
+            .and_then(|s| s.extract::<usize>())
+            .is_ok_and(|s| s == header)
+        {
+            return false;
+        }
+        let Ok(probe) = PyList::new(py, [py.None(), py.Ellipsis()]) else {
+            return false;
+        };
+        let items = at(probe.as_ptr());
+        !items.is_null()
+            && (0..2).all(|i| *items.add(i) == ffi::PyList_GetItem(probe.as_ptr(), i as _))
+    });
+    holds.then(|| at(list))
 }
 
 /// How many tokens ahead `to_list` fetches a slot, and half that, the int it holds: the
