@@ -5,6 +5,7 @@
 //! maturin turns on, is the only Rust that does (one file per area, errors mapped once).
 
 pub mod bpe;
+pub mod cache;
 pub mod compress;
 pub mod dedup;
 pub mod fsio;

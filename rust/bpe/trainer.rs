@@ -29,6 +29,7 @@
 
 use super::BpeError;
 use super::Rank;
+use crate::cache::prefetch;
 use crate::parallel;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
@@ -276,19 +277,6 @@ struct Word {
     start: usize,
     len: u32,
     weight: u64,
-}
-
-/// Asks the CPU to start loading the cache line holding `r` (a hint; no effect elsewhere).
-#[inline(always)]
-fn prefetch<T>(r: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch only hints at an address we hold a reference to; it reads nothing.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(r as *const T as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
 }
 
 /// The maps a merge updates, borrowed apart from the chunk storage.

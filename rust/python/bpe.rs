@@ -1,6 +1,7 @@
 //! The encoder: `CoreBPE` behind `gristmill.Tokenizer`, and `split_pieces`.
 
 use crate::bpe::{self, BpeError, Encoder, Pattern, Rank, Runs};
+use crate::cache::prefetch;
 use crate::parallel;
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::exceptions::PyValueError;
@@ -62,7 +63,7 @@ impl CoreBPE {
             let list = Bound::from_owned_ptr_or_err(py, list)?;
             let items = list_items(py, list.as_ptr());
             for (i, &id) in ids.iter().enumerate() {
-                prefetch(ints, ids, i);
+                prefetch_ints(ints, ids, i);
                 let slot = &ints.0[id as usize];
                 let mut item = slot.load(std::sync::atomic::Ordering::Relaxed);
                 if item.is_null() {
@@ -142,22 +143,13 @@ const AHEAD: usize = 32;
 /// Asks the cache for the slot `AHEAD` tokens on, and for the int of the slot half as far on
 /// (asked for that many steps before), so the loads of `to_list` find both there.
 #[inline(always)]
-fn prefetch(ints: &Ints, ids: &[Rank], i: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        if let Some(&id) = ids.get(i + AHEAD) {
-            // SAFETY: prefetching is only a hint; any address is allowed.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(ints.0.as_ptr().wrapping_add(id as usize).cast()) }
-        }
-        if let Some(&id) = ids.get(i + AHEAD / 2) {
-            let int = ints.0[id as usize].load(std::sync::atomic::Ordering::Relaxed);
-            // SAFETY: as above; a null slot is prefetched harmlessly.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(int.cast_const().cast()) }
-        }
+fn prefetch_ints(ints: &Ints, ids: &[Rank], i: usize) {
+    if let Some(&id) = ids.get(i + AHEAD) {
+        prefetch(ints.0.as_ptr().wrapping_add(id as usize));
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (ints, ids, i);
+    if let Some(&id) = ids.get(i + AHEAD / 2) {
+        prefetch(ints.0[id as usize].load(std::sync::atomic::Ordering::Relaxed));
+    }
 }
 
 pub(super) fn build(

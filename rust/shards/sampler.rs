@@ -59,6 +59,7 @@
 
 use super::reader::{Split, Token};
 use super::ShardError;
+use crate::cache::prefetch_run;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -194,23 +195,6 @@ fn splitmix64(mut x: u64) -> u64 {
 
 /// Rows whose loads are started ahead of the row being copied.
 const PREFETCH_ROWS: usize = 4;
-
-/// Hints the CPU to start loading `data` (its first 4 KB: the hardware prefetcher streams the
-/// rest of a longer row) into its L2 cache.
-#[inline]
-fn prefetch<T>(data: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let p = data.as_ptr().cast::<i8>();
-        for offset in (0..std::mem::size_of_val(data).min(4096)).step_by(64) {
-            // SAFETY: a prefetch never faults, and the address lies inside `data`.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(offset)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
-}
 
 /// A seeded bijection of `0..n`, evaluated one index at a time: four rounds of
 /// xor-key, multiply-by-odd and xor-shift, each a bijection of `bits`-bit integers, over the
@@ -914,11 +898,11 @@ impl Sampler {
                     .iter()
                     .take(PREFETCH_ROWS)
                     .flatten()
-                    .for_each(|s| prefetch(s));
+                    .for_each(|s| prefetch_run(s));
                 let rows = self.starts.iter().zip(out.chunks_exact_mut(row));
                 for (i, (&start, dst)) in rows.enumerate() {
                     if let Some(Some(ahead)) = sources.get(i + PREFETCH_ROWS) {
-                        prefetch(ahead);
+                        prefetch_run(ahead);
                     }
                     match sources[i] {
                         Some(src) => dst.copy_from_slice(src),
