@@ -1,7 +1,7 @@
 //! The encoder: `CoreBPE` behind `gristmill.Tokenizer`, and `split_pieces`.
 
+use super::id_lists::{Ints, Word};
 use crate::bpe::{self, BpeError, Encoder, Pattern, Rank, Runs};
-use crate::cache::prefetch;
 use crate::parallel;
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::exceptions::PyValueError;
@@ -10,146 +10,29 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use rustc_hash::FxHashSet;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 /// The Rust BPE encoder behind `gristmill.Tokenizer`.
 #[pyclass(frozen, module = "gristmill._core")]
 pub(super) struct CoreBPE {
     pub(super) inner: Encoder,
-    /// The Python int of each id, made the first time a result list holds the id; a list
-    /// takes references to these.
-    ints: std::sync::OnceLock<Ints>,
+    /// The Python int of each id, made the first time a result list holds the id; lists
+    /// take references to these.
+    ints: OnceLock<Ints>,
 }
-
-/// One slot per id: its shared int, or null until a result holds the id. Slots are only read
-/// and written with the GIL held.
-struct Ints(Box<[std::sync::atomic::AtomicPtr<ffi::PyObject>]>);
-
-impl Drop for Ints {
-    fn drop(&mut self) {
-        Python::attach(|_| {
-            for int in self.0.iter() {
-                let int = int.load(std::sync::atomic::Ordering::Relaxed);
-                if !int.is_null() {
-                    // SAFETY: the slot owns one reference to it; the GIL is held.
-                    unsafe { ffi::Py_DecRef(int) }
-                }
-            }
-        })
-    }
-}
-
-// Why share an int per id: a new int per token costs an allocation when the list is built and
-// a free when it is dropped (a sixth of a batch's time with o200k, where 18% of tokens are
-// above the 16384 ids once shared). Made on first use, the ints lie in memory in the order the
-// text first needs them, so the frequent ones share cache lines. At most 40 bytes per id of
-// the vocabulary: 8 for its slot, 32 for its int once a result has held it (o200k: 1.6 MB, up
-// to 8 MB). Slots of 8 bytes rather than a `OnceLock`'s 16 measured 3-7% faster: the table
-// is read once per token, at ids all over the vocabulary.
 
 impl CoreBPE {
-    /// The Python list of `ids`, built in place from each id's shared int.
-    fn to_list<'py>(&self, py: Python<'py>, ids: &[Rank]) -> PyResult<Bound<'py, PyList>> {
-        let ints = self.ints.get_or_init(|| {
-            Ints(
-                (0..self.inner.n_vocab())
-                    .map(|_| Default::default())
-                    .collect(),
-            )
-        });
-        // SAFETY: the list is new and ours; each slot is set once with a reference the list
-        // takes over (a slot left NULL by an error is allowed: freeing the list skips it).
-        unsafe {
-            let list = ffi::PyList_New(ids.len() as ffi::Py_ssize_t);
-            let list = Bound::from_owned_ptr_or_err(py, list)?;
-            let items = list_items(py, list.as_ptr());
-            for (i, &id) in ids.iter().enumerate() {
-                prefetch_ints(ints, ids, i);
-                let slot = &ints.0[id as usize];
-                let mut item = slot.load(std::sync::atomic::Ordering::Relaxed);
-                if item.is_null() {
-                    // The slot takes this new reference (the GIL is held: no other writer).
-                    item = ffi::PyLong_FromUnsignedLong(id.into());
-                    if item.is_null() {
-                        return Err(PyErr::fetch(py));
-                    }
-                    slot.store(item, std::sync::atomic::Ordering::Relaxed);
-                }
-                // What `Py_INCREF` compiles to in C for the stable ABI of Python 3.9 (pyo3
-                // calls `Py_IncRef` instead, a call per token); CPython 3.12+ keeps it
-                // correct for immortal objects (PEP 683).
-                (*item).ob_refcnt += 1;
-                match items {
-                    Some(items) => *items.add(i) = item,
-                    None => {
-                        ffi::PyList_SetItem(list.as_ptr(), i as ffi::Py_ssize_t, item);
-                    }
-                }
-            }
-            // A list of ints cannot be part of a reference cycle, so the cycle collector need
-            // not visit it: a program keeping many results (a corpus of short documents)
-            // otherwise spends a sixth of its time in collections walking them. As for a
-            // tuple, which CPython itself untracks once it holds only such objects. (A caller
-            // who later puts the list inside itself makes a cycle that is never freed: a leak,
-            // never a crash, as a reference from an untracked object only keeps its target
-            // alive.)
-            ffi::PyObject_GC_UnTrack(list.as_ptr().cast());
-            Ok(list.cast_into_unchecked())
-        }
+    /// The table of this vocabulary's shared ints.
+    fn ints(&self) -> &Ints {
+        self.ints.get_or_init(|| Ints::new(self.inner.n_vocab()))
     }
 }
 
-/// The items of a new list, to be set in place: `PyList_SetItem` is a call with checks per
-/// token (setting them in place measured 10-13% faster on batches, 3-6% on one thread, with
-/// o200k). The stable ABI has no `PyList_SET_ITEM`, but every CPython lays a list out as a
-/// sized object's header followed by the pointer to its items; that is checked once (the
-/// type's size, then `PyList_GetItem`), and where it does not hold (a build that lays lists out
-/// otherwise) each item is set by the call.
-///
-/// # Safety
-/// The GIL is held and `list` is a list.
-unsafe fn list_items(py: Python<'_>, list: *mut ffi::PyObject) -> Option<*mut *mut ffi::PyObject> {
-    static LAYOUT_HOLDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let at = |list: *mut ffi::PyObject| {
-        list.cast::<u8>()
-            .add(std::mem::size_of::<ffi::PyVarObject>())
-            .cast::<*mut *mut ffi::PyObject>()
-            .read()
-    };
-    let holds = *LAYOUT_HOLDS.get_or_init(|| {
-        // Header, items pointer, allocated size: then the pointer read below is the items'.
-        let header = std::mem::size_of::<ffi::PyVarObject>() + 2 * std::mem::size_of::<usize>();
-        let size = py.get_type::<PyList>().getattr("__basicsize__");
-        if !size
-            .and_then(|s| s.extract::<usize>())
-            .is_ok_and(|s| s == header)
-        {
-            return false;
-        }
-        let Ok(probe) = PyList::new(py, [py.None(), py.Ellipsis()]) else {
-            return false;
-        };
-        let items = at(probe.as_ptr());
-        !items.is_null()
-            && (0..2).all(|i| *items.add(i) == ffi::PyList_GetItem(probe.as_ptr(), i as _))
-    });
-    holds.then(|| at(list))
-}
-
-/// How many tokens ahead `to_list` fetches a slot, and half that, the int it holds: the
-/// batch's lists are built by one thread, from tables (o200k: 1.6 MB of slots, up to 8 MB of
-/// ints) the encoding evicted from its cache. Batches measured 5-7% faster, one thread 1-2%.
-const AHEAD: usize = 32;
-
-/// Asks the cache for the slot `AHEAD` tokens on, and for the int of the slot half as far on
-/// (asked for that many steps before), so the loads of `to_list` find both there.
-#[inline(always)]
-fn prefetch_ints(ints: &Ints, ids: &[Rank], i: usize) {
-    if let Some(&id) = ids.get(i + AHEAD) {
-        prefetch(ints.0.as_ptr().wrapping_add(id as usize));
-    }
-    if let Some(&id) = ids.get(i + AHEAD / 2) {
-        prefetch(ints.0[id as usize].load(std::sync::atomic::Ordering::Relaxed));
-    }
+/// A run's documents as the thread that encoded them hands them over to be made lists:
+/// ids from the thread holding the GIL, the words of their ints from the pool.
+enum Encoded {
+    Ids(Vec<Vec<Rank>>),
+    Words(Vec<Vec<Word>>),
 }
 
 pub(super) fn build(
@@ -164,7 +47,7 @@ pub(super) fn build(
     })
     .map(|inner| CoreBPE {
         inner,
-        ints: Default::default(),
+        ints: OnceLock::new(),
     })
     .map_err(PyErr::from)
 }
@@ -343,7 +226,7 @@ impl CoreBPE {
         let text = utf8(text)?;
         let text = text.as_str();
         let ids = py.detach(|| self.inner.encode_ordinary(text));
-        self.to_list(py, &ids)
+        self.ints().list_of_ids(py, &ids)
     }
 
     /// Encodes with the special tokens whose ids are in `allowed` honoured; text spelling one
@@ -367,7 +250,7 @@ impl CoreBPE {
                 },
             )
             .map_err(|token| disallowed_special_error(py, &token))?;
-        self.to_list(py, &ids)
+        self.ints().list_of_ids(py, &ids)
     }
 
     /// tiktoken's `encode_with_unstable`: the stable tokens and the list of possible
@@ -391,9 +274,12 @@ impl CoreBPE {
             .map_err(|token| disallowed_special_error(py, &token))?;
         let completions = completions
             .iter()
-            .map(|seq| self.to_list(py, seq))
+            .map(|seq| self.ints().list_of_ids(py, seq))
             .collect::<PyResult<Vec<_>>>()?;
-        Ok((self.to_list(py, &tokens)?, PyList::new(py, completions)?))
+        Ok((
+            self.ints().list_of_ids(py, &tokens)?,
+            PyList::new(py, completions)?,
+        ))
     }
 
     #[pyo3(signature = (text, allowed = None, disallowed = None))]
@@ -442,17 +328,19 @@ impl CoreBPE {
         }
         // This thread encodes beside the pool (one thread fewer there, so no core is shared)
         // and, between runs, turns the texts done so far into lists, with the GIL held only
-        // then: building lists is about a sixth of the work, and only one thread can do it.
+        // then. Only one thread can build lists, so the pool looks up each token's int
+        // itself (`words`), leaving this thread to copy them.
         let threads = parallel::num_threads();
         let runs = Runs::new(&texts, threads);
         let helpers = (threads - 1).min(runs.len().saturating_sub(1));
         let mut lists: Vec<Option<Bound<'py, PyList>>> = vec![None; texts.len()];
-        let (sender, receiver) = std::sync::mpsc::channel::<(usize, Vec<Vec<Rank>>)>();
+        let (sender, receiver) = std::sync::mpsc::channel::<(usize, Encoded)>();
         // Only this thread receives; the lock makes the receiver shareable with `detach`.
         let receiver = std::sync::Mutex::new(receiver);
         let mut failed = None;
         std::thread::scope(|scope| {
             let (inner, texts, allowed, runs) = (&self.inner, &texts, &allowed, &runs);
+            let ints = self.ints();
             // The sender lives in the spawned thread: if the pool panics, the receiver is told.
             let pool = (helpers > 0).then(|| {
                 scope.spawn(move || {
@@ -462,8 +350,10 @@ impl CoreBPE {
                             for _ in 0..helpers {
                                 s.spawn(move |_| {
                                     inner.encode_runs(texts, runs, allowed, |first, tokens| {
+                                        let words = tokens.iter().map(|ids| ints.words(ids));
+                                        let words = Encoded::Words(words.collect());
                                         // The receiver outlives the pool's work.
-                                        let _ = sender.send((first, tokens));
+                                        let _ = sender.send((first, words));
                                     })
                                 });
                             }
@@ -476,7 +366,11 @@ impl CoreBPE {
                 let mut ready: Vec<_> = receiver.lock().expect("not poisoned").try_iter().collect();
                 if ready.is_empty() {
                     ready = py.detach(|| match runs.take() {
-                        Some(run) => vec![(run.start, inner.encode_run(texts, run, allowed))],
+                        Some(run) => {
+                            let first = run.start;
+                            let ids = inner.encode_run(texts, run, allowed);
+                            vec![(first, Encoded::Ids(ids))]
+                        }
                         None => receiver
                             .lock()
                             .expect("not poisoned")
@@ -488,10 +382,18 @@ impl CoreBPE {
                 if ready.is_empty() {
                     break; // every sender gone: the pool stopped (it panicked)
                 }
-                for (first, tokens) in ready {
-                    left -= tokens.len();
-                    for (i, ids) in (first..).zip(tokens) {
-                        match self.to_list(py, &ids) {
+                for (first, encoded) in ready {
+                    let built: Vec<_> = match encoded {
+                        Encoded::Ids(docs) => {
+                            docs.iter().map(|ids| ints.list_of_ids(py, ids)).collect()
+                        }
+                        Encoded::Words(docs) => {
+                            docs.iter().map(|w| ints.list_of_words(py, w)).collect()
+                        }
+                    };
+                    left -= built.len();
+                    for (i, list) in (first..).zip(built) {
+                        match list {
                             Ok(list) => lists[i] = Some(list),
                             Err(e) if failed.is_none() => failed = Some(e),
                             Err(_) => {}

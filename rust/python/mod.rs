@@ -9,6 +9,7 @@ mod bpe_train;
 mod compress;
 mod dedup;
 mod errors;
+mod id_lists;
 mod shards;
 mod text;
 
