@@ -53,3 +53,12 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         pool().install(f)
     }
 }
+
+/// Wakes an idle thread of the pool ahead of work about to be handed to it, so that the
+/// wake overlaps the caller's own preparation: an idle core of a virtual machine can take
+/// milliseconds to wake (batches of o200k measured 2-4% faster).
+pub fn wake() {
+    if num_threads() > 1 {
+        pool().spawn(|| {});
+    }
+}

@@ -320,6 +320,9 @@ impl CoreBPE {
         allowed: Option<Vec<Rank>>,
         disallowed: Option<Vec<Rank>>,
     ) -> PyResult<Bound<'py, PyList>> {
+        if texts.len() > 1 {
+            parallel::wake(); // while the texts are read
+        }
         let texts = texts.iter().map(utf8).collect::<PyResult<Vec<_>>>()?;
         let texts: Vec<&str> = texts.iter().map(Utf8::as_str).collect();
         let (allowed, disallowed) = (id_set(allowed), id_set(disallowed));
@@ -442,6 +445,9 @@ impl CoreBPE {
         uint16: Option<bool>,
         disallowed: Option<Vec<Rank>>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyArray1<i64>>)> {
+        if texts.len() > 1 {
+            parallel::wake(); // while the texts are read
+        }
         let texts = texts.iter().map(utf8).collect::<PyResult<Vec<_>>>()?;
         let texts: Vec<&str> = texts.iter().map(Utf8::as_str).collect();
         let (allowed, disallowed) = (id_set(allowed), id_set(disallowed));
