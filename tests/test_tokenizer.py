@@ -290,6 +290,24 @@ def test_results_share_one_int_per_id_and_give_its_references_back():
     assert after == before and freed == before - 2
 
 
+def test_a_first_batch_makes_each_int_once_and_gives_its_references_back():
+    # A fresh tokenizer's first call is a batch: the pool finds ints not made yet and the
+    # thread building lists makes them. Every list then holds the same int for an id, and
+    # freeing a batch gives back exactly the references it took.
+    tok = Tokenizer.from_name("gpt2")
+    texts = [f"hello world {i} " * (1 + i % 40) for i in range(400)]
+    batch = tok.encode_ordinary_batch(texts)
+    assert batch == [tok.encode_ordinary(t) for t in texts]
+    world = batch[0][1]
+    assert world == 995 and all(ids[1] is world for ids in batch)
+    before = sys.getrefcount(world)
+    again = tok.encode_ordinary_batch(texts)
+    taken = sys.getrefcount(world) - before
+    del again
+    after = sys.getrefcount(world)
+    assert taken == sum(ids.count(995) for ids in batch) and after == before
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_batches_encode_in_a_forked_child():
     # A forked child has the pool's state but none of its threads: its batches run on the
