@@ -291,8 +291,8 @@ def test_results_share_one_int_per_id_and_give_its_references_back():
 
 
 def test_a_first_batch_makes_each_int_once_and_gives_its_references_back():
-    # A fresh tokenizer's first call is a batch: the pool finds ints not made yet and the
-    # thread building lists makes them. Every list then holds the same int for an id, and
+    # A fresh tokenizer's first call is a batch: the pool (where there is one) finds ints
+    # not made yet and the thread building lists makes them. Every list then holds the same int for an id, and
     # freeing a batch gives back exactly the references it took.
     tok = Tokenizer.from_name("gpt2")
     texts = [f"hello world {i} " * (1 + i % 40) for i in range(400)]

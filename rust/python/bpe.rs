@@ -332,7 +332,7 @@ impl CoreBPE {
         // This thread encodes beside the pool (one thread fewer there, so no core is shared)
         // and, between runs, turns the texts done so far into lists, with the GIL held only
         // then. Only one thread can build lists, so the pool looks up each token's int
-        // itself (`words`), leaving this thread to copy them.
+        // itself (`words`), leaving this thread little more than counting and copying.
         let threads = parallel::num_threads();
         let runs = Runs::new(&texts, threads);
         let helpers = (threads - 1).min(runs.len().saturating_sub(1));

@@ -25,9 +25,10 @@ pub(super) struct Ints(Box<[AtomicPtr<ffi::PyObject>]>);
 /// or `id << 1 | 1` where the int is still to be made.
 pub(super) type Word = u64;
 
-/// How many tokens ahead a list's builder asks for an id's slot, and half that, for the int
-/// it holds: lists are built from tables (o200k: 1.6 MB of slots, up to 8 MB of ints) the
-/// encoding has just evicted from the cache. Batches measured 5-7% faster, one thread 1-2%.
+/// How many tokens ahead an id's slot is asked for (by whoever reads the slots: the list's
+/// builder, or the pool in `words`), and half that, the int it holds (by the list's builder):
+/// the tables (o200k: 1.6 MB of slots, up to 8 MB of ints) were just evicted from the cache
+/// by the encoding. Batches measured 5-7% faster, one thread 1-2%.
 const AHEAD: usize = 32;
 
 impl Ints {
@@ -36,8 +37,8 @@ impl Ints {
     }
 
     /// The words of `ids`, for their list to be built by the thread holding the GIL: threads
-    /// encoding a batch look the ints up themselves, so that the one thread building lists
-    /// only counts references and copies.
+    /// encoding a batch look the ints up themselves, leaving the one thread building lists
+    /// little more than counting references and copying.
     pub(super) fn words(&self, ids: &[Rank]) -> Vec<Word> {
         (0..ids.len())
             .map(|i| {
