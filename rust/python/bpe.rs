@@ -272,12 +272,13 @@ impl CoreBPE {
                 },
             )
             .map_err(|token| disallowed_special_error(py, &token))?;
+        let ints = self.ints();
         let completions = completions
             .iter()
-            .map(|seq| self.ints().list_of_ids(py, seq))
+            .map(|seq| ints.list_of_ids(py, seq))
             .collect::<PyResult<Vec<_>>>()?;
         Ok((
-            self.ints().list_of_ids(py, &tokens)?,
+            ints.list_of_ids(py, &tokens)?,
             PyList::new(py, completions)?,
         ))
     }

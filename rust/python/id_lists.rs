@@ -42,9 +42,7 @@ impl Ints {
     pub(super) fn words(&self, ids: &[Rank]) -> Vec<Word> {
         (0..ids.len())
             .map(|i| {
-                if let Some(&ahead) = ids.get(i + AHEAD) {
-                    prefetch(self.0.as_ptr().wrapping_add(ahead as usize));
-                }
+                self.prefetch_slot(ids, i + AHEAD);
                 let id = ids[i];
                 match self.0[id as usize].load(Ordering::Acquire) {
                     int if int.is_null() => Word::from(id) << 1 | 1,
@@ -54,6 +52,14 @@ impl Ints {
             .collect()
     }
 
+    /// Asks the cache for the slot of `ids[at]`, where there is one.
+    #[inline(always)]
+    fn prefetch_slot(&self, ids: &[Rank], at: usize) {
+        if let Some(&id) = ids.get(at) {
+            prefetch(self.0.as_ptr().wrapping_add(id as usize));
+        }
+    }
+
     /// The list of `ids`.
     pub(super) fn list_of_ids<'py>(
         &self,
@@ -61,9 +67,7 @@ impl Ints {
         ids: &[Rank],
     ) -> PyResult<Bound<'py, PyList>> {
         build_list(py, ids.len(), |i| {
-            if let Some(&id) = ids.get(i + AHEAD) {
-                prefetch(self.0.as_ptr().wrapping_add(id as usize));
-            }
+            self.prefetch_slot(ids, i + AHEAD);
             if let Some(&id) = ids.get(i + AHEAD / 2) {
                 prefetch(self.0[id as usize].load(Ordering::Relaxed));
             }
